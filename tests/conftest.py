@@ -1,0 +1,44 @@
+"""Shared pytest setup: reference-file locations and the GPU skip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared/reference beside the checkout (read from there, never copied into the repo).
+REFERENCE = Path(os.environ.get("MEGATRON_VLM_REFERENCE", REPO.parent / "shared" / "reference"))
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """../shared/reference; tests that need it skip with the reason when it is missing."""
+    if not REFERENCE.is_dir():
+        pytest.skip(f"reference files not found at {REFERENCE} (set MEGATRON_VLM_REFERENCE)")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(reference_dir: Path) -> Path:
+    path = reference_dir / "qwen2_5_vl_tokenizer"
+    if not (path / "tokenizer.json").is_file():
+        pytest.skip(f"Qwen2.5-VL tokenizer not found at {path}")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
+    for item in items:
+        if "gpu" in item.keywords or "/gpu/" in str(item.fspath):
+            item.add_marker(skip)

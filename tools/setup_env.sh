@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment at $VENV (default .venv) and install the
+# package with its CPU dependencies. Idempotent: a second run only checks. Used by the README's
+# two quick-start commands and by CI.
+#   bash tools/setup_env.sh            # then: source .venv/bin/activate
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+stamp="$VENV/.megatron-vlm-installed"
+if [ -f "$stamp" ] && [ "$stamp" -nt setup.py ]; then
+  echo "[setup] environment $VENV is up to date"
+  exit 0
+fi
+echo "[setup] creating $VENV with $($PY --version)"
+"$PY" -m venv "$VENV"
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first and pinned: 2.13.0 is the CPU build that lies on local disk; an open range pulls GBs of CUDA.
+if ! python -c "import torch" 2>/dev/null; then
+  echo "[setup] installing torch (CPU build)"
+  python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+fi
+echo "[setup] installing megatron-vlm and its dependencies"
+python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+python -c "import megatron.core, megatron_vlm, fitz, webdataset" || { echo "[setup] install failed" >&2; exit 1; }
+# Optional OCR for scanned pages (pool stage): install when we can, never fail for lack of it.
+if ! command -v tesseract >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing tesseract-ocr (optional, for scanned pages)"
+  (apt-get install -y -qq tesseract-ocr >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq tesseract-ocr >/dev/null 2>&1)) \
+    || echo "[setup] tesseract-ocr not installed; scanned pages will be marked, not OCRed"
+fi
+touch "$stamp"
+echo "[setup] done: source $VENV/bin/activate"
