@@ -41,64 +41,79 @@ def build_eval_set(
 ) -> dict:
     """Write an eval set with one item per (question, length, depth); return its eval.json summary.
 
-    Questions and distractors both come only from documents outside ``exclude``. Items that cannot
-    be built (evidence longer than the length, pool too small) are skipped and counted by reason.
-    The output directory is assembled aside and renamed into place, so a partial one never exists.
+    Questions and distractors both come only from documents outside ``exclude``.
+    """
+    held_out = {k: d for k, d in docs.items() if k not in exclude}
+    kept = [q for q in questions if q.doc_id in held_out]
+    if max_questions is not None:
+        kept = kept[:max_questions]
+    jobs = [(q, length, depth) for q in kept for length in lengths for depth in depths]
+    summary = {
+        "sources": sources or {}, "lengths": list(lengths), "depths": list(depths), "questions": len(kept),
+        "excluded_docs": len(exclude),
+        "questions_on_excluded_docs": sum(1 for q in questions if q.doc_id in docs and q.doc_id in exclude),
+        "questions_on_unknown_docs": sum(1 for q in questions if q.doc_id not in docs),
+    }
+    return write_eval_set(output, jobs, held_out, list(held_out.values()), seed, count_prompt_tokens, summary, log)
+
+
+def write_eval_set(
+    output: str | os.PathLike,
+    jobs: Sequence[tuple[Question, int, float]],
+    docs: dict[str, Document],
+    distractors: Sequence[Document],
+    seed: int = 0,
+    count_prompt_tokens: Callable[[str], int] | None = None,
+    summary: dict | None = None,
+    log=print,
+) -> dict:
+    """Write one item per (question, length, depth) job; distractor pages only from ``distractors``.
+
+    Items that cannot be built (evidence longer than the length, too few distractor pages) are
+    skipped and counted by reason. The directory is assembled aside and renamed into place.
     """
     output = Path(output)
     if output.exists():
         raise FileExistsError(f"{output} exists; choose a new output directory")
-    held_out = {k: d for k, d in docs.items() if k not in exclude}
-    kept = [q for q in questions if q.doc_id in held_out]
-    dropped_training = sum(1 for q in questions if q.doc_id in docs and q.doc_id in exclude)
-    unknown = sum(1 for q in questions if q.doc_id not in docs)
-    if max_questions is not None:
-        kept = kept[:max_questions]
-    distractors = list(held_out.values())
-
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     (tmp / "images").mkdir(parents=True)
     written: set[str] = set()
     items, skipped = [], Counter()
-    total = len(kept) * len(lengths) * len(depths)
-    for q in kept:
-        p_tokens = count_prompt_tokens(q.question) if count_prompt_tokens else DEFAULT_PROMPT_TOKENS
-        for length in lengths:
-            for depth in depths:
-                try:
-                    ctx = build_context(q, held_out[q.doc_id], distractors, length, depth, seed, p_tokens)
-                except ValueError as e:
-                    skipped["evidence longer than the length" if "exceeds" in str(e) else "too few distractor pages"] += 1
-                    log(f"  skip {item_id(q.id, length, depth)}: {e}")
-                    continue
-                pages = []
-                for pos, page in enumerate(ctx.pages):
-                    if page.name not in written:
-                        (tmp / "images" / page.name).write_bytes(page.read_bytes())
-                        written.add(page.name)
-                    pages.append({
-                        "image": f"images/{page.name}", "doc_id": page.doc_id, "page": page.index,
-                        "tokens": page.tokens, "grid_thw": list(page.grid_thw),
-                        "evidence": pos in ctx.evidence_positions,
-                    })
-                items.append({
-                    "id": item_id(q.id, length, depth), "qa_id": q.id, "doc_id": q.doc_id, "task": q.task,
-                    "question": q.question, "answer": q.answer, "answer_format": q.answer_format,
-                    "target_tokens": length, "depth": depth, "achieved_depth": round(ctx.depth, 4),
-                    "anchor": list(ctx.anchor), "context_tokens": ctx.tokens, "prompt_tokens": p_tokens,
-                    "prompt_tokens_exact": count_prompt_tokens is not None,
-                    "num_tokens": ctx.tokens + p_tokens, "pages": pages,
-                })
-                if len(items) % 20 == 0:
-                    log(f"  built {len(items)}/{total} items, {len(written)} page images")
-    summary = {
-        "version": FORMAT_VERSION, "sources": sources or {}, "lengths": list(lengths), "depths": list(depths),
-        "seed": seed, "questions": len(kept), "items": len(items), "images": len(written),
-        "excluded_docs": len(exclude), "questions_on_excluded_docs": dropped_training,
-        "questions_on_unknown_docs": unknown, "skipped": dict(sorted(skipped.items())),
-    }
+    prompt_cache: dict[str, int] = {}
+    for q, length, depth in jobs:
+        if q.question not in prompt_cache:
+            prompt_cache[q.question] = count_prompt_tokens(q.question) if count_prompt_tokens else DEFAULT_PROMPT_TOKENS
+        p_tokens = prompt_cache[q.question]
+        try:
+            ctx = build_context(q, docs[q.doc_id], distractors, length, depth, seed, p_tokens)
+        except ValueError as e:
+            skipped["evidence longer than the length" if "exceeds" in str(e) else "too few distractor pages"] += 1
+            log(f"  skip {item_id(q.id, length, depth)}: {e}")
+            continue
+        pages = []
+        for pos, page in enumerate(ctx.pages):
+            if page.name not in written:
+                (tmp / "images" / page.name).write_bytes(page.read_bytes())
+                written.add(page.name)
+            pages.append({
+                "image": f"images/{page.name}", "doc_id": page.doc_id, "page": page.index,
+                "tokens": page.tokens, "grid_thw": list(page.grid_thw),
+                "evidence": pos in ctx.evidence_positions,
+            })
+        items.append({
+            "id": item_id(q.id, length, depth), "qa_id": q.id, "doc_id": q.doc_id, "task": q.task,
+            "question": q.question, "answer": q.answer, "answer_format": q.answer_format,
+            "target_tokens": length, "depth": depth, "achieved_depth": round(ctx.depth, 4),
+            "anchor": list(ctx.anchor), "context_tokens": ctx.tokens, "prompt_tokens": p_tokens,
+            "prompt_tokens_exact": count_prompt_tokens is not None,
+            "num_tokens": ctx.tokens + p_tokens, "pages": pages,
+        })
+        if len(items) % 20 == 0:
+            log(f"  built {len(items)}/{len(jobs)} items, {len(written)} page images")
+    summary = {**(summary or {}), "version": FORMAT_VERSION, "seed": seed, "items": len(items),
+               "images": len(written), "skipped": dict(sorted(skipped.items()))}
     write_jsonl_atomic(tmp / "eval.jsonl", items)
     write_json_atomic(tmp / "eval.json", summary)
     os.replace(tmp, output)

@@ -7,7 +7,6 @@ Qwen2VLImageProcessor on the images the eval set wrote.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -17,39 +16,9 @@ from PIL import Image
 
 from megatron_vlm.eval.contexts import Question, build_context, read_exclusions, read_pool, read_qa_records
 from megatron_vlm.eval.evalset import build_eval_set, read_eval_set
+from tests.unit.eval_pool import DOCS, add_member, write_pool
 
 REFERENCE_PREPROCESSOR = Path(__file__).resolve().parents[2].parent / "shared/reference/hf_configs/Qwen2.5-VL-7B-Instruct"
-
-# (doc id, page sizes in px (w, h)): doc sizes vary so pages cost 30..200 tokens.
-DOCS = {f"doc{i:02d}": [(196 + 28 * ((i + k) % 5), 252 + 40 * ((i * k) % 4)) for k in range(6 + i % 5)] for i in range(14)}
-
-
-def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tf.addfile(info, io.BytesIO(data))
-
-
-def write_pool(root: Path) -> Path:
-    pool = root / "pool"
-    (pool / "shards").mkdir(parents=True)
-    (pool / "pool.json").write_text(json.dumps({"dpi": 144, "image_format": "png", "version": 1}))
-    for t, chunk in enumerate([list(DOCS)[:7], list(DOCS)[7:]]):
-        with tarfile.open(pool / "shards" / f"pool-00000-{t:05d}.tar", "w") as tf:
-            for doc_id in chunk:
-                pages = []
-                for k, (w, h) in enumerate(DOCS[doc_id]):
-                    buf = io.BytesIO()
-                    Image.new("RGB", (w, h), (255, 255 - 10 * k, 255)).save(buf, format="PNG")
-                    _add(tf, f"{doc_id}.p{k:04d}.png", buf.getvalue())
-                    pages.append({"index": k, "width_pt": w / 2, "height_pt": h / 2, "width_px": w, "height_px": h,
-                                  "grid_thw": None, "tokens": None, "has_text_layer": True, "ocr": "none",
-                                  "text": "", "blocks": []})
-                meta = {"id": doc_id, "source": f"{doc_id}.pdf", "sha256": "0" * 64, "num_pages": len(pages),
-                        "dpi": 144, "pages": pages}
-                _add(tf, f"{doc_id}.json", json.dumps(meta).encode())
-    return pool
-
 
 def write_qa(root: Path) -> Path:
     qa = root / "qa"
@@ -175,7 +144,7 @@ def test_exclusions_from_shard_dir(tmp_path):
     shards.mkdir()
     with tarfile.open(shards / "shard-000000.tar", "w") as tf:
         for key, doc in [("r1", "docA"), ("r2", "docB"), ("r3", "docA")]:
-            _add(tf, f"{key}.json", json.dumps({"id": key, "doc_id": doc}).encode())
+            add_member(tf, f"{key}.json", json.dumps({"id": key, "doc_id": doc}).encode())
     assert read_exclusions(shards) == {"docA", "docB"}
     listed = tmp_path / "ids.json"
     listed.write_text('["x", "y"]')
