@@ -17,6 +17,8 @@ ALL = "all"
 
 def _length_label(n) -> str:
     n = int(n)
+    if n == 0:
+        return "n/a"
     return f"{n // 1024}K" if n % 1024 == 0 and n >= 1024 else str(n)
 
 
