@@ -41,7 +41,8 @@ def _backend_args(p):
     p.add_argument("--device", help="cuda | cpu (default: cuda when available)")
     p.add_argument("--url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (--backend openai)")
     p.add_argument("--served-model", help="model name the server knows (--backend openai)")
-    p.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY or none)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (unset: none)")
+    p.add_argument("--cache", help="on-disk request cache dir (--backend openai): a rerun resends nothing answered")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (--backend openai)")
     p.add_argument("--retries", type=int, default=4, help="retries per request (--backend openai)")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
         elif args.command == "run":
             backend = commands.make_backend(args.backend, args.model, args.url, args.served_model,
                                             args.max_new_tokens, args.concurrency, args.retries, args.tokenizer,
-                                            args.preprocessor, args.device, args.api_key)
+                                            args.preprocessor, args.device, args.api_key_env, args.cache)
             name = args.name or (Path(args.model).name if args.model else args.served_model)
             commands.run(args.eval_set, args.output, backend, name, args.limit)
         elif args.command == "score":

@@ -131,3 +131,41 @@ def chat_request(item: dict, model: str, max_new_tokens: int) -> dict:
     content.append({"type": "text", "text": prompts.question_text(item["question"])})
     return {"model": model, "messages": [{"role": "user", "content": content}], "temperature": 0.0,
             "max_tokens": max_new_tokens}
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible /v1/chat/completions server (e.g. vLLM serving the exported checkpoint).
+
+    Requests go through megatron_vlm.utils.openai_client.ChatClient: at most ``concurrency`` in
+    flight, retries with backoff and jitter, optional on-disk cache. Greedy (temperature 0).
+    """
+
+    def __init__(self, base_url: str, model: str, max_new_tokens: int = 64, concurrency: int = 4, retries: int = 4,
+                 api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 600.0,
+                 cache_dir: str | os.PathLike | None = None):
+        from megatron_vlm.utils.openai_client import ChatClient
+
+        self.client = ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency, max_retries=retries,
+                                 timeout_s=timeout_s, cache_dir=cache_dir)
+        self.model, self.max_new_tokens, self.concurrency = model, max_new_tokens, concurrency
+        self.name = model
+
+    def _ask(self, item: dict) -> tuple[dict, str, str | None]:
+        body = chat_request(item, self.model, self.max_new_tokens)
+        result = self.client.complete(body["messages"], temperature=body["temperature"], max_tokens=body["max_tokens"])
+        return item, (result.content or "") if result.ok else "", None if result.ok else result.error
+
+    def answer(self, item: dict) -> str:
+        _, text, error = self._ask(item)
+        if error:
+            raise RuntimeError(error)
+        return text
+
+    def answer_stream(self, items: list[dict]):
+        """(item, text, error) as answers arrive, ``concurrency`` requests at a time."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            futures = [pool.submit(self._ask, item) for item in items]
+            for future in as_completed(futures):
+                yield future.result()

@@ -48,7 +48,8 @@ def build(output, lengths, depths, pool=None, qa=None, from_jsonl=None, exclude=
 
 
 def make_backend(kind, model=None, url=None, served_model=None, max_new_tokens=64, concurrency=4, retries=4,
-                 tokenizer=None, preprocessor=None, device=None, api_key=None):
+                 tokenizer=None, preprocessor=None, device=None, api_key_env="OPENAI_API_KEY",
+                 cache_dir=None):
     if kind == "hf":
         if not model:
             raise ValueError("--backend hf needs --model HF_DIR")
@@ -62,7 +63,8 @@ def make_backend(kind, model=None, url=None, served_model=None, max_new_tokens=6
         from megatron_vlm.eval.backends import OpenAIBackend
 
         return OpenAIBackend(url, served_model, max_new_tokens=max_new_tokens, concurrency=concurrency,
-                             retries=retries, api_key=api_key)
+                             retries=retries, api_key_env=api_key_env,
+                             cache_dir=cache_dir)
     raise ValueError(f"unknown backend {kind!r} (hf | openai)")
 
 
