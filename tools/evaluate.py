@@ -77,6 +77,9 @@ def parser():
     s.add_argument("--report-dir", help="where report .json/.md go (default beside --output)")
     s.add_argument("--string-metric", choices=["anls", "f1"], default="anls")
     s.add_argument("--name", help="model name for the report")
+    s.add_argument("--judge-url", help="optional LLM judge: OpenAI-compatible base URL")
+    s.add_argument("--judge-model", help="optional LLM judge: model name")
+    s.add_argument("--judge-concurrency", type=int, default=4)
 
     c = sub.add_parser("compare", help="base vs trained side by side with deltas")
     c.add_argument("--base", required=True, help="scored predictions .jsonl or report .json")
@@ -91,7 +94,7 @@ def parser():
     nb.add_argument("--lengths", type=_ints, default=_ints(DEFAULT_LENGTHS))
     nb.add_argument("--depths", type=_floats, default=_floats(NEEDLE_DEPTHS))
     nb.add_argument("--trials", type=int, default=1)
-    nb.add_argument("--dpi", type=float, default=144)
+    nb.add_argument("--dpi", type=int, default=144)
     nb.add_argument("--exclude")
     nb.add_argument("--tokenizer")
     nb.add_argument("--seed", type=int, default=0)
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
             name = args.name or (Path(args.model).name if args.model else args.served_model)
             commands.run(args.eval_set, args.output, backend, name, args.limit)
         elif args.command == "score":
-            commands.score(args.predictions, args.output, args.report_dir, args.string_metric, args.name)
+            commands.score(args.predictions, args.output, args.report_dir, args.string_metric, args.name,
+                           args.judge_url, args.judge_model, args.judge_concurrency)
         elif args.command == "compare":
             commands.compare(args.base, args.trained, args.output)
         elif args.needle_command == "build":

@@ -79,19 +79,35 @@ def run(eval_set, output, backend, model_name, limit=None, log=print) -> Path:
     return path
 
 
-def score(predictions, output=None, report_dir=None, string_metric="anls", model=None, log=print) -> dict:
-    """Score a predictions JSONL; write per-line scores (default PRED.scored.jsonl) and report.json/.md."""
+def score(predictions, output=None, report_dir=None, string_metric="anls", model=None, judge_url=None,
+          judge_model=None, judge_concurrency=4, log=print) -> dict:
+    """Score a predictions JSONL; write per-line scores (default PRED.scored.jsonl) and report.json/.md.
+
+    With ``judge_url`` and ``judge_model`` an LLM judge adds ``judge_score`` per line and
+    ``judge`` to the report; the rule-based score stays the headline.
+    """
     predictions = Path(predictions)
     rows = read_jsonl(predictions)
     if not rows:
         raise ValueError(f"{predictions} has no predictions")
     scored = scoring.score_records(rows, string_metric)
+    if judge_url or judge_model:
+        if not (judge_url and judge_model):
+            raise ValueError("the judge needs both --judge-url and --judge-model")
+        from megatron_vlm.eval.judge import judge_records
+
+        log(f"asking judge {judge_model} at {judge_url} about {len(scored)} predictions")
+        scored = judge_records(scored, judge_url, judge_model, concurrency=judge_concurrency)
     output = Path(output) if output else predictions.with_name(predictions.stem + ".scored.jsonl")
     write_jsonl_atomic(output, scored)
     name = model or rows[0].get("model") or predictions.stem
     rep = report.build_report(scored, model=name)
     rep["string_metric"] = string_metric
     rep["errors"] = sum(1 for r in rows if r.get("error"))
+    if judge_model:
+        from megatron_vlm.eval.judge import judge_accuracy
+
+        rep["judge"] = {"model": judge_model, **judge_accuracy(scored)}
     report_dir = Path(report_dir) if report_dir else output.parent
     write_json_atomic(report_dir / f"{output.stem}.report.json", rep)
     write_text_atomic(report_dir / f"{output.stem}.report.md", report.report_markdown(rep))
@@ -99,6 +115,9 @@ def score(predictions, output=None, report_dir=None, string_metric="anls", model
     log(f"scored {overall['n']} predictions -> {output}; report -> {report_dir / (output.stem + '.report.md')}")
     log(f"overall accuracy {100 * overall['accuracy']:.2f}  F1 {100 * overall['f1']:.2f}  (n={overall['n']}, "
         f"string metric {string_metric}, {rep['errors']} request errors)")
+    if "judge" in rep:
+        j = rep["judge"]
+        log(f"judge {j['model']}: accuracy {100 * j['accuracy']:.2f} over {j['n']} judged ({j['unjudged']} unjudged)")
     return rep
 
 

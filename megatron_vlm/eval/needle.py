@@ -33,10 +33,13 @@ def needle_fact(rng: random.Random) -> tuple[str, str, int]:
     )
 
 
-def render_needle_page(fact: str, dpi: float, size_pt: tuple[float, float] = US_LETTER_PT) -> bytes:
-    """PNG bytes of a page with ``fact`` written in its middle (pymupdf), rendered at ``dpi``."""
+def render_needle_page(fact: str, dpi: int, size_pt: tuple[float, float] = US_LETTER_PT) -> bytes:
+    """PNG bytes of a page with ``fact`` written in its middle (pymupdf), rendered at ``dpi`` (an integer)."""
     import pymupdf
 
+    if dpi != int(dpi):
+        raise ValueError(f"dpi must be a whole number, got {dpi}")
+    dpi = int(dpi)  # pymupdf's get_pixmap rejects a float dpi
     width, height = size_pt
     doc = pymupdf.open()
     page = doc.new_page(width=width, height=height)
@@ -49,7 +52,7 @@ def render_needle_page(fact: str, dpi: float, size_pt: tuple[float, float] = US_
 
 
 def needle_documents(
-    lengths: Sequence[int], depths: Sequence[float], trials: int, dpi: float, seed: int = 0
+    lengths: Sequence[int], depths: Sequence[float], trials: int, dpi: int, seed: int = 0
 ) -> tuple[dict[str, Document], list[tuple[Question, int, float]]]:
     """One needle document and question per (length, depth, trial)."""
     docs, questions = {}, []
@@ -73,7 +76,7 @@ def build_needle_set(
     lengths: Sequence[int],
     depths: Sequence[float],
     trials: int = 1,
-    dpi: float = 144,
+    dpi: int = 144,
     exclude: set[str] = frozenset(),
     seed: int = 0,
     count_prompt_tokens=None,

@@ -25,6 +25,14 @@ def test_needle_page_pixels_and_ink():
     assert 792 / 2 - 40 <= rows.min() and rows.max() <= 792 / 2 + 40  # ... only in the middle band
 
 
+def test_needle_page_float_dpi():
+    # regression: pymupdf's get_pixmap raises TypeError on a float dpi (the CLI used to pass 36.0)
+    page = Image.open(io.BytesIO(render_needle_page("x", dpi=36.0)))
+    assert page.size == (306, 396)
+    with pytest.raises(ValueError, match="whole number"):
+        render_needle_page("x", dpi=36.5)
+
+
 def test_needle_text_in_pdf():
     # pymupdf's own text extraction on the page we draw: the fact is there word for word.
     import pymupdf
