@@ -101,8 +101,10 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout_s: f
                 failures[rank] = payload
                 break  # one failure is enough; the others may hang on a collective
     finally:
+        # After a failure or a timeout the other ranks may be stuck in a collective: kill them now.
+        grace = 5 if len(results) == world_size else 0
         for p in procs:
-            p.join(timeout=5)
+            p.join(timeout=grace)
         for p in procs:
             if p.is_alive():
                 p.kill()
