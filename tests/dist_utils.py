@@ -14,8 +14,9 @@ import os
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = str(Path(__file__).resolve().parents[1])
 
