@@ -14,9 +14,8 @@ import os
 import socket
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = str(Path(__file__).resolve().parents[1])
 
