@@ -44,3 +44,16 @@ def our_model(cfg: Qwen2_5_VLConfig, hf, **kwargs):
     model = Qwen2_5_VLModel(cfg, spec="local", attention_backend="torch", **kwargs).eval()
     load_full_state_dict(model, hf_to_mcore(hf.state_dict(), cfg))
     return model
+
+
+def single_rank_fixture():
+    """Body of a module-scoped fixture: Megatron's groups on one gloo rank, torn down afterwards."""
+    import os
+
+    from megatron_vlm.parallel import ParallelLayout, destroy, initialize
+    from tests.dist_utils import free_port
+
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    initialize(ParallelLayout())
+    yield
+    destroy()
