@@ -212,3 +212,17 @@ def gather_from_cp(local: torch.Tensor, partition: CPPartition, dim: int = 0, gr
     gathered = all_gather_cp(local.movedim(dim, 0).contiguous(), group)
     parts = list(gathered.chunk(partition.cp_size, dim=0))
     return unsplit(parts, partition, dim=0, fill=fill).movedim(0, dim)
+
+
+def cp_attention(
+    q, k, v, cu_seqlens, causal=True, cp_group=None, attend=None, softmax_scale=None, cu_seqlens_padded=None
+):
+    """Context-parallel attention for the model's core attention; see
+    :func:`megatron_vlm.parallel.cp_attention.cp_attention_thd` (same arguments, ``cp_group``
+    is its ``group``). Under CP the model passes the GLOBAL padded boundaries as ``cu_seqlens``."""
+    from megatron_vlm.parallel.cp_attention import cp_attention_thd
+
+    return cp_attention_thd(
+        q, k, v, cu_seqlens, cu_seqlens_padded, group=cp_group, softmax_scale=softmax_scale, causal=causal,
+        attend=attend,
+    )  # fmt: skip

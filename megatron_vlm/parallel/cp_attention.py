@@ -15,6 +15,7 @@ moderate lengths, not a replacement for TE's ring attention at 128K+.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +35,11 @@ def cp_attention_thd(
     k: torch.Tensor,
     v: torch.Tensor,
     cu_seqlens: torch.Tensor,
-    cu_seqlens_padded: torch.Tensor,
+    cu_seqlens_padded: torch.Tensor | None = None,
     group=None,
     softmax_scale: float | None = None,
     causal: bool = True,
+    attend: Callable | None = None,
 ) -> torch.Tensor:
     """Attention of this rank's queries over the whole packed sequence.
 
@@ -45,8 +47,22 @@ def cp_attention_thd(
     slots); ``cu_seqlens`` / ``cu_seqlens_padded`` [n+1] are the GLOBAL actual / padded
     sub-sequence boundaries (as TE takes them). Hq must be a multiple of Hkv (query head h uses
     K/V head h // (Hq/Hkv), Megatron's grouping). Returns [T_loc, Hq, Dv]; pad slots are 0.
+
+    ``cu_seqlens_padded=None`` treats the padded boundaries as the actual ones: pad slots then
+    count as tokens at the end of their sub-sequence. Real tokens never attend to them (they
+    come later), so real outputs and all gradients that flow from real tokens are unchanged;
+    the model uses this form (one boundary tensor in its PackedSeqParams).
+
+    ``attend``: optional single-rank kernel ``attend(q, k, v, cu_seqlens, causal) -> out`` on
+    equal-length THD q/k/v (e.g. the model's torch / flash-attn / TE backend, with its own
+    softmax scale). Each local query chunk then runs as one sub-sequence over its key prefix,
+    its queries preceded by zero rows so the kernel sees a square causal problem: exact, one
+    kernel call, but about (CP+1)/2 times the rank's share of attention FLOPs. Without it a
+    masked SDPA computes only the share, with ``softmax_scale`` (default 1/sqrt(D)).
     """
     cp, rank = group_size(group), group_rank(group)
+    if cu_seqlens_padded is None:
+        cu_seqlens_padded = cu_seqlens
     cu_pad = [int(x) for x in cu_seqlens_padded.tolist()]
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     if cu_pad[-1] != cp * q.shape[0]:
@@ -54,30 +70,54 @@ def cp_attention_thd(
     heads_q, heads_kv = q.shape[1], k.shape[1]
     if heads_q % heads_kv:
         raise ValueError(f"{heads_q} query heads are not a multiple of {heads_kv} key/value heads")
-    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
 
     order = _gather_order(tuple(cu_pad), cp).to(q.device)
     k_global = all_gather_cp(k, group).index_select(0, order)
     v_global = all_gather_cp(v, group).index_select(0, order)
 
-    pieces = []
+    # One block per (sub-sequence, local chunk): its real query rows and the key prefix they see.
+    blocks = []  # (first local row, real rows, pad rows, first global key, number of keys, query offset)
     for start, end, length in zip(cu_pad[:-1], cu_pad[1:], lengths):
         chunk = (end - start) // (2 * cp)
-        local_start = start // cp
         for half, c in enumerate((rank, 2 * cp - 1 - rank)):
             n_real = max(0, min(chunk, length - c * chunk))
-            if n_real:
-                rows = slice(local_start + half * chunk, local_start + half * chunk + n_real)
-                q_off = torch.arange(c * chunk, c * chunk + n_real, device=q.device)
-                n_keys = c * chunk + n_real if causal else length
-                k_off = torch.arange(n_keys, device=q.device)
-                mask = k_off[None, :] <= q_off[:, None] if causal else None
-                pieces.append(
-                    _attend(q[rows], k_global[start : start + n_keys], v_global[start : start + n_keys], mask, scale)
-                )
-            if chunk - n_real:
-                pieces.append(q.new_zeros((chunk - n_real, heads_q, v.shape[-1])))
+            n_keys = c * chunk + n_real if causal else length
+            blocks.append((start // cp + half * chunk, n_real, chunk - n_real, start, n_keys, c * chunk))
+    if attend is None:
+        scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+        outs = [_masked_block(q, k_global, v_global, b, causal, scale) for b in blocks if b[1]]
+    else:
+        outs = _kernel_blocks(q, k_global, v_global, [b for b in blocks if b[1]], causal, attend)
+    pieces, it = [], iter(outs)
+    for _, n_real, n_pad, *_ in blocks:
+        if n_real:
+            pieces.append(next(it))
+        if n_pad:
+            pieces.append(q.new_zeros((n_pad, heads_q, v.shape[-1])))
     return torch.cat(pieces)
+
+
+def _masked_block(q, k_global, v_global, block, causal, scale):
+    row, n_real, _, key_start, n_keys, q_offset = block
+    keys = slice(key_start, key_start + n_keys)
+    mask = None
+    if causal:
+        q_off = torch.arange(q_offset, q_offset + n_real, device=q.device)
+        mask = torch.arange(n_keys, device=q.device)[None, :] <= q_off[:, None]
+    return _attend(q[row : row + n_real], k_global[keys], v_global[keys], mask, scale)
+
+
+def _kernel_blocks(q, k_global, v_global, blocks, causal, attend):
+    """All blocks as one packed square problem for ``attend``; returns the real rows per block."""
+    qs, ks, vs, bounds = [], [], [], [0]
+    for row, n_real, _, key_start, n_keys, _ in blocks:
+        qs += [q.new_zeros((n_keys - n_real, *q.shape[1:])), q[row : row + n_real]]
+        ks.append(k_global[key_start : key_start + n_keys])
+        vs.append(v_global[key_start : key_start + n_keys])
+        bounds.append(bounds[-1] + n_keys)
+    cu = torch.tensor(bounds, dtype=torch.int32, device=q.device)
+    out = attend(torch.cat(qs), torch.cat(ks), torch.cat(vs), cu, causal)
+    return [out[end - n_real : end] for (_, n_real, *_), end in zip(blocks, bounds[1:])]
 
 
 def _attend(q, k, v, mask, scale):

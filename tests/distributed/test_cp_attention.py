@@ -1,6 +1,8 @@
 """Local CP attention on 2 gloo ranks equals single-rank block-diagonal causal attention
 (an explicit float64 softmax written here), for outputs and q/k/v gradients: GQA, fp32 and
-bf16, sub-sequences shorter than 2*CP tokens, uneven lengths, with and without a padding tail."""
+bf16, sub-sequences shorter than 2*CP tokens, uneven lengths, with and without a padding tail;
+with the built-in masked kernel, with a caller's square kernel (``attend``), and in the form
+the model uses (padded boundaries only)."""
 
 from __future__ import annotations
 
@@ -43,12 +45,28 @@ def reference_attention(q, k, v, cu_seqlens):
     return out
 
 
-def _rank_fn(dtype_name: str):
+def square_kernel(q, k, v, cu_seqlens, causal):
+    """A single-rank kernel with the model's ``attend`` signature (explicit softmax)."""
+    assert causal
+    return reference_attention(q, k, v, cu_seqlens)
+
+
+MODES = [("float32", 1e-5, "masked"), ("bfloat16", 3e-2, "masked"), ("float32", 1e-5, "kernel"),
+         ("float32", 1e-5, "padded_only")]  # fmt: skip
+
+
+def _rank_fn():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    return {(d, m): _run_cases(d, m) for d, _, m in MODES}
+
+
+def _run_cases(dtype_name: str, mode: str):
     import torch.distributed as dist
 
     from megatron_vlm.parallel.cp_attention import cp_attention_thd
 
-    dist.init_process_group("gloo")
     cp, rank = dist.get_world_size(), dist.get_rank()
     dtype = getattr(torch, dtype_name)
     results = []
@@ -65,16 +83,26 @@ def _rank_fn(dtype_name: str):
         q, k, v, dout = local
         for t in (q, k, v):
             t.requires_grad_(True)
-        out = cp_attention_thd(q, k, v, part.cu_seqlens, part.cu_seqlens_padded)
+        if mode == "padded_only":  # the model's form: pads count as tokens; they get no loss
+            dout[index < 0] = 0
+            out = cp_attention_thd(q, k, v, part.cu_seqlens_padded)
+        else:
+            attend = square_kernel if mode == "kernel" else None
+            out = cp_attention_thd(q, k, v, part.cu_seqlens, part.cu_seqlens_padded, attend=attend)
         out.backward(dout)
         # numpy: tensors would travel by shared-memory handles that die with the rank
         results.append([t.detach().double().numpy() for t in (out, q.grad, k.grad, v.grad)])
     return results
 
 
-@pytest.mark.parametrize("dtype_name,tol", [("float32", 1e-5), ("bfloat16", 3e-2)])
-def test_cp_attention_matches_single_rank(dtype_name, tol):
-    per_rank = run_distributed(_rank_fn, 2, dtype_name, timeout_s=120)
+@pytest.fixture(scope="module")
+def two_rank_results():
+    return run_distributed(_rank_fn, 2, timeout_s=180)
+
+
+@pytest.mark.parametrize("dtype_name,tol,mode", MODES)
+def test_cp_attention_matches_single_rank(two_rank_results, dtype_name, tol, mode):
+    per_rank = [r[(dtype_name, mode)] for r in two_rank_results]
     for case_i, (bounds, trim) in enumerate(CASES):
         cu = torch.tensor(bounds, dtype=torch.int32)
         part = cp_partition(cu, 2, trim_last=trim)
@@ -93,4 +121,6 @@ def test_cp_attention_matches_single_rank(dtype_name, tol):
             # pad slots produce nothing and receive nothing
             for r in range(2):
                 pad = part.source_index[r] < 0
+                if mode == "padded_only" and name == "out":
+                    continue
                 assert (per[r][pad] == 0).all(), f"case {bounds}: {name} at pad slots"
