@@ -13,6 +13,7 @@ parsed as YAML scalars, so ``train.tokens=5e9`` and ``model.freeze_vision=true``
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,8 +183,9 @@ def _coerce(value, hint, key: str):
     """Turn YAML values into the field's type where YAML is loose (5e9 -> int, 1 -> float)."""
     if value is None:
         return None
-    types = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
-    base = typing.get_origin(types[0]) or types[0]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    base = typing.get_origin(hint) or hint
     try:
         if base is int and isinstance(value, (int, float, str)) and not isinstance(value, bool):
             number = float(value)
