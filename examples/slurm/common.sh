@@ -2,6 +2,7 @@
 # Shared by every sbatch script in examples/slurm/: the repository location, the rendezvous
 # address taken from the allocation, the NCCL/InfiniBand environment of H100 clusters, and the
 # optional pyxis/enroot container. Sourced, never run. It holds no hyperparameters.
+# Submit from the repository root after `mkdir -p logs` (the scripts log to logs/%x-%j.out).
 #
 # Settings (environment variables, all optional):
 #   MVLM_REPO          repository root (default: found from this file; under sbatch it is
