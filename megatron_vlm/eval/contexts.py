@@ -95,13 +95,11 @@ class Context:
 # sources
 
 
-def _tar_reader(tar_path: Path, member: str) -> Callable[[], bytes]:
+def _span_reader(path: Path, offset: int, size: int) -> Callable[[], bytes]:
     def read() -> bytes:
-        with tarfile.open(tar_path) as tf:
-            f = tf.extractfile(member)
-            if f is None:
-                raise FileNotFoundError(f"{member} not in {tar_path}")
-            return f.read()
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
 
     return read
 
@@ -111,35 +109,48 @@ def _file_reader(path: Path) -> Callable[[], bytes]:
 
 
 def read_pool(pool_dir: str | Path) -> dict[str, Document]:
-    """Every document of a pool (docs/formats.md section 1), pages costed with the pool's pixel limits."""
+    """Every ``ok`` document of a pool (docs/formats.md section 1), pages costed with the pool's pixel limits.
+
+    Uses the pool stage's manifest and settings readers; page images are not loaded, only located
+    (byte offsets inside the tars), and read when an eval set is written.
+    """
+    from megatron_vlm.data import pool as pool_stage
+
     pool_dir = Path(pool_dir)
-    settings_path = pool_dir / "pool.json"
-    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    settings = pool_stage.read_settings(pool_dir)
     min_px = settings.get("min_pixels", image_rule.MIN_PIXELS)
     max_px = settings.get("max_pixels", image_rule.MAX_PIXELS)
-    tars = sorted((pool_dir / "shards").glob("*.tar"))
-    if not tars:
-        raise FileNotFoundError(f"no pool shards in {pool_dir / 'shards'}")
+    wanted: dict[str, set[str]] = {}
+    for row in pool_stage.read_manifest(pool_dir):
+        if row["status"] == "ok":
+            wanted.setdefault(row["shard"], set()).add(row["id"])
     docs: dict[str, Document] = {}
-    for tar_path in tars:
+    for shard in sorted(wanted):
+        tar_path = pool_dir / shard
+        metas, spans = [], {}
         with tarfile.open(tar_path) as tf:
-            members = tf.getmembers()
-            images = {m.name for m in members if m.name.endswith((".png", ".jpg"))}
-            for m in members:
-                if not m.name.endswith(".json"):
+            for m in tf:
+                key = m.name.split(".", 1)[0]
+                if key not in wanted[shard]:
                     continue
-                meta = json.loads(tf.extractfile(m).read())
-                doc_id = meta["id"]
-                pages = []
-                for p in meta["pages"]:
-                    stem = f"{doc_id}.p{p['index']:04d}"
-                    name = next((f"{stem}.{e}" for e in ("png", "jpg") if f"{stem}.{e}" in images), None)
-                    if name is None:
-                        raise FileNotFoundError(f"{stem}.png|jpg missing from {tar_path}")
-                    grid = image_rule.image_grid_thw(p["height_px"], p["width_px"], min_px, max_px)
-                    tokens = image_rule.image_token_count(p["height_px"], p["width_px"], min_px, max_px)
-                    pages.append(Page(doc_id, p["index"], tokens, grid, name.rsplit(".", 1)[1], _tar_reader(tar_path, name)))
-                docs[doc_id] = Document(doc_id, sorted(pages, key=lambda q: q.index))
+                if m.name.endswith(".json"):
+                    metas.append(json.loads(tf.extractfile(m).read()))
+                else:
+                    spans[m.name] = (m.offset_data, m.size)
+        for meta in metas:
+            doc_id = meta["id"]
+            pages = []
+            for p in meta["pages"]:
+                stem = f"{doc_id}.p{p['index']:04d}"
+                name = next((f"{stem}.{e}" for e in ("png", "jpg") if f"{stem}.{e}" in spans), None)
+                if name is None:
+                    raise FileNotFoundError(f"{stem}.png|jpg missing from {tar_path}")
+                grid = image_rule.image_grid_thw(p["height_px"], p["width_px"], min_px, max_px)
+                tokens = image_rule.image_token_count(p["height_px"], p["width_px"], min_px, max_px)
+                pages.append(Page(doc_id, p["index"], tokens, grid, name.rsplit(".", 1)[1], _span_reader(tar_path, *spans[name])))
+            docs[doc_id] = Document(doc_id, sorted(pages, key=lambda q: q.index))
+    if not docs:
+        raise ValueError(f"no ok documents in the pool at {pool_dir}")
     return docs
 
 

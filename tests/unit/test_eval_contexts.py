@@ -149,3 +149,33 @@ def test_exclusions_from_shard_dir(tmp_path):
     listed = tmp_path / "ids.json"
     listed.write_text('["x", "y"]')
     assert read_exclusions(listed) == {"x", "y"}
+
+
+def test_on_a_pool_from_the_pool_stage(tmp_path):
+    """Contexts over a pool written by the pool stage from generated PDFs (low DPI to stay fast)."""
+    import argparse
+
+    from megatron_vlm.data import pool as pool_stage
+    from megatron_vlm.data.sample_pdfs import make_corpus
+
+    make_corpus(tmp_path / "pdfs", n_docs=5, pages=(3, 4), seed=3, scanned=False)
+    parser = argparse.ArgumentParser()
+    pool_stage.add_arguments(parser)
+    out = tmp_path / "pool"
+    assert pool_stage.main(parser.parse_args(["--input", str(tmp_path / "pdfs"), "--output", str(out), "--dpi", "36",
+                                              "--no-ocr", "--quiet", "--docs-per-tar", "2"])) == 0
+    docs = read_pool(out)
+    by_id = {doc["id"]: doc for doc, _ in pool_stage.iter_documents(out)}
+    assert set(docs) == set(by_id)
+    for doc_id, doc in docs.items():
+        # our costing agrees with the pool stage's own per-page token counts and grids
+        assert [p.tokens for p in doc.pages] == [p["tokens"] for p in by_id[doc_id]["pages"]]
+        assert [list(p.grid_thw) for p in doc.pages] == [p["grid_thw"] for p in by_id[doc_id]["pages"]]
+    doc_id = sorted(docs)[0]
+    q = Question("q", doc_id, "extract-single", "?", "a", "Str", [1])
+    page_cost = max(p.cost for d in docs.values() for p in d.pages)
+    ctx = build_context(q, docs[doc_id], list(docs.values()), 10 * page_cost, 0.5)
+    assert 9 * page_cost < ctx.tokens <= 10 * page_cost
+    # the lazily read page bytes are the pool's PNG for that page
+    _, images = next((d, im) for d, im in pool_stage.iter_documents(out, images=True, ids={doc_id}))
+    assert ctx.pages[ctx.evidence_positions[0]].read_bytes() == images[1]
