@@ -10,8 +10,9 @@ count is fixed (e.g. 32K ... 512K) and whose evidence sits at a chosen depth. Ho
 3. The non-anchor budget F = budget - anchor cost is split: depth x F before the anchor and the
    rest after it. Each side is filled first with the document's own neighbouring pages (nearest
    first), then with pages of other documents (whole runs of each, in page order, documents in a
-   seeded random order), a page at a time while the next page still fits. So the total is within
-   one page of the budget, and the tokens before the anchor are within one page of depth x F.
+   seeded random order; no document is split around the anchor), a page at a time while the next
+   page still fits. So the total is within one page of the budget, and the tokens before the
+   anchor are within one page of depth x F.
 
 Order in the context: distractors | document pages before | anchor | document pages after | distractors.
 Held-out only: documents in the exclusion set (e.g. every doc_id of a training shard set) are
@@ -301,6 +302,10 @@ def build_context(
     if n == len(own_before):  # the document ran out first: pad with other documents
         before_distractors, used, i = _fill(stream, 0, before_budget - used_before)
         used_before += used
+
+    # the after side starts with a fresh distractor document, not the rest of one split around the anchor
+    while 0 < i < len(stream) and stream[i].doc_id == stream[i - 1].doc_id:
+        i += 1
 
     own_after = doc.pages[last:]
     after_doc, used_after, n = _fill(own_after, 0, rest - used_before)

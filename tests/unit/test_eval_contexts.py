@@ -68,8 +68,11 @@ def test_length_and_depth(pool_and_qa, target, depth):
     own = [i for i, p in enumerate(ctx.pages) if p.doc_id == "doc03"]
     assert own == list(range(own[0], own[-1] + 1))
     assert [ctx.pages[i].index for i in own] == sorted(ctx.pages[i].index for i in own)
-    # no page twice
+    # no page twice, and no distractor document on both sides of the question's document
     assert len({(p.doc_id, p.index) for p in ctx.pages}) == len(ctx.pages)
+    before_docs = {p.doc_id for p in ctx.pages[: own[0]]}
+    after_docs = {p.doc_id for p in ctx.pages[own[-1] + 1 :]}
+    assert not before_docs & after_docs
 
 
 def test_multi_page_evidence_span(pool_and_qa):
