@@ -257,10 +257,52 @@ def anchor_span(question: Question, doc: Document) -> tuple[int, int]:
     return 0, len(doc.pages)
 
 
-def _fill(pages: Sequence[Page], start: int, budget: int) -> tuple[list[Page], int, int]:
+class _LazyPages:
+    """Pages of the distractor documents, documents in a seeded random order, pages in page order.
+
+    Materialised only as far as they are indexed: the order is a lazy Fisher-Yates shuffle, so a
+    context costs what it uses, not the size of the pool. Skips the document ``skip_id``.
+    """
+
+    def __init__(self, docs: Sequence[Document], rng: random.Random, skip_id: str):
+        self._docs, self._rng, self._skip = docs, rng, skip_id
+        self._drawn, self._swapped, self._pages = 0, {}, []
+
+    def _next_doc(self) -> Document | None:
+        n = len(self._docs)
+        while self._drawn < n:
+            i = self._drawn
+            j = self._rng.randrange(i, n)
+            vi, vj = self._swapped.get(i, i), self._swapped.get(j, j)
+            self._swapped[j] = vi
+            self._drawn += 1
+            doc = self._docs[vj]
+            if doc.doc_id != self._skip and doc.pages:
+                return doc
+        return None
+
+    def _grow(self, n: int) -> bool:
+        while len(self._pages) < n:
+            doc = self._next_doc()
+            if doc is None:
+                return False
+            self._pages.extend(doc.pages)
+        return True
+
+    def __getitem__(self, i: int) -> Page:
+        self._grow(i + 1)
+        return self._pages[i]
+
+    def has(self, i: int) -> bool:
+        """Whether there is a page at position ``i``."""
+        return self._grow(i + 1)
+
+
+def _fill(pages: Sequence[Page] | _LazyPages, start: int, budget: int) -> tuple[list[Page], int, int]:
     """Take pages from ``pages[start:]`` while the next one fits in ``budget``: (taken, tokens, next start)."""
+    has = pages.has if isinstance(pages, _LazyPages) else (lambda k: k < len(pages))
     taken, used, i = [], 0, start
-    while i < len(pages) and used + pages[i].cost <= budget:
+    while has(i) and used + pages[i].cost <= budget:
         taken.append(pages[i])
         used += pages[i].cost
         i += 1
@@ -292,9 +334,8 @@ def build_context(
     rest = budget - anchor_tokens
     before_budget = round(depth * rest)
 
-    others = [d for d in distractors if d.doc_id != doc.doc_id]
-    random.Random(f"{seed}:{question.id}:{target_tokens}:{depth}").shuffle(others)
-    stream = [p for d in others for p in d.pages]
+    rng = random.Random(f"{seed}:{question.id}:{target_tokens}:{depth}")
+    stream = _LazyPages(distractors, rng, doc.doc_id)
 
     own_before = doc.pages[:first][::-1]  # nearest first
     before_doc, used_before, n = _fill(own_before, 0, before_budget)
@@ -304,7 +345,7 @@ def build_context(
         used_before += used
 
     # the after side starts with a fresh distractor document, not the rest of one split around the anchor
-    while 0 < i < len(stream) and stream[i].doc_id == stream[i - 1].doc_id:
+    while i > 0 and stream.has(i) and stream[i].doc_id == stream[i - 1].doc_id:
         i += 1
 
     own_after = doc.pages[last:]
@@ -316,7 +357,7 @@ def build_context(
 
     pages = before_distractors + before_doc[::-1] + anchor + after_doc + after_distractors
     gap = rest - used_before - used_after
-    if i == len(stream) and pages and gap >= max(p.cost for p in pages):
+    if not stream.has(i) and pages and gap >= max(p.cost for p in pages):
         raise ValueError(f"question {question.id}: distractor pages ran out {gap} tokens short of {budget}")
     start = len(before_distractors) + len(before_doc)
     evidence = set(question.evidence_pages)
