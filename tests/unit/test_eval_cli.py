@@ -88,3 +88,68 @@ def test_judge(tmp_path):
     assert [r["judge_score"] for r in scored] == [1.0, 0.0]
     report = json.loads((tmp_path / "p.scored.report.json").read_text())
     assert report["judge"]["accuracy"] == 0.5 and report["judge"]["n"] == 2
+
+
+class EchoBackend:
+    """Answers with the question's first word; fails on items whose id ends with '!'."""
+
+    def __init__(self):
+        self.asked = []
+
+    def answer(self, item):
+        self.asked.append(item["id"])
+        if item["id"].endswith("!"):
+            raise RuntimeError("model fell over")
+        return "Answer: " + item["question"].split()[0]
+
+    def answer_stream(self, items):
+        from megatron_vlm.eval.runner import sequential_stream
+
+        return sequential_stream(self.answer, items)
+
+
+def _items(ids):
+    return [{"id": i, "question": f"{i} ?", "answer": i, "answer_format": "Str", "pages": []} for i in ids]
+
+
+def test_run_resumes_and_records_errors(tmp_path):
+    from megatron_vlm.eval.runner import run_eval
+
+    out = tmp_path / "pred.jsonl"
+    # a previous run answered "b" before it died
+    (tmp_path / "pred.jsonl.partial").write_text(json.dumps({"id": "b", "prediction": "Answer: b", "model": "m"}) + "\n")
+    backend = EchoBackend()
+    run_eval(_items(["a", "b", "c!"]), backend, out, "m", log=lambda *_: None)
+    assert backend.asked == ["a", "c!"]
+    rows = read_jsonl(out)
+    assert [r["id"] for r in rows] == ["a", "b", "c!"]
+    assert rows[0]["prediction"] == "Answer: a" and rows[2]["error"] == "RuntimeError: model fell over"
+    assert not (tmp_path / "pred.jsonl.partial").exists()
+    with pytest.raises(FileExistsError):
+        run_eval(_items(["a"]), backend, out, "m", log=lambda *_: None)
+
+
+def test_openai_backend_retries_and_bounds(tmp_path):
+    pytest.importorskip("megatron_vlm.utils.openai_client", reason="megatron_vlm/utils/openai_client.py not merged yet")
+    fake = pytest.importorskip("tests.fake_openai", reason="tests/fake_openai.py not merged yet")
+    from megatron_vlm.eval.backends import OpenAIBackend
+    from megatron_vlm.eval.runner import run_eval
+
+    image = tmp_path / "p.png"
+    Image.new("RGB", (56, 56), "white").save(image)
+    items = [{**it, "pages": [{"image": str(image)}]} for it in _items([f"q{i}" for i in range(6)])]
+
+    def answer(body):
+        text = body["messages"][0]["content"][-1]["text"]
+        assert body["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+        return "Answer: " + text.split()[0]
+
+    # request 0 gets a 503 and request 2 a 429: both retried; at most 2 requests in flight
+    with fake.FakeOpenAI(answer=answer, faults={0: "503", 2: "429"}, delay_s=0.05) as server:
+        backend = OpenAIBackend(server.url, "m", concurrency=2, retries=3)
+        backend.client.backoff_s = 0.01
+        run_eval(items, backend, tmp_path / "pred.jsonl", "m", log=lambda *_: None)
+        assert server.max_in_flight <= 2
+    rows = read_jsonl(tmp_path / "pred.jsonl")
+    assert [r["prediction"] for r in rows] == [f"Answer: q{i}" for i in range(6)]
+    assert not any("error" in r for r in rows)
