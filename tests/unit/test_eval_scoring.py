@@ -130,7 +130,9 @@ def test_not_answerable():
         ("Answer: apples, pears and plums", "List", ["apples", "pears", "plums"]),
         ("Extracted answer: Not answerable", "Str", "Not answerable"),
         ("The pages do not say.\nAnswer: unanswerable", "Int", "Not answerable"),
-        ("Answer: \"Annual Report\"", "Str", "Annual Report"),
+        ('Answer: "Annual Report"', "Str", "Annual Report"),
+        ("Reading page 3.\nThe answer is blue.", "Str", "blue"),  # lead-in phrase dropped
+        ("So the final answer is: 42", "Int", "42"),
     ],
 )
 def test_extract_answer(output, fmt, expected):
