@@ -28,8 +28,10 @@ def main() -> None:
     args = ap.parse_args()
     h, w = image_rule.page_pixels(612, 792, 144)
     tokens, grid = image_rule.image_token_count(h, w), image_rule.image_grid_thw(h, w)
-    docs = [Document(f"d{i}", [Page(f"d{i}", k, tokens, grid, "png", bytes) for k in range(args.pages)])
-            for i in range(args.docs)]
+    docs = [
+        Document(f"d{i}", [Page(f"d{i}", k, tokens, grid, "png", bytes) for k in range(args.pages)])
+        for i in range(args.docs)
+    ]
     t0 = time.perf_counter()
     n, worst_len, worst_depth = 0, 0, 0
     for q in range(args.questions):
@@ -43,10 +45,14 @@ def main() -> None:
                 worst_depth = max(worst_depth, abs(ctx.before_tokens - depth * (length - 80 - ctx.anchor_tokens)))
     dt = time.perf_counter() - t0
     print(f"$ PYTHONPATH=. python {' '.join(sys.argv)}")
-    print(f"pool {args.docs} docs x {args.pages} pages ({tokens + 2} tokens/page); {n} contexts "
-          f"({args.questions} questions x {len(LENGTHS)} lengths x {len(DEPTHS)} depths)")
-    print(f"{n / dt:.1f} contexts/s ({dt:.2f} s); worst shortfall {worst_len} tokens, worst depth error "
-          f"{worst_depth:.0f} tokens (one page = {tokens + 2})")
+    print(
+        f"pool {args.docs} docs x {args.pages} pages ({tokens + 2} tokens/page); {n} contexts "
+        f"({args.questions} questions x {len(LENGTHS)} lengths x {len(DEPTHS)} depths)"
+    )
+    print(
+        f"{n / dt:.1f} contexts/s ({dt:.2f} s); worst shortfall {worst_len} tokens, worst depth error "
+        f"{worst_depth:.0f} tokens (one page = {tokens + 2})"
+    )
 
 
 if __name__ == "__main__":

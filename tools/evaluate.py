@@ -41,7 +41,9 @@ def _backend_args(p):
     p.add_argument("--device", help="cuda | cpu (default: cuda when available)")
     p.add_argument("--url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (--backend openai)")
     p.add_argument("--served-model", help="model name the server knows (--backend openai)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (unset: none)")
+    p.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (unset: none)"
+    )
     p.add_argument("--cache", help="on-disk request cache dir (--backend openai): a rerun resends nothing answered")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (--backend openai)")
     p.add_argument("--retries", type=int, default=4, help="retries per request (--backend openai)")
@@ -111,22 +113,60 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "build":
-            commands.build(args.output, args.lengths, args.depths, args.pool, args.qa, args.from_jsonl, args.exclude,
-                           args.tokenizer, args.seed, args.max_questions)
+            commands.build(
+                args.output,
+                args.lengths,
+                args.depths,
+                args.pool,
+                args.qa,
+                args.from_jsonl,
+                args.exclude,
+                args.tokenizer,
+                args.seed,
+                args.max_questions,
+            )
         elif args.command == "run":
-            backend = commands.make_backend(args.backend, args.model, args.url, args.served_model,
-                                            args.max_new_tokens, args.concurrency, args.retries, args.tokenizer,
-                                            args.preprocessor, args.device, args.api_key_env, args.cache)
+            backend = commands.make_backend(
+                args.backend,
+                args.model,
+                args.url,
+                args.served_model,
+                args.max_new_tokens,
+                args.concurrency,
+                args.retries,
+                args.tokenizer,
+                args.preprocessor,
+                args.device,
+                args.api_key_env,
+                args.cache,
+            )
             name = args.name or (Path(args.model).name if args.model else args.served_model)
             commands.run(args.eval_set, args.output, backend, name, args.limit)
         elif args.command == "score":
-            commands.score(args.predictions, args.output, args.report_dir, args.string_metric, args.name,
-                           args.judge_url, args.judge_model, args.judge_concurrency)
+            commands.score(
+                args.predictions,
+                args.output,
+                args.report_dir,
+                args.string_metric,
+                args.name,
+                args.judge_url,
+                args.judge_model,
+                args.judge_concurrency,
+            )
         elif args.command == "compare":
             commands.compare(args.base, args.trained, args.output)
         elif args.needle_command == "build":
-            commands.needle_build(args.pool, args.output, args.lengths, args.depths, args.trials, args.dpi,
-                                  args.exclude, args.tokenizer, args.seed)
+            commands.needle_build(
+                args.pool,
+                args.output,
+                args.lengths,
+                args.depths,
+                args.trials,
+                args.dpi,
+                args.exclude,
+                args.tokenizer,
+                args.seed,
+            )
         else:
             commands.needle_plot(args.predictions, args.output, args.title)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:

@@ -45,7 +45,9 @@ class QwenInputs:
 
         content = [{"type": "image", "image": None} for _ in images] + [{"type": "text", "text": user_text}]
         text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True,
+            [{"role": "user", "content": content}],
+            tokenize=False,
+            add_generation_prompt=True,
             chat_template=self.chat_template,
         )
         out = {}
@@ -79,9 +81,15 @@ def load_images(item: dict) -> list:
 class HFBackend:
     """A Qwen2.5-VL checkpoint (HF format) run with transformers in this process, greedy decoding."""
 
-    def __init__(self, model_dir: str | os.PathLike, device: str | None = None, dtype: str = "auto",
-                 max_new_tokens: int = 64, tokenizer_dir: str | os.PathLike | None = None,
-                 preprocessor_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        device: str | None = None,
+        dtype: str = "auto",
+        max_new_tokens: int = 64,
+        tokenizer_dir: str | os.PathLike | None = None,
+        preprocessor_dir: str | os.PathLike | None = None,
+    ):
         import torch
         from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -107,7 +115,7 @@ class HFBackend:
         batch = {k: v.to(self.device) for k, v in self.inputs.encode_text(text, images).items()}
         with torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False)
-        new = out[0, batch["input_ids"].shape[1]:]
+        new = out[0, batch["input_ids"].shape[1] :]
         return self.inputs.tokenizer.decode(new, skip_special_tokens=True)
 
     def answer(self, item: dict) -> str:
@@ -129,8 +137,12 @@ def chat_request(item: dict, model: str, max_new_tokens: int) -> dict:
     """The /v1/chat/completions body for an item: images as data URLs, then the question; greedy."""
     content = [{"type": "image_url", "image_url": {"url": image_data_url(p["image"])}} for p in item["pages"]]
     content.append({"type": "text", "text": prompts.question_text(item["question"])})
-    return {"model": model, "messages": [{"role": "user", "content": content}], "temperature": 0.0,
-            "max_tokens": max_new_tokens}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0.0,
+        "max_tokens": max_new_tokens,
+    }
 
 
 class OpenAIBackend:
@@ -140,13 +152,28 @@ class OpenAIBackend:
     flight, retries with backoff and jitter, optional on-disk cache. Greedy (temperature 0).
     """
 
-    def __init__(self, base_url: str, model: str, max_new_tokens: int = 64, concurrency: int = 4, retries: int = 4,
-                 api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 600.0,
-                 cache_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        max_new_tokens: int = 64,
+        concurrency: int = 4,
+        retries: int = 4,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 600.0,
+        cache_dir: str | os.PathLike | None = None,
+    ):
         from megatron_vlm.utils.openai_client import ChatClient
 
-        self.client = ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency, max_retries=retries,
-                                 timeout_s=timeout_s, cache_dir=cache_dir)
+        self.client = ChatClient(
+            base_url,
+            model,
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            max_retries=retries,
+            timeout_s=timeout_s,
+            cache_dir=cache_dir,
+        )
         self.model, self.max_new_tokens, self.concurrency = model, max_new_tokens, concurrency
         self.name = model
 

@@ -26,8 +26,19 @@ def _prompt_counter(tokenizer_dir):
     return lambda question: prompt_tokens(question, tok, template)
 
 
-def build(output, lengths, depths, pool=None, qa=None, from_jsonl=None, exclude=None, tokenizer=None, seed=0,
-          max_questions=None, log=print) -> dict:
+def build(
+    output,
+    lengths,
+    depths,
+    pool=None,
+    qa=None,
+    from_jsonl=None,
+    exclude=None,
+    tokenizer=None,
+    seed=0,
+    max_questions=None,
+    log=print,
+) -> dict:
     """Build an eval set from POOL + QA records, or re-pad the documents of an eval JSONL file."""
     if from_jsonl:
         docs, questions = contexts.read_document_jsonl(from_jsonl)
@@ -40,31 +51,62 @@ def build(output, lengths, depths, pool=None, qa=None, from_jsonl=None, exclude=
     excluded = contexts.read_exclusions(exclude) if exclude else set()
     sources["exclude"] = str(exclude) if exclude else None
     log(f"read {len(docs)} documents and {len(questions)} questions; excluding {len(excluded)} training documents")
-    summary = evalset.build_eval_set(docs, questions, output, lengths, depths, excluded, seed,
-                                     _prompt_counter(tokenizer), max_questions, sources, log)
-    log(f"wrote {summary['items']} items ({summary['questions']} questions x {len(lengths)} lengths x "
-        f"{len(depths)} depths, {summary['images']} page images, skipped {summary['skipped'] or 'none'}) to {output}")
+    summary = evalset.build_eval_set(
+        docs,
+        questions,
+        output,
+        lengths,
+        depths,
+        excluded,
+        seed,
+        _prompt_counter(tokenizer),
+        max_questions,
+        sources,
+        log,
+    )
+    log(
+        f"wrote {summary['items']} items ({summary['questions']} questions x {len(lengths)} lengths x "
+        f"{len(depths)} depths, {summary['images']} page images, skipped {summary['skipped'] or 'none'}) to {output}"
+    )
     return summary
 
 
-def make_backend(kind, model=None, url=None, served_model=None, max_new_tokens=64, concurrency=4, retries=4,
-                 tokenizer=None, preprocessor=None, device=None, api_key_env="OPENAI_API_KEY",
-                 cache_dir=None):
+def make_backend(
+    kind,
+    model=None,
+    url=None,
+    served_model=None,
+    max_new_tokens=64,
+    concurrency=4,
+    retries=4,
+    tokenizer=None,
+    preprocessor=None,
+    device=None,
+    api_key_env="OPENAI_API_KEY",
+    cache_dir=None,
+):
     if kind == "hf":
         if not model:
             raise ValueError("--backend hf needs --model HF_DIR")
         from megatron_vlm.eval.backends import HFBackend
 
-        return HFBackend(model, device=device, max_new_tokens=max_new_tokens, tokenizer_dir=tokenizer,
-                         preprocessor_dir=preprocessor)
+        return HFBackend(
+            model, device=device, max_new_tokens=max_new_tokens, tokenizer_dir=tokenizer, preprocessor_dir=preprocessor
+        )
     if kind == "openai":
         if not url or not served_model:
             raise ValueError("--backend openai needs --url and --served-model")
         from megatron_vlm.eval.backends import OpenAIBackend
 
-        return OpenAIBackend(url, served_model, max_new_tokens=max_new_tokens, concurrency=concurrency,
-                             retries=retries, api_key_env=api_key_env,
-                             cache_dir=cache_dir)
+        return OpenAIBackend(
+            url,
+            served_model,
+            max_new_tokens=max_new_tokens,
+            concurrency=concurrency,
+            retries=retries,
+            api_key_env=api_key_env,
+            cache_dir=cache_dir,
+        )
     raise ValueError(f"unknown backend {kind!r} (hf | openai)")
 
 
@@ -79,8 +121,17 @@ def run(eval_set, output, backend, model_name, limit=None, log=print) -> Path:
     return path
 
 
-def score(predictions, output=None, report_dir=None, string_metric="anls", model=None, judge_url=None,
-          judge_model=None, judge_concurrency=4, log=print) -> dict:
+def score(
+    predictions,
+    output=None,
+    report_dir=None,
+    string_metric="anls",
+    model=None,
+    judge_url=None,
+    judge_model=None,
+    judge_concurrency=4,
+    log=print,
+) -> dict:
     """Score a predictions JSONL; write per-line scores (default PRED.scored.jsonl) and report.json/.md.
 
     With ``judge_url`` and ``judge_model`` an LLM judge adds ``judge_score`` per line and
@@ -113,8 +164,10 @@ def score(predictions, output=None, report_dir=None, string_metric="anls", model
     write_text_atomic(report_dir / f"{output.stem}.report.md", report.report_markdown(rep))
     overall = rep["overall"]
     log(f"scored {overall['n']} predictions -> {output}; report -> {report_dir / (output.stem + '.report.md')}")
-    log(f"overall accuracy {100 * overall['accuracy']:.2f}  F1 {100 * overall['f1']:.2f}  (n={overall['n']}, "
-        f"string metric {string_metric}, {rep['errors']} request errors)")
+    log(
+        f"overall accuracy {100 * overall['accuracy']:.2f}  F1 {100 * overall['f1']:.2f}  (n={overall['n']}, "
+        f"string metric {string_metric}, {rep['errors']} request errors)"
+    )
     if "judge" in rep:
         j = rep["judge"]
         log(f"judge {j['model']}: accuracy {100 * j['accuracy']:.2f} over {j['n']} judged ({j['unjudged']} unjudged)")
@@ -147,10 +200,13 @@ def compare(base, trained, output_dir, log=print) -> dict:
 def needle_build(pool, output, lengths, depths, trials=1, dpi=144, exclude=None, tokenizer=None, seed=0, log=print):
     docs = contexts.read_pool(pool)
     excluded = contexts.read_exclusions(exclude) if exclude else set()
-    summary = needle.build_needle_set(docs, output, lengths, depths, trials, dpi, excluded, seed,
-                                      _prompt_counter(tokenizer), log)
-    log(f"wrote {summary['items']} needle items ({len(lengths)} lengths x {len(depths)} depths x {trials} trials, "
-        f"skipped {summary['skipped'] or 'none'}) to {output}")
+    summary = needle.build_needle_set(
+        docs, output, lengths, depths, trials, dpi, excluded, seed, _prompt_counter(tokenizer), log
+    )
+    log(
+        f"wrote {summary['items']} needle items ({len(lengths)} lengths x {len(depths)} depths x {trials} trials, "
+        f"skipped {summary['skipped'] or 'none'}) to {output}"
+    )
     return summary
 
 

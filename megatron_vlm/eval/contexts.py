@@ -148,7 +148,9 @@ def read_pool(pool_dir: str | Path) -> dict[str, Document]:
                     raise FileNotFoundError(f"{stem}.png|jpg missing from {tar_path}")
                 grid = image_rule.image_grid_thw(p["height_px"], p["width_px"], min_px, max_px)
                 tokens = image_rule.image_token_count(p["height_px"], p["width_px"], min_px, max_px)
-                pages.append(Page(doc_id, p["index"], tokens, grid, name.rsplit(".", 1)[1], _span_reader(tar_path, *spans[name])))
+                pages.append(
+                    Page(doc_id, p["index"], tokens, grid, name.rsplit(".", 1)[1], _span_reader(tar_path, *spans[name]))
+                )
             docs[doc_id] = Document(doc_id, sorted(pages, key=lambda q: q.index))
     if not docs:
         raise ValueError(f"no ok documents in the pool at {pool_dir}")
@@ -169,8 +171,16 @@ def read_qa_records(qa_dir: str | Path) -> list[Question]:
             r = json.loads(line)
             seg = tuple(r["segment"]) if r.get("segment") else None
             out.append(
-                Question(r["id"], r["doc_id"], r["task"], r["question"], r["answer"], r["answer_format"],
-                         list(r.get("evidence_pages") or []), seg)
+                Question(
+                    r["id"],
+                    r["doc_id"],
+                    r["task"],
+                    r["question"],
+                    r["answer"],
+                    r["answer_format"],
+                    list(r.get("evidence_pages") or []),
+                    seg,
+                )
             )
     return out
 
@@ -182,8 +192,14 @@ def image_page(path: Path, doc_id: str, index: int) -> Page:
     with Image.open(path) as im:
         width, height = im.size
     ext = "jpg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
-    return Page(doc_id, index, image_rule.image_token_count(height, width), image_rule.image_grid_thw(height, width),
-                ext, _file_reader(path))
+    return Page(
+        doc_id,
+        index,
+        image_rule.image_token_count(height, width),
+        image_rule.image_grid_thw(height, width),
+        ext,
+        _file_reader(path),
+    )
 
 
 def read_document_jsonl(path: str | Path) -> tuple[dict[str, Document], list[Question]]:
@@ -211,8 +227,17 @@ def read_document_jsonl(path: str | Path) -> tuple[dict[str, Document], list[Que
                 pages.append(image_page(image, doc_id, i))
             docs[doc_id] = Document(doc_id, pages)
         evidence = [i for i, p in enumerate(r["pages"]) if isinstance(p, dict) and p.get("evidence")]
-        questions.append(Question(str(r["id"]), doc_id, r.get("task", "unknown"), r["question"], r["answer"],
-                                  r["answer_format"], evidence or list(r.get("evidence_pages") or [])))
+        questions.append(
+            Question(
+                str(r["id"]),
+                doc_id,
+                r.get("task", "unknown"),
+                r["question"],
+                r["answer"],
+                r["answer_format"],
+                evidence or list(r.get("evidence_pages") or []),
+            )
+        )
     return docs, questions
 
 
@@ -330,7 +355,9 @@ def build_context(
     anchor = doc.pages[first:last]
     anchor_tokens = sum(p.cost for p in anchor)
     if anchor_tokens > budget:
-        raise ValueError(f"question {question.id}: evidence span of {anchor_tokens} tokens exceeds the {budget}-token budget")
+        raise ValueError(
+            f"question {question.id}: evidence span of {anchor_tokens} tokens exceeds the {budget}-token budget"
+        )
     rest = budget - anchor_tokens
     before_budget = round(depth * rest)
 

@@ -18,8 +18,11 @@ JUDGE_PROMPT = (
 
 
 def judge_messages(record: dict) -> list[dict]:
-    text = JUDGE_PROMPT.format(question=record.get("question", ""), answer=record["answer"],
-                               prediction=record.get("extracted", record["prediction"]))
+    text = JUDGE_PROMPT.format(
+        question=record.get("question", ""),
+        answer=record["answer"],
+        prediction=record.get("extracted", record["prediction"]),
+    )
     return [{"role": "user", "content": text}]
 
 
@@ -29,13 +32,21 @@ def parse_verdict(text: str | None) -> float | None:
     return None if m is None else float(m.group(1).lower() == "yes")
 
 
-def judge_records(records: list[dict], url: str, model: str, concurrency: int = 4, retries: int = 4,
-                  api_key_env: str = "OPENAI_API_KEY", cache_dir=None) -> list[dict]:
+def judge_records(
+    records: list[dict],
+    url: str,
+    model: str,
+    concurrency: int = 4,
+    retries: int = 4,
+    api_key_env: str = "OPENAI_API_KEY",
+    cache_dir=None,
+) -> list[dict]:
     """Records with ``judge_score`` (and ``judge_error`` when the request failed) added."""
     from megatron_vlm.utils.openai_client import ChatClient
 
-    client = ChatClient(url, model, api_key_env=api_key_env, concurrency=concurrency, max_retries=retries,
-                        cache_dir=cache_dir)
+    client = ChatClient(
+        url, model, api_key_env=api_key_env, concurrency=concurrency, max_retries=retries, cache_dir=cache_dir
+    )
     results = client.complete_many([(judge_messages(r), {"temperature": 0.0, "max_tokens": 4}) for r in records])
     out = []
     for record, result in zip(records, results):
@@ -48,5 +59,8 @@ def judge_records(records: list[dict], url: str, model: str, concurrency: int = 
 
 def judge_accuracy(records: list[dict]) -> dict:
     judged = [r["judge_score"] for r in records if r.get("judge_score") is not None]
-    return {"n": len(judged), "unjudged": len(records) - len(judged),
-            "accuracy": sum(judged) / len(judged) if judged else 0.0}
+    return {
+        "n": len(judged),
+        "unjudged": len(records) - len(judged),
+        "accuracy": sum(judged) / len(judged) if judged else 0.0,
+    }

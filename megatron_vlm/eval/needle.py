@@ -85,8 +85,14 @@ def build_needle_set(
     """Write an eval set (docs/eval_format.md) of needle questions, one per grid point and trial."""
     needles, jobs = needle_documents(lengths, depths, trials, dpi, seed)
     haystack = [d for k, d in haystack.items() if k not in exclude]
-    summary = {"task": "needle", "lengths": list(lengths), "depths": list(depths), "trials": trials, "dpi": dpi,
-               "excluded_docs": len(exclude)}
+    summary = {
+        "task": "needle",
+        "lengths": list(lengths),
+        "depths": list(depths),
+        "trials": trials,
+        "dpi": dpi,
+        "excluded_docs": len(exclude),
+    }
     return write_eval_set(output, jobs, needles, haystack, seed, count_prompt_tokens, summary, log)
 
 
@@ -127,8 +133,15 @@ def plot_heatmap(scored: Iterable[dict], path: str | os.PathLike, title: str = "
     for i in range(len(depths)):
         for j in range(len(lengths)):
             value = grid[i, j]
-            ax.text(j, i, "-" if np.isnan(value) else f"{value:.0f}", ha="center", va="center", fontsize=9,
-                    color="white" if not np.isnan(value) and (value > 85 or value < 15) else "black")
+            ax.text(
+                j,
+                i,
+                "-" if np.isnan(value) else f"{value:.0f}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if not np.isnan(value) and (value > 85 or value < 15) else "black",
+            )
     bar = fig.colorbar(image, ax=ax)
     bar.set_label("accuracy (%)")
     overall = np.nanmean(grid)

@@ -52,8 +52,13 @@ def report_markdown(report: dict) -> str:
     lengths = list(report["by_length"])
     tasks = list(report["by_task"])
     name = report.get("model") or "model"
-    lines = [f"## {name}", "", f"Overall accuracy {_pct(report['overall']['accuracy'])}, F1 "
-             f"{_pct(report['overall']['f1'])} over {report['overall']['n']} questions.", ""]
+    lines = [
+        f"## {name}",
+        "",
+        f"Overall accuracy {_pct(report['overall']['accuracy'])}, F1 "
+        f"{_pct(report['overall']['f1'])} over {report['overall']['n']} questions.",
+        "",
+    ]
     lines.append("| task | " + " | ".join(_length_label(n) for n in lengths) + " | all |")
     lines.append("|---|" + "---:|" * (len(lengths) + 1))
     for task in tasks:
@@ -62,8 +67,9 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {task} | " + " | ".join(row) + " |")
     row = [_pct(report["by_length"][n]["accuracy"]) for n in lengths] + [_pct(report["overall"]["accuracy"])]
     lines.append("| **all** | " + " | ".join(row) + " |")
-    lines.append("| n | " + " | ".join(str(report["by_length"][n]["n"]) for n in lengths)
-                 + f" | {report['overall']['n']} |")
+    lines.append(
+        "| n | " + " | ".join(str(report["by_length"][n]["n"]) for n in lengths) + f" | {report['overall']['n']} |"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -85,8 +91,10 @@ def compare_reports(base: dict, trained: dict) -> dict:
             "by_length": {n: _delta(base["by_length"].get(n), trained["by_length"].get(n)) for n in lengths},
             "by_task": {t: _delta(base["by_task"].get(t), trained["by_task"].get(t)) for t in tasks},
             "by_length_task": {
-                n: {t: _delta(base["by_length_task"].get(n, {}).get(t), trained["by_length_task"].get(n, {}).get(t))
-                    for t in tasks}
+                n: {
+                    t: _delta(base["by_length_task"].get(n, {}).get(t), trained["by_length_task"].get(n, {}).get(t))
+                    for t in tasks
+                }
                 for n in lengths
             },
         },
@@ -112,16 +120,27 @@ def compare_markdown(comparison: dict) -> str:
     tasks = list(delta["by_task"])
     lines = [f"## {t_name} vs {b_name}", "", "| context | " + f"{b_name} | {t_name} | delta |", "|---|---:|---:|---:|"]
     for n in lengths:
-        lines.append(f"| {_length_label(n)} | {_pct(acc(base, 'by_length', n))} | {_pct(acc(trained, 'by_length', n))}"
-                     f" | {_signed(delta['by_length'][n])} |")
-    lines.append(f"| **all** | {_pct(base['overall']['accuracy'])} | {_pct(trained['overall']['accuracy'])} | "
-                 f"{_signed(delta['overall'])} |")
+        lines.append(
+            f"| {_length_label(n)} | {_pct(acc(base, 'by_length', n))} | {_pct(acc(trained, 'by_length', n))}"
+            f" | {_signed(delta['by_length'][n])} |"
+        )
+    lines.append(
+        f"| **all** | {_pct(base['overall']['accuracy'])} | {_pct(trained['overall']['accuracy'])} | "
+        f"{_signed(delta['overall'])} |"
+    )
     lines += ["", "| task | " + f"{b_name} | {t_name} | delta |", "|---|---:|---:|---:|"]
     for t in tasks:
-        lines.append(f"| {t} | {_pct(acc(base, 'by_task', t))} | {_pct(acc(trained, 'by_task', t))} | "
-                     f"{_signed(delta['by_task'][t])} |")
-    lines += ["", f"Delta ({t_name} - {b_name}) per task and context length:", "",
-              "| task | " + " | ".join(_length_label(n) for n in lengths) + " |", "|---|" + "---:|" * len(lengths)]
+        lines.append(
+            f"| {t} | {_pct(acc(base, 'by_task', t))} | {_pct(acc(trained, 'by_task', t))} | "
+            f"{_signed(delta['by_task'][t])} |"
+        )
+    lines += [
+        "",
+        f"Delta ({t_name} - {b_name}) per task and context length:",
+        "",
+        "| task | " + " | ".join(_length_label(n) for n in lengths) + " |",
+        "|---|" + "---:|" * len(lengths),
+    ]
     for t in tasks:
         lines.append(f"| {t} | " + " | ".join(_signed(delta["by_length_task"][n][t]) for n in lengths) + " |")
     return "\n".join(lines) + "\n"

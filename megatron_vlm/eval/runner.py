@@ -15,7 +15,18 @@ from pathlib import Path
 
 from megatron_vlm.eval.files import read_jsonl, write_jsonl_atomic
 
-CARRIED = ("id", "qa_id", "doc_id", "task", "target_tokens", "depth", "num_tokens", "question", "answer", "answer_format")
+CARRIED = (
+    "id",
+    "qa_id",
+    "doc_id",
+    "task",
+    "target_tokens",
+    "depth",
+    "num_tokens",
+    "question",
+    "answer",
+    "answer_format",
+)
 
 
 def prediction_row(item: dict, output: str, model: str, error: str | None = None) -> dict:

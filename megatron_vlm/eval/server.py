@@ -81,13 +81,19 @@ class ChatServer:
                 with server.lock:
                     server.requests += 1
                     out = server.backend.generate_text(text, images, body.get("max_tokens"))
-                self._send(200, {
-                    "id": f"chatcmpl-{server.requests}", "object": "chat.completion", "created": int(time.time()),
-                    "model": server.model_name,
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": out}}],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                })
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-{server.requests}",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": server.model_name,
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": out}}
+                        ],
+                        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                    },
+                )
 
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -28,8 +28,12 @@ def test_build_from_minimal_jsonl(tmp_path):
     bench = tmp_path / "bench.jsonl"
     bench.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "padded"
-    assert evaluate.main(["build", "--from-jsonl", str(bench), "--output", str(out), "--lengths", "1300",
-                          "--depths", "0,1"]) == 0
+    assert (
+        evaluate.main(
+            ["build", "--from-jsonl", str(bench), "--output", str(out), "--lengths", "1300", "--depths", "0,1"]
+        )
+        == 0
+    )
     items = read_eval_set(out)
     b0 = [it for it in items if it["qa_id"] == "b0"]
     assert len(b0) == 2
@@ -47,20 +51,46 @@ def test_build_from_minimal_jsonl(tmp_path):
 def test_needle_cli(tmp_path):
     pool = write_pool(tmp_path)
     out = tmp_path / "needle"
-    assert evaluate.main(["needle", "build", "--pool", str(pool), "--output", str(out), "--lengths", "1200,2400",
-                          "--depths", "0,0.5,1", "--trials", "2", "--dpi", "36"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "needle",
+                "build",
+                "--pool",
+                str(pool),
+                "--output",
+                str(out),
+                "--lengths",
+                "1200,2400",
+                "--depths",
+                "0,0.5,1",
+                "--trials",
+                "2",
+                "--dpi",
+                "36",
+            ]
+        )
+        == 0
+    )
     items = read_eval_set(out)
     assert len(items) == 12
     # a pretend model that finds the needle only in the first half of each context
-    preds = [{**{k: it[k] for k in ("id", "task", "target_tokens", "depth", "answer", "answer_format")},
-              "prediction": f"Answer: {it['answer'] if it['depth'] <= 0.5 else 0}"} for it in items]
+    preds = [
+        {
+            **{k: it[k] for k in ("id", "task", "target_tokens", "depth", "answer", "answer_format")},
+            "prediction": f"Answer: {it['answer'] if it['depth'] <= 0.5 else 0}",
+        }
+        for it in items
+    ]
     write_jsonl_atomic(tmp_path / "pred.jsonl", preds)
     assert evaluate.main(["score", "--predictions", str(tmp_path / "pred.jsonl")]) == 0
     scored = read_jsonl(tmp_path / "pred.scored.jsonl")
     assert accuracy_grid(scored) == ([1200, 2400], [0.0, 0.5, 1.0], [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
     png = tmp_path / "heat.png"
-    assert evaluate.main(["needle", "plot", "--predictions", str(tmp_path / "pred.scored.jsonl"),
-                          "--output", str(png)]) == 0
+    assert (
+        evaluate.main(["needle", "plot", "--predictions", str(tmp_path / "pred.scored.jsonl"), "--output", str(png)])
+        == 0
+    )
     with Image.open(png) as im:
         assert im.format == "PNG"
 
@@ -78,12 +108,26 @@ def test_judge(tmp_path):
         pred = text.split("Model answer: ")[1].split("\n")[0]
         return "yes" if ref.lower() in pred.lower() else "no"
 
-    rows = [{"question": "Colour?", "answer": "blue", "answer_format": "Str", "prediction": "Answer: dark blue"},
-            {"question": "Colour?", "answer": "red", "answer_format": "Str", "prediction": "Answer: green"}]
+    rows = [
+        {"question": "Colour?", "answer": "blue", "answer_format": "Str", "prediction": "Answer: dark blue"},
+        {"question": "Colour?", "answer": "red", "answer_format": "Str", "prediction": "Answer: green"},
+    ]
     write_jsonl_atomic(tmp_path / "p.jsonl", rows)
     with fake.FakeOpenAI(answer=answer, faults={0: "503"}) as server:
-        assert evaluate.main(["score", "--predictions", str(tmp_path / "p.jsonl"), "--judge-url", server.url,
-                              "--judge-model", "judge"]) == 0
+        assert (
+            evaluate.main(
+                [
+                    "score",
+                    "--predictions",
+                    str(tmp_path / "p.jsonl"),
+                    "--judge-url",
+                    server.url,
+                    "--judge-model",
+                    "judge",
+                ]
+            )
+            == 0
+        )
     scored = read_jsonl(tmp_path / "p.scored.jsonl")
     assert [r["judge_score"] for r in scored] == [1.0, 0.0]
     report = json.loads((tmp_path / "p.scored.report.json").read_text())
@@ -117,7 +161,9 @@ def test_run_resumes_and_records_errors(tmp_path):
 
     out = tmp_path / "pred.jsonl"
     # a previous run answered "b" before it died
-    (tmp_path / "pred.jsonl.partial").write_text(json.dumps({"id": "b", "prediction": "Answer: b", "model": "m"}) + "\n")
+    (tmp_path / "pred.jsonl.partial").write_text(
+        json.dumps({"id": "b", "prediction": "Answer: b", "model": "m"}) + "\n"
+    )
     backend = EchoBackend()
     run_eval(_items(["a", "b", "c!"]), backend, out, "m", log=lambda *_: None)
     assert backend.asked == ["a", "c!"]

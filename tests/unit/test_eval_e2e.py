@@ -26,15 +26,38 @@ def make_tiny_qwen(path: Path) -> Path:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     cfg = Qwen2_5_VLConfig(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
-                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, rope_theta=1e6,
-                         tie_word_embeddings=True, initializer_range=0.5),
-        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=64,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[1], initializer_range=0.5),
-        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-        bos_token_id=151643, eos_token_id=151645,
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            max_position_embeddings=32768,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            rope_theta=1e6,
+            tie_word_embeddings=True,
+            initializer_range=0.5,
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[1],
+            initializer_range=0.5,
+        ),
+        image_token_id=151655,
+        video_token_id=151656,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        bos_token_id=151643,
+        eos_token_id=151645,
     )
     # initializer_range 0.5 (not 0.02): a random model whose answer depends on its input, so
     # "both paths give the same answer" cannot pass by the model always saying the same thing.
@@ -50,10 +73,26 @@ def setup(tmp_path_factory, qwen_tokenizer_dir, reference_dir):
     qa = root / "qa"
     qa.mkdir()
     rows = [
-        {"id": "q1", "doc_id": "doc03", "task": "extract-single", "segment": [0, 9], "question": "What colour is page 4?",
-         "answer": "blue", "answer_format": "Str", "evidence_pages": [4]},
-        {"id": "q2", "doc_id": "doc05", "task": "reasoning", "segment": [0, 6], "question": "How many tables are there?",
-         "answer": 3, "answer_format": "Int", "evidence_pages": [1]},
+        {
+            "id": "q1",
+            "doc_id": "doc03",
+            "task": "extract-single",
+            "segment": [0, 9],
+            "question": "What colour is page 4?",
+            "answer": "blue",
+            "answer_format": "Str",
+            "evidence_pages": [4],
+        },
+        {
+            "id": "q2",
+            "doc_id": "doc05",
+            "task": "reasoning",
+            "segment": [0, 6],
+            "question": "How many tables are there?",
+            "answer": 3,
+            "answer_format": "Int",
+            "evidence_pages": [1],
+        },
     ]
     (qa / "records-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "train_ids.txt").write_text("doc00\ndoc01\n")
@@ -70,9 +109,28 @@ def test_inprocess_and_server_agree(setup):
 
     root, pool, qa, model, tokenizer, preprocessor = setup
     eval_dir = root / "evalset"
-    assert evaluate.main(["build", "--pool", str(pool), "--qa", str(qa), "--output", str(eval_dir),
-                          "--exclude", str(root / "train_ids.txt"), "--lengths", "700,1100", "--depths", "0.5",
-                          "--tokenizer", str(tokenizer)]) == 0
+    assert (
+        evaluate.main(
+            [
+                "build",
+                "--pool",
+                str(pool),
+                "--qa",
+                str(qa),
+                "--output",
+                str(eval_dir),
+                "--exclude",
+                str(root / "train_ids.txt"),
+                "--lengths",
+                "700,1100",
+                "--depths",
+                "0.5",
+                "--tokenizer",
+                str(tokenizer),
+            ]
+        )
+        == 0
+    )
     items = read_eval_set(eval_dir)
     assert len(items) == 4 and all(it["prompt_tokens_exact"] for it in items)
 
@@ -93,9 +151,30 @@ def test_inprocess_and_server_agree(setup):
     server = ChatServer(backend, model_name="tiny").start()
     try:
         remote = root / "pred_server.jsonl"
-        assert evaluate.main(["run", "--eval-set", str(eval_dir), "--output", str(remote), "--backend", "openai",
-                              "--url", server.url, "--served-model", "tiny", "--concurrency", "2",
-                              "--max-new-tokens", "6", "--name", "tiny-server"]) == 0
+        assert (
+            evaluate.main(
+                [
+                    "run",
+                    "--eval-set",
+                    str(eval_dir),
+                    "--output",
+                    str(remote),
+                    "--backend",
+                    "openai",
+                    "--url",
+                    server.url,
+                    "--served-model",
+                    "tiny",
+                    "--concurrency",
+                    "2",
+                    "--max-new-tokens",
+                    "6",
+                    "--name",
+                    "tiny-server",
+                ]
+            )
+            == 0
+        )
         assert server.requests == len(items)
     finally:
         server.stop()
@@ -117,8 +196,20 @@ def test_inprocess_and_server_agree(setup):
     sa, sb = read_jsonl(root / "pred_local.scored.jsonl"), read_jsonl(root / "pred_server.scored.jsonl")
     assert [r["score"] for r in sa] == [r["score"] for r in sb]
     assert sa[0]["score"] == 1.0
-    assert evaluate.main(["compare", "--base", str(root / "pred_local.scored.jsonl"),
-                          "--trained", str(root / "pred_server.scored.jsonl"), "--output", str(root / "cmp")]) == 0
+    assert (
+        evaluate.main(
+            [
+                "compare",
+                "--base",
+                str(root / "pred_local.scored.jsonl"),
+                "--trained",
+                str(root / "pred_server.scored.jsonl"),
+                "--output",
+                str(root / "cmp"),
+            ]
+        )
+        == 0
+    )
     cmp = json.loads((root / "cmp" / "compare.json").read_text())
     assert cmp["delta"]["overall"] == 0.0
     assert cmp["base"]["overall"]["accuracy"] == pytest.approx(sum(r["score"] for r in sa) / len(sa))

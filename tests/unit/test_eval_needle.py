@@ -47,8 +47,9 @@ def test_needle_text_in_pdf():
 def test_needle_set_grid(tmp_path):
     docs = read_pool(write_pool(tmp_path))
     lengths, depths = [1500, 3000], [0.0, 0.5, 1.0]
-    summary = build_needle_set(docs, tmp_path / "needle", lengths, depths, trials=2, dpi=36, exclude={"doc00"},
-                               log=lambda *_: None)
+    summary = build_needle_set(
+        docs, tmp_path / "needle", lengths, depths, trials=2, dpi=36, exclude={"doc00"}, log=lambda *_: None
+    )
     assert summary["items"] == 12
     items = read_eval_set(tmp_path / "needle")
     assert sorted({(it["target_tokens"], it["depth"]) for it in items}) == [(n, d) for n in lengths for d in depths]
