@@ -169,7 +169,7 @@ def main(argv=None) -> int:
             )
         else:
             commands.needle_plot(args.predictions, args.output, args.title)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, KeyError, OSError) as e:  # OSError covers missing files and FileExistsError
         print(f"evaluate.py {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
