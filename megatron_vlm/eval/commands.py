@@ -88,6 +88,8 @@ def make_backend(
     if kind == "hf":
         if not model:
             raise ValueError("--backend hf needs --model HF_DIR")
+        if not (Path(model) / "config.json").is_file():
+            raise FileNotFoundError(f"no HF checkpoint (config.json) in {model}")
         from megatron_vlm.eval.backends import HFBackend
 
         return HFBackend(
