@@ -22,20 +22,33 @@ def _length_label(n) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 and n >= 1024 else str(n)
 
 
+def evidence_kind(record: dict) -> str:
+    """MMLongBench's split: unanswerable (answer_format None), single-page, cross-page, or unknown."""
+    if record.get("answer_format") == "None":
+        return "unanswerable"
+    n = record.get("evidence_count")
+    if n is None:
+        return "unknown"
+    return "single-page" if n <= 1 else "cross-page"
+
+
 def build_report(scored: Iterable[dict], model: str | None = None) -> dict:
     """Summaries of scored records (each with ``score``, ``answer_format``, ``extracted``, ``task``, ``target_tokens``)."""
     scored = list(scored)
     by_length, by_task, by_both = defaultdict(list), defaultdict(list), defaultdict(lambda: defaultdict(list))
+    by_evidence = defaultdict(list)
     for r in scored:
         length, task = str(int(r.get("target_tokens") or 0)), r.get("task") or "unknown"
         by_length[length].append(r)
         by_task[task].append(r)
         by_both[length][task].append(r)
+        by_evidence[evidence_kind(r)].append(r)
     return {
         "model": model,
         "overall": summarize(scored),
         "by_length": {k: summarize(v) for k, v in sorted(by_length.items(), key=lambda kv: int(kv[0]))},
         "by_task": {k: summarize(v) for k, v in sorted(by_task.items())},
+        "by_evidence": {k: summarize(v) for k, v in sorted(by_evidence.items())},
         "by_length_task": {
             k: {t: summarize(v) for t, v in sorted(tasks.items())}
             for k, tasks in sorted(by_both.items(), key=lambda kv: int(kv[0]))
@@ -70,6 +83,12 @@ def report_markdown(report: dict) -> str:
     lines.append(
         "| n | " + " | ".join(str(report["by_length"][n]["n"]) for n in lengths) + f" | {report['overall']['n']} |"
     )
+    evidence = report.get("by_evidence") or {}
+    if evidence:
+        lines += [
+            "",
+            "By evidence: " + ", ".join(f"{k} {_pct(v['accuracy'])} (n={v['n']})" for k, v in evidence.items()) + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,8 @@ CARRIED = (
 def prediction_row(item: dict, output: str, model: str, error: str | None = None) -> dict:
     row = {k: item[k] for k in CARRIED if k in item}
     row.update({"prediction": output, "model": model})
+    if any(isinstance(p, dict) and "evidence" in p for p in item.get("pages", [])):
+        row["evidence_count"] = sum(1 for p in item["pages"] if p.get("evidence"))
     if error:
         row["error"] = error
     return row
