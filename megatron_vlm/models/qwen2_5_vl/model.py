@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt import GPTModel
 from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -109,6 +110,7 @@ class Qwen2_5_VLModel(MegatronModule):
             post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True) if _pp_initialized() else True
         self.cfg = cfg
         self.spec = spec
+        self.model_type = ModelType.encoder_or_decoder  # read by Megatron's pipeline schedules
         self.pre_process, self.post_process = pre_process, post_process
         self.vision = None
         if pre_process:
