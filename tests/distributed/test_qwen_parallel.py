@@ -1,7 +1,7 @@
 """Qwen2.5-VL at TP=2, PP=2 (first stage with fewer LLM layers) and TP2 x PP2 on gloo CPU ranks:
 logits, loss and gathered gradients equal HF's on a packed batch of multi-image samples.
 
-Each rank loads its shard from one HF state dict through the name map (no re-seeding), runs
+Each rank loads its shard of one HF state dict mapped by the name map (no re-seeding), runs
 Megatron's pipeline schedule forward-only (logits) and forward-backward (loss, grads); the
 parent compares with HF run sample by sample. Tolerance as in tests/unit/test_qwen_model.py,
 plus 1e-5 relative on gradients (sums over ~100 tokens in a different order).
@@ -14,7 +14,7 @@ import torch
 
 from tests.dist_utils import run_distributed
 
-LLM_LAYERS = 3
+LLM_LAYERS = 4
 
 
 def _config():
@@ -47,21 +47,35 @@ def _batch(pad_to: int = 4):
     return samples, dict(ids=ids, labels=labels, loss_mask=loss_mask, cu=cu, grids=grids, pixels=pixels, pos=pos)
 
 
-def _rank_main(tp: int, pp: int, sp: bool, first_stage_layers):
+def _rank_main(layouts: list, full_numpy: dict) -> list[dict]:
+    """Run every layout in turn on these 4 ranks (one spawn: importing Megatron dominates the cost)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    out = []
+    for layout in layouts:
+        out.append(_one_layout(*layout, full_numpy))
+        parallel_state.destroy_model_parallel()
+        dist.barrier()
+    return out
+
+
+def _one_layout(tp: int, pp: int, sp: bool, first_stage_layers, full_numpy: dict) -> dict:
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_vlm.models.common.attention import packed_seq_params
-    from megatron_vlm.models.qwen2_5_vl.weights import local_to_full
-    from megatron_vlm.parallel import ParallelLayout, destroy, initialize
-    from tests.qwen_utils import hf_model, our_model
+    from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
+    from megatron_vlm.models.qwen2_5_vl.weights import load_full_state_dict, local_to_full
+    from megatron_vlm.parallel import ParallelLayout, initialize
 
     initialize(ParallelLayout(tp=tp, pp=pp, sequence_parallel=sp))
     cfg = _config()
     overrides = dict(sequence_parallel=sp, pipeline_dtype=torch.float32)
     if first_stage_layers is not None:
         overrides["num_layers_in_first_pipeline_stage"] = first_stage_layers
-    model = our_model(cfg, hf_model(cfg), **overrides)
+    model = Qwen2_5_VLModel(cfg, attention_backend="torch", **overrides)
+    load_full_state_dict(model, {n: torch.from_numpy(a) for n, a in full_numpy.items()})
     _, b = _batch(pad_to=4)
     T = len(b["ids"])
 
@@ -99,7 +113,6 @@ def _rank_main(tp: int, pp: int, sp: bool, first_stage_layers):
         grads=grads,
         layers=len(model.language_model.decoder.layers),
     )
-    destroy()
     # numpy, not tensors: torch shares tensors through file descriptors that die with this process
     return {k: ({n: g.numpy() for n, g in v.items()} if isinstance(v, dict) else v.numpy() if v is not None and not isinstance(v, int) else v) for k, v in result.items()}
 
@@ -127,41 +140,57 @@ def _hf_reference():
     loss.backward()
     full = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in hf.state_dict(keep_vars=True).items()}
     grads = hf_to_mcore(full, cfg)
-    return torch.cat(logits), loss.detach(), grads, b
+    weights = {n: t.detach().numpy() for n, t in hf_to_mcore(hf.state_dict(), cfg).items()}
+    return torch.cat(logits), loss.detach(), grads, weights
+
+
+LAYOUTS = {
+    "tp2": (2, 1, False, None),
+    "pp2-first-stage-1-layer": (1, 2, False, 1),
+    "tp2xpp2": (2, 2, False, None),
+}
+WORLD = 4
 
 
 @pytest.fixture(scope="module")
 def reference():
-    from tests.qwen_utils import single_rank_fixture
-
-    fixture = single_rank_fixture()  # HF needs no groups, but the tiny model helpers import Megatron
-    next(fixture)
-    try:
-        return _hf_reference()
-    finally:
-        next(fixture, None)
+    return _hf_reference()
 
 
-@pytest.mark.parametrize(
-    "tp,pp,sp,first",
-    [(2, 1, False, None), (1, 2, False, 1), (2, 2, False, None)],
-    ids=["tp2", "pp2-first-stage-1-layer", "tp2xpp2"],
-)
-def test_parallel_layout_equals_hf(reference, tp, pp, sp, first):
-    logits, loss, grads, b = reference
-    results = run_distributed(_rank_main, tp * pp, tp, pp, sp, first, timeout_s=600)
-    results = [{k: ({n: torch.from_numpy(g) for n, g in v.items()} if isinstance(v, dict) else torch.from_numpy(v) if v is not None and not isinstance(v, int) else v) for k, v in r.items()} for r in results]
+@pytest.fixture(scope="module")
+def parallel_results(reference):
+    weights = reference[3]
+    per_rank = run_distributed(_rank_main, WORLD, list(LAYOUTS.values()), weights, timeout_s=900)
+    out = {}
+    for i, name in enumerate(LAYOUTS):
+        out[name] = [_from_numpy(rank[i]) for rank in per_rank]
+    return out
+
+
+def _from_numpy(r: dict) -> dict:
+    return {
+        k: ({n: torch.from_numpy(g) for n, g in v.items()} if isinstance(v, dict) else torch.from_numpy(v) if v is not None and not isinstance(v, int) else v)
+        for k, v in r.items()
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_parallel_layout_equals_hf(reference, parallel_results, layout):
+    logits, loss, grads, _ = reference
+    tp, pp, sp, first = LAYOUTS[layout]
+    results = parallel_results[layout]
     n = len(logits)
     last = [r for r in results if r["loss"] is not None]
-    assert len(last) == tp  # every TP rank of the last stage
+    assert len(last) == WORLD // pp  # every TP and DP rank of the last stage
     for r in last:
         torch.testing.assert_close(r["logits"][:n], logits, rtol=0, atol=2e-5)
         torch.testing.assert_close(r["loss"], loss, rtol=1e-5, atol=1e-6)
     if first is not None:
         assert results[0]["layers"] == first and results[-1]["layers"] == LLM_LAYERS - first
-    gathered = {}
-    for r in results:
-        gathered.update(r["grads"])
-    assert set(gathered) == set(grads)
-    for name, g in grads.items():
-        torch.testing.assert_close(gathered[name], g, rtol=1e-5, atol=1e-6, msg=name)
+    covered = set()
+    for rank, r in enumerate(results):
+        for name, g in r["grads"].items():
+            torch.testing.assert_close(g, grads[name], rtol=1e-5, atol=1e-6, msg=f"rank {rank}: {name}")
+        covered |= set(r["grads"])
+    assert covered == set(grads)
