@@ -137,14 +137,32 @@ class Qwen2_5_VLModel(MegatronModule):
     def shared_embedding_or_output_weight(self):
         return self.language_model.shared_embedding_or_output_weight()
 
-    def embed(self, input_ids, pixel_values=None, image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None):
-        """Token embeddings [T, B, H] (sequence-first, not yet SP-scattered) with vision embeddings placed."""
+    def embed(
+        self, input_ids, pixel_values=None, image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None,
+        cu_seqlens=None,
+    ):  # fmt: skip
+        """Token embeddings [T, B, H] (sequence-first, not yet SP-scattered) with vision embeddings placed.
+
+        Under context parallelism ``input_ids`` are this rank's chunks and ``cu_seqlens`` the
+        global padded boundaries; each CP rank encodes a share of the images (parallel/cp_vision.py).
+        """
         emb = self.language_model.embedding.word_embeddings(input_ids)  # [B, T, H], all-reduced over TP
+        cp = parallel_state.get_context_parallel_world_size() if _pp_initialized() else 1
         for pixels, grids, token in (
             (pixel_values, image_grid_thw, self.cfg.image_token_id),
             (pixel_values_videos, video_grid_thw, self.cfg.video_token_id),
         ):
             if pixels is None:
+                continue
+            if cp > 1:
+                from megatron_vlm.parallel.cp_vision import place_vision_cp
+
+                if cu_seqlens is None:
+                    cu_seqlens = torch.tensor([0, input_ids.shape[1] * cp])
+                group = parallel_state.get_context_parallel_group()
+                merge = self.cfg.vision.spatial_merge_size
+                emb = place_vision_cp(emb[0], input_ids[0], token, self.vision, pixels, grids, cu_seqlens, group, merge)
+                emb = emb[None]
                 continue
             vis = self.vision(pixels, grids).to(emb.dtype)
             mask = input_ids == token
@@ -172,7 +190,10 @@ class Qwen2_5_VLModel(MegatronModule):
             packed_seq_params = make_packed_seq_params(packed_seq_params.cu_seqlens_q)
         decoder_input = None
         if self.pre_process:
-            decoder_input = self.embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+            decoder_input = self.embed(
+                input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
+                cu_seqlens=packed_seq_params.cu_seqlens_q if packed_seq_params is not None else None,
+            )  # fmt: skip
             if self.config.sequence_parallel:
                 decoder_input = tensor_parallel.scatter_to_sequence_parallel_region(decoder_input)
         out = self.language_model(
