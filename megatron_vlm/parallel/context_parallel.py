@@ -18,7 +18,12 @@ sub-sequence and carries no loss and no image tokens. When that is so, the tail 
 by the padding the other sub-sequences needed, so the padded total stays T (rounded up to a
 multiple of 2*CP); nothing else changes, because attention never crosses a sub-sequence. When
 the last sub-sequence is a real sample (a full pack), the padded total is the sum of the P_i
-rounded up, and may exceed T by at most (n-1)*(2*CP-1) tokens.
+(rounded up), up to 2*CP-1 tokens per sub-sequence more than T: shapes then vary between
+micro-batches, which pipeline parallelism does not allow unless the loader leaves that room.
+
+The model (local attention) takes ``packed_seq_params(cu_seqlens_padded)``: one boundary tensor
+in which pad slots count as the last tokens of their sub-sequence; no real token attends to
+them, so real outputs and gradients are unchanged.
 
 Main entry: ``split_batch_for_cp(batch, cp_size, cp_rank)`` on the loader's micro-batch
 (docs/formats.md section 4). ``cp_partition`` is the index math behind it; ``unsplit`` puts
