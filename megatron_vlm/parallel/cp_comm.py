@@ -25,7 +25,7 @@ def group_rank(group) -> int:
     return dist.get_rank(group) if dist.is_initialized() else 0
 
 
-def _gather_rows(x: torch.Tensor, group) -> torch.Tensor:
+def gather_rows(x: torch.Tensor, group) -> torch.Tensor:
     world = group_size(group)
     out = torch.empty((world * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
     _all_gather_single(out, x.contiguous(), group=group)
@@ -43,7 +43,7 @@ class _AllGatherCP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
-        return _gather_rows(x, group)
+        return gather_rows(x, group)
 
     @staticmethod
     def backward(ctx, grad):
@@ -64,7 +64,7 @@ class _AllGatherVarlen(torch.autograd.Function):
         longest = max(max(sizes), 1)  # a zero-row collective is not portable
         padded = x.new_zeros((longest, *x.shape[1:]))
         padded[: x.shape[0]] = x
-        gathered = _gather_rows(padded, group).view(len(sizes), longest, *x.shape[1:])
+        gathered = gather_rows(padded, group).view(len(sizes), longest, *x.shape[1:])
         return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
 
     @staticmethod

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from megatron_vlm.parallel.cp_comm import all_gather_varlen, group_rank, group_size
+from megatron_vlm.parallel.cp_comm import all_gather_varlen, gather_rows, group_rank, group_size
 
 
 def assign_images_to_ranks(patch_counts: Sequence[int], cp_size: int) -> list[int]:
@@ -107,8 +107,6 @@ def local_token_rows(local_tokens: torch.Tensor, token_id: int, cu_seqlens_padde
     ``local_tokens`` [T_loc]; ``cu_seqlens_padded`` [n+1] GLOBAL padded boundaries. Equals the
     ``image_token_rows`` of :func:`split_batch_for_cp`, without needing the full batch.
     """
-    import torch.distributed as dist
-
     cp, rank = group_size(group), group_rank(group)
     bounds = (cu_seqlens_padded.long() // cp).tolist()
     is_tok = local_tokens == token_id
@@ -117,9 +115,7 @@ def local_token_rows(local_tokens: torch.Tensor, token_id: int, cu_seqlens_padde
         halves += [(a, (b - a) // 2), (a + (b - a) // 2, (b - a) // 2)]
     counts = torch.tensor([int(is_tok[a : a + n].sum()) for a, n in halves], dtype=torch.long)
     if cp > 1:
-        everyone = torch.empty(cp * counts.numel(), dtype=torch.long, device=counts.device)
-        dist.all_gather_into_tensor(everyone, counts.to(local_tokens.device), group=group)
-        everyone = everyone.cpu().view(cp, -1, 2)  # [rank, sub-sequence, half]
+        everyone = gather_rows(counts.to(local_tokens.device), group).cpu().view(cp, -1, 2)  # [rank, seq, half]
     else:
         everyone = counts.view(1, -1, 2)
     # global chunk c of a sub-sequence lives on rank c (first half) or 2cp-1-c (second half)
