@@ -18,14 +18,17 @@ _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.re
 
 
 def group_size(group) -> int:
+    """World size of ``group`` (1 without torch.distributed)."""
     return dist.get_world_size(group) if dist.is_initialized() else 1
 
 
 def group_rank(group) -> int:
+    """This process's rank in ``group`` (0 without torch.distributed)."""
     return dist.get_rank(group) if dist.is_initialized() else 0
 
 
 def gather_rows(x: torch.Tensor, group) -> torch.Tensor:
+    """Plain (no autograd) all-gather along dim 0, in rank order."""
     world = group_size(group)
     out = torch.empty((world * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
     _all_gather_single(out, x.contiguous(), group=group)
