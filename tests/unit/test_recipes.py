@@ -28,7 +28,7 @@ def _ids(paths):
 def test_recipe_resolves_and_data_section_validates(path):
     tree = read_recipe_tree(path)
     assert set(tree) <= SECTIONS, f"unknown sections {set(tree) - SECTIONS}"
-    data = DataRecipe(**tree.get("data", {}))  # unknown keys raise TypeError
+    data = DataRecipe.from_dict(tree.get("data", {}))  # unknown keys and bad values raise
     if data.mixture:
         assert set(data.mixture) <= TASKS
         assert sum(data.mixture.values()) == pytest.approx(1.0)
@@ -38,10 +38,24 @@ def test_recipe_resolves_and_data_section_validates(path):
 
 
 @pytest.mark.parametrize("path", ALL, ids=_ids(ALL))
-def test_recipe_loads_with_the_trainers_config(path):
-    config = pytest.importorskip("megatron_vlm.training.config", reason="trainer config not merged yet")
-    recipe = config.recipe_from_dict(read_recipe_tree(path))
+def test_recipe_loads_with_the_trainers_and_builders_loaders(path):
+    """What `megatron_vlm.train --config` and `preprocess_data.py build --recipe` read."""
+    from megatron_vlm.training.config import load_recipe, recipe_from_dict
+
+    recipe = load_recipe(path)
+    assert recipe == recipe_from_dict(read_recipe_tree(path))
     assert recipe.train.global_batch_tokens % recipe.data.max_seq_length == 0
+    assert DataRecipe.from_yaml(path) == recipe.data  # validates too
+
+
+def test_overrides_apply_on_top_of_included_recipes():
+    from megatron_vlm.training.config import RecipeError, load_recipe
+
+    recipe = load_recipe(RECIPES / "ablations" / "task_reasoning.yaml", ["parallel.cp=4", "data.pad_multiple=8"])
+    assert recipe.data.mixture == {"reasoning": 1.0} and recipe.parallel.cp == 4 and recipe.model.flavor == "7B"
+    assert recipe.checkpoint.dir == "checkpoints/task_reasoning"
+    with pytest.raises(RecipeError, match="recipe not found"):
+        load_recipe(RECIPES / "nope.yaml")
 
 
 def test_final_recipe_has_the_papers_numbers():
@@ -105,6 +119,7 @@ def test_flavor_recipe_layout_fits_h100_by_the_planner(name, gpus):
     p, m, t = r["parallel"], r["model"], r["train"]
     tp, pp, cp = p.get("tp", 1), p.get("pp", 1), p.get("cp", 1)
     assert gpus % (tp * pp * cp) == 0
+    assert r["data"]["pad_multiple"] == 2 * cp  # each packed sub-sequence splits into 2*cp chunks
     dp = gpus // (tp * pp * cp)
     seqs = t["global_batch_tokens"] // r["data"]["max_seq_length"]
     assert seqs % dp == 0
@@ -120,7 +135,7 @@ def test_flavor_recipe_layout_fits_h100_by_the_planner(name, gpus):
 
 def test_flavor_recipes_differ_from_7b_only_in_model_and_layout():
     allowed = {"model.flavor", "model.tokenizer", "model.recompute", "parallel.tp", "parallel.cp", "parallel.pp",
-               "checkpoint.init_from"}
+               "checkpoint.init_from", "data.tokenizer", "data.pad_multiple"}
     for name in ("mmprolong_3b.yaml", "mmprolong_72b.yaml"):
         assert diff_paths(read_recipe_tree(RECIPES / name), read_recipe_tree(BASE, name=Path(name).stem)) <= allowed
 
