@@ -133,6 +133,18 @@ def test_flavor_recipe_layout_fits_h100_by_the_planner(name, gpus):
     assert mem.total <= (80 - 6) * GB, mem.as_gb()
 
 
+@pytest.mark.parametrize("name, gpus", sorted(FLAVOR_RECIPES.items()))
+def test_flavor_recipe_layout_is_the_planners_suggestion(name, gpus):
+    from megatron_vlm.parallel.planner import PlanRequest, plan
+
+    r = read_recipe_tree(RECIPES / name)
+    best = plan(PlanRequest(flavor=r["model"]["flavor"], seq_length=r["data"]["max_seq_length"], num_gpus=gpus,
+                            recompute=r["model"]["recompute"], global_batch_tokens=r["train"]["global_batch_tokens"],
+                            token_budget=r["train"]["tokens"]))[0]
+    p = r["parallel"]
+    assert (best.layout.tp, best.layout.pp, best.layout.cp) == (p["tp"], p.get("pp", 1), p["cp"])
+
+
 def test_flavor_recipes_differ_from_7b_only_in_model_and_layout():
     allowed = {"model.flavor", "model.tokenizer", "model.recompute", "parallel.tp", "parallel.cp", "parallel.pp",
                "checkpoint.init_from", "data.tokenizer", "data.pad_multiple"}
