@@ -15,8 +15,10 @@ The estimate is per GPU, for the most loaded pipeline stage, in bytes:
   times the micro-batches in flight on the first stage of a 1F1B pipeline. Itemised in
   :func:`layer_activation_elements`.
 - logits: the output layer's [s/cp, V/tp] logits and what vocab-parallel cross-entropy keeps.
-- vision: the ViT's activations, assuming each CP rank encodes the images of its own part of the
-  sequence and every LLM token is an image token (long documents are ~99% page tokens).
+- vision: the ViT's activations, as the model runs it (TP-split, no SP or CP, so every CP rank
+  encodes every image of the micro-batch), taking every LLM token as an image token (long
+  documents are ~99% page tokens). At 128K a trained ViT does not fit on an 80 GB GPU this way;
+  frozen, it keeps nothing for backward.
 
 Assumptions worth knowing: packed micro-batches of one sequence (THD, batch 1); Transformer
 Engine kernels and flash attention on GPU (no s^2 scores kept; `kernels="local"` models Megatron's
@@ -292,15 +294,18 @@ def _stage_memory(shapes: Shapes, layout: Layout, train: Training, first: bool, 
             mem.logits += embed / tp * 4
 
     if with_vision:
-        patches = tokens * s.merge * s.merge
+        # The ViT (models/qwen2_5_vl/vision.py) is TP-split but runs without SP or CP: every CP
+        # rank encodes all images of the micro-batch, merge^2 patches per image token.
+        patches = train.seq_length * s.merge * s.merge
         v_kept, v_transient = layer_activation_elements(
             patches, s.vit_hidden_size, s.vit_ffn_hidden_size, s.vit_heads, s.vit_heads, tp,
-            layout.sequence_parallel, train.kernels, train.recompute if train.train_vision else "full",
+            False, train.kernels, train.recompute if train.train_vision else "full",
         )
+        merged = train.seq_length * s.hidden_size  # the merger's output, before the CP split
         if train.train_vision:
-            mem.vision = in_flight * (s.vit_depth * v_kept) * act_bytes + v_transient * act_bytes
-        else:  # no graph kept: one block's working set, then the merged embeddings
-            mem.vision = (v_transient + tokens * s.hidden_size) * act_bytes
+            mem.vision = (in_flight * s.vit_depth * v_kept + v_transient + merged) * act_bytes
+        else:  # frozen: no graph kept, only one block's working set at a time and the output
+            mem.vision = (v_transient + merged) * act_bytes
     return mem
 
 

@@ -140,7 +140,7 @@ def test_flavor_recipe_layout_is_the_planners_suggestion(name, gpus):
     r = read_recipe_tree(RECIPES / name)
     best = plan(PlanRequest(flavor=r["model"]["flavor"], seq_length=r["data"]["max_seq_length"], num_gpus=gpus,
                             recompute=r["model"]["recompute"], global_batch_tokens=r["train"]["global_batch_tokens"],
-                            token_budget=r["train"]["tokens"]))[0]
+                            token_budget=r["train"]["tokens"], train_vision=not r["model"]["freeze_vision"]))[0]
     p = r["parallel"]
     assert (best.layout.tp, best.layout.pp, best.layout.cp) == (p["tp"], p.get("pp", 1), p["cp"])
 
