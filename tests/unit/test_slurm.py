@@ -322,3 +322,16 @@ def test_torchrun_task_survives_usr1_and_ranks_get_it(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, out
     assert sorted(p.name for p in tmp_path.glob("rank*.signalled")) == ["rank0.signalled", "rank1.signalled"]
+
+
+def test_launchers_hold_no_hyperparameters():
+    """Recipes hold hyperparameters; the scripts pass the recipe and the user's overrides through."""
+    import re
+
+    forbidden = re.compile(
+        r"\b(model|parallel|data|train|checkpoint|logging)\.\w+=|--(lr|micro-batch-size|global-batch-size|seq-length"
+        r"|tensor-model-parallel-size|pipeline-model-parallel-size|context-parallel-size|rope-theta)\b"
+    )
+    for script in SCRIPTS:
+        code = "\n".join(line for line in script.read_text().splitlines() if not line.lstrip().startswith("#"))
+        assert not forbidden.search(code), f"{script.name}: {forbidden.search(code).group(0)}"
