@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp8", "fp32"])
     p.add_argument("--recompute", default="selective", choices=["none", "selective", "full"])
     p.add_argument("--freeze-vision", action="store_true", help="ViT and merger frozen")
+    p.add_argument("--no-vision-cp", action="store_true",
+                   help="every CP rank encodes every image (default: images shared out over CP ranks)")
     p.add_argument("--global-batch-tokens", type=int, default=4 * 1024 * 1024)
     p.add_argument("--token-budget", type=float, default=5e9)
     p.add_argument("--top", type=int, default=10, help="layouts to print")
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     req = PlanRequest(
         flavor=a.flavor, seq_length=a.seq_length, num_gpus=a.gpus, gpu_memory_gb=a.gpu_memory,
         gpus_per_node=a.gpus_per_node, precision=a.precision, recompute=a.recompute,
-        train_vision=not a.freeze_vision, global_batch_tokens=a.global_batch_tokens,
+        train_vision=not a.freeze_vision, vision_cp=not a.no_vision_cp, global_batch_tokens=a.global_batch_tokens,
         token_budget=int(a.token_budget), reserve_gb=a.reserve,
     )
     entries = plan(req)

@@ -15,10 +15,10 @@ The estimate is per GPU, for the most loaded pipeline stage, in bytes:
   times the micro-batches in flight on the first stage of a 1F1B pipeline. Itemised in
   :func:`layer_activation_elements`.
 - logits: the output layer's [s/cp, V/tp] logits and what vocab-parallel cross-entropy keeps.
-- vision: the ViT's activations, as the model runs it (TP-split, no SP or CP, so every CP rank
-  encodes every image of the micro-batch), taking every LLM token as an image token (long
-  documents are ~99% page tokens). At 128K a trained ViT does not fit on an 80 GB GPU this way;
-  frozen, it keeps nothing for backward.
+- vision: the ViT's activations: TP-split, no SP inside, each CP rank encoding its share of the
+  images (parallel/cp_vision.py; `vision_cp=False` for every image on every rank), and the
+  merged embeddings all-gathered over CP; every LLM token is taken as an image token (long
+  documents are ~99% page tokens). Frozen, the ViT keeps nothing for backward.
 
 Assumptions worth knowing: packed micro-batches of one sequence (THD, batch 1); Transformer
 Engine kernels and flash attention on GPU (no s^2 scores kept; `kernels="local"` models Megatron's
@@ -130,6 +130,9 @@ class Training:
     """Micro-batches per step on each DP rank (caps the number in flight in the pipeline)."""
     include_vision: bool = True
     """False plans a text-only model (the CPU checks use Megatron's GPT)."""
+    vision_cp: bool = True
+    """Images shared out over the CP ranks (megatron_vlm.parallel.cp_vision); False: every CP
+    rank encodes every image of the micro-batch."""
 
 
 @dataclass
@@ -294,9 +297,10 @@ def _stage_memory(shapes: Shapes, layout: Layout, train: Training, first: bool, 
             mem.logits += embed / tp * 4
 
     if with_vision:
-        # The ViT (models/qwen2_5_vl/vision.py) is TP-split but runs without SP or CP: every CP
-        # rank encodes all images of the micro-batch, merge^2 patches per image token.
-        patches = train.seq_length * s.merge * s.merge
+        # The ViT (models/qwen2_5_vl/vision.py) is TP-split but has no SP or CP inside; with
+        # vision_cp each CP rank encodes its share of the images (parallel/cp_vision.py), else
+        # all of them. merge^2 patches per image token.
+        patches = train.seq_length * s.merge * s.merge / (cp if train.vision_cp else 1)
         v_kept, v_transient = layer_activation_elements(
             patches, s.vit_hidden_size, s.vit_ffn_hidden_size, s.vit_heads, s.vit_heads, tp,
             False, train.kernels, train.recompute if train.train_vision else "full",
@@ -319,6 +323,7 @@ class PlanRequest:
     precision: str = "bf16"
     recompute: str = "selective"
     train_vision: bool = True
+    vision_cp: bool = True
     global_batch_tokens: int = 4 * 1024 * 1024
     token_budget: int = 5_000_000_000
     reserve_gb: float = 6.0
@@ -387,7 +392,7 @@ def plan(req: PlanRequest) -> list[PlanEntry]:
         micro = seqs // layout.dp
         train = Training(
             seq_length=req.seq_length, precision=req.precision, recompute=req.recompute,
-            train_vision=req.train_vision, micro_batches=micro,
+            train_vision=req.train_vision, vision_cp=req.vision_cp, micro_batches=micro,
         )
         mem = estimate_memory(shapes, layout, train)
         fits = mem.total <= (req.gpu_memory_gb - req.reserve_gb) * GB
