@@ -183,12 +183,19 @@ def _line_text(spans: list[dict]) -> str:
     return " ".join("".join(s["text"] for s in spans).split())
 
 
-def _inside(bbox, rect: pymupdf.Rect) -> bool:
-    r = pymupdf.Rect(bbox)
-    return r.intersect(rect).get_area() > 0.5 * r.get_area()
+def _inside(bbox, rect) -> bool:
+    """More than half of bbox's area lies in rect (both (x0, y0, x1, y1))."""
+    w = min(bbox[2], rect[2]) - max(bbox[0], rect[0])
+    h = min(bbox[3], rect[3]) - max(bbox[1], rect[1])
+    area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1])
+    return w > 0 and h > 0 and w * h > 0.5 * area
 
 
-def _text_groups(text_dict: dict, table_rects: list[pymupdf.Rect]) -> list[dict]:
+def _union(a: list[float], b) -> list[float]:
+    return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+
+
+def _text_groups(text_dict: dict, table_rects: list[tuple]) -> list[dict]:
     """Style-homogeneous groups of lines (text, bbox, size, bold), table words removed."""
     groups = []
     for block in text_dict["blocks"]:
@@ -205,10 +212,10 @@ def _text_groups(text_dict: dict, table_rects: list[pymupdf.Rect]) -> list[dict]
             style = _line_style(spans)
             starts_item = bool(LIST_RE.match(text))
             if current is None or not _same_style(current["style"], style) or (starts_item and not current["list"]):
-                current = {"lines": [], "style": style, "bbox": pymupdf.Rect(line["bbox"]), "list": starts_item}
+                current = {"lines": [], "style": style, "bbox": list(line["bbox"]), "list": starts_item}
                 groups.append(current)
             current["lines"].append(text)
-            current["bbox"] |= pymupdf.Rect(line["bbox"])
+            current["bbox"] = _union(current["bbox"], line["bbox"])
     return groups
 
 
@@ -282,10 +289,11 @@ def reading_order(blocks: list[dict], page_width: float) -> list[dict]:
 def page_blocks(page: pymupdf.Page, text_dict: dict, body: float, tables: list | None = None) -> list[dict]:
     """Layout blocks of one page in reading order (see the module docstring)."""
     tables = find_grid_tables(page) if tables is None else tables
-    rects = [pymupdf.Rect(xs[0], ys[0], xs[-1], ys[-1]) for ys, xs in tables]
+    rects = [(xs[0], ys[0], xs[-1], ys[-1]) for ys, xs in tables]
     blocks = []
     if tables:
-        words = page.get_text("words", textpage=text_dict.get("_textpage"))
+        tp = text_dict.get("_textpage")
+        words = tp.extractWORDS() if tp is not None else page.get_text("words")
         blocks += [_table_block(t, words) for t in tables]
     for g in _text_groups(text_dict, rects):
         text = " ".join(g["lines"]) if not g["list"] else "\n".join(g["lines"])
@@ -333,7 +341,9 @@ def process_pdf(data: bytes, settings: PdfSettings = PdfSettings()) -> tuple[lis
 
         text_dicts, ocr_marks = [], []
         for page in doc:
-            td = page.get_text("dict", flags=pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES)
+            tp = page.get_textpage(flags=pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES)
+            td = tp.extractDICT()
+            td["_textpage"] = tp  # reused for table words
             chars = sum(len(s["text"].strip()) for b in td["blocks"] for ln in b.get("lines", ()) for s in ln["spans"])
             mark = "none"
             if chars < MIN_TEXT_CHARS and _image_cover(page) >= MIN_IMAGE_COVER:

@@ -281,8 +281,14 @@ def run(args) -> dict:
                   f"{skipped} already done, {len(jobs)} tars to write, {workers} workers", file=sys.stderr, flush=True)
         progress = Progress(sum(len(j["docs"]) for j in jobs), args.quiet)
         if pool:
-            for chunk_rows in pool.imap_unordered(process_chunk, jobs):
-                done_rows += chunk_rows
+            results = pool.imap_unordered(process_chunk, jobs)
+            for _ in jobs:
+                while True:  # wake up now and then to report progress inside long chunks
+                    try:
+                        done_rows += results.next(timeout=progress.every)
+                        break
+                    except mp.TimeoutError:
+                        progress.update(counters[0].value, counters[1].value)
                 progress.update(counters[0].value, counters[1].value)
         else:
             _init_worker(counters)

@@ -32,6 +32,7 @@ def inputs(tmp_path_factory):
     bad = make_bad_inputs(root / "bad")
     shutil.copy(specs[1].path, root / "copy-of-doc-001.pdf")
     (root / "notes.txt").write_text("not an input: only *.pdf files in a directory are")
+    (root / "broken-link.pdf").symlink_to(root / "no-such-file.pdf")
     return root, specs, bad
 
 
@@ -46,10 +47,13 @@ def test_manifest_has_one_row_per_input(inputs, built):
     root, specs, bad = inputs
     rows = pool.read_manifest(built)
     assert [r["source"] for r in rows] == sorted(p.relative_to(root).as_posix() for p in root.rglob("*.pdf"))
+    assert len(rows) == len(specs) + len(bad) + 2  # + the copy and the broken link
     by_source = {r["source"]: r for r in rows}
     for name, word in bad.items():
         row = by_source[f"bad/{name}"]
         assert row["status"] == "error" and word in row["reason"] and row["shard"] is None
+    assert by_source["broken-link.pdf"]["status"] == "error" and by_source["broken-link.pdf"]["reason"].startswith("cannot read: FileNotFoundError")
+    assert by_source["broken-link.pdf"]["sha256"] is None
     dup = by_source["doc-001.pdf"]  # "copy-of-doc-001.pdf" sorts first, so it is the one kept
     assert dup["status"] == "duplicate" and dup["duplicate_of"] == "copy-of-doc-001.pdf"
     assert sum(r["status"] == "ok" for r in rows) == len(specs)
@@ -98,7 +102,7 @@ def test_rerun_skips_done_work_and_redoes_partial(inputs, built, tmp_path, capsy
     pool.add_arguments(parser)
     args = parser.parse_args(["--input", str(inputs[0]), "--output", str(out), "--no-ocr", "--docs-per-tar", "2"])
     assert pool.main(args) == 0
-    unique = sum(r["status"] != "duplicate" for r in pool.read_manifest(built))
+    unique = sum(r["status"] != "duplicate" and r["sha256"] is not None for r in pool.read_manifest(built))
     assert f"{unique - 2} already done, 1 tars to write" in capsys.readouterr().err  # the chunk of 2 docs is redone
     assert tree(out) == before
 
