@@ -319,8 +319,12 @@ def _encode(pix: pymupdf.Pixmap, settings: PdfSettings) -> bytes:
     return buf.getvalue()
 
 
-def process_pdf(data: bytes, settings: PdfSettings = PdfSettings()) -> tuple[list[dict], list[bytes]]:
-    """Pages (formats.md section 1, page dicts) and their encoded images, or PdfError."""
+def process_pdf(data: bytes, settings: PdfSettings = PdfSettings(), sink=None) -> tuple[list[dict], list[bytes]]:
+    """Pages (formats.md section 1, page dicts) and their encoded images, or PdfError.
+
+    With `sink`, each page's image is handed to sink(index, image) as soon as it is encoded and
+    not kept (the returned image list is empty), so a long document never sits in memory.
+    """
     pymupdf.TOOLS.mupdf_display_errors(False)
     doc = open_pdf(data, settings)
     try:
@@ -383,7 +387,10 @@ def process_pdf(data: bytes, settings: PdfSettings = PdfSettings()) -> tuple[lis
                 "text": "\n\n".join(b["text"] for b in blocks),
                 "blocks": blocks,
             })
-            images.append(image)
+            if sink is None:
+                images.append(image)
+            else:
+                sink(i, image)
         return pages, images
     finally:
         doc.close()

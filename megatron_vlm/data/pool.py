@@ -24,6 +24,7 @@ How a run goes, and why:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ import multiprocessing as mp
 import os
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -155,24 +157,36 @@ def process_chunk(job: dict) -> list[dict]:
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for source, path, sha in job["docs"]:
             doc_id = sha[:16]
+            spool = tempfile.SpooledTemporaryFile(max_size=256 << 20, dir=tar_path.parent)
+            spans = []
+
+            def sink(index: int, image: bytes, spool=spool, spans=spans) -> None:
+                spans.append((index, spool.tell(), len(image)))
+                spool.write(image)
+
             try:
                 data = Path(path).read_bytes()
                 if hashlib.sha256(data).hexdigest() != sha:
                     raise PdfError("file changed while the pool was running")
-                pages, images = process_pdf(data, settings)
+                pages, _ = process_pdf(data, settings, sink=sink)
+                del data
             except PdfError as e:
                 rows.append(_row(source, sha, "error", str(e)))
                 _count(1, 0)
+                spool.close()
                 continue
             except Exception as e:  # a bug or a MuPDF crash on one file must not stop the run
                 rows.append(_row(source, sha, "error", f"internal error: {type(e).__name__}: {str(e)[:200]}"))
                 _count(1, 0)
+                spool.close()
                 continue
             ext = "png" if settings.image_format == "png" else "jpg"
             doc = {"id": doc_id, "source": source, "sha256": sha, "num_pages": len(pages), "dpi": settings.dpi, "pages": pages}
             _add_member(tar, f"{doc_id}.json", _dumps(doc).encode())
-            for page, image in zip(pages, images):
-                _add_member(tar, f"{doc_id}.p{page['index']:04d}.{ext}", image)
+            for index, offset, size in spans:
+                spool.seek(offset)
+                _add_member(tar, f"{doc_id}.p{index:04d}.{ext}", spool.read(size))
+            spool.close()
             tokens = sum(p["tokens"] for p in pages)
             rows.append(_row(source, sha, "ok", pages=len(pages), tokens=tokens, shard=job["shard"]))
             _count(1, len(pages))
@@ -311,6 +325,22 @@ def run(args) -> dict:
     counts.update(pages=sum(r["pages"] or 0 for r in rows if r["status"] == "ok"), tokens=sum(r["tokens"] or 0 for r in rows if r["status"] == "ok"))
     counts.update(inputs=len(rows), tars=n_tar, manifest=str(manifest), merged=str(merged) if merged else None)
     return counts
+
+
+def build_pool(input_path: str | Path, output: str | Path, quiet: bool = True, **options) -> dict:
+    """The pool stage from Python (tests, notebooks); options are the CLI flags, e.g. workers=2, no_ocr=True.
+
+        from megatron_vlm.data.sample_pdfs import make_corpus
+        make_corpus("pdfs", n_docs=4, pages=(10, 14)); build_pool("pdfs", "pool", no_ocr=True)
+    """
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--input", str(input_path), "--output", str(output)])
+    for key, value in {**options, "quiet": quiet}.items():
+        if not hasattr(args, key):
+            raise TypeError(f"build_pool() got an unknown option {key!r}")
+        setattr(args, key, value)
+    return run(args)
 
 
 def merge_manifests(out: Path, num_shards: int) -> Path | None:

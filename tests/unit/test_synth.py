@@ -25,18 +25,14 @@ RECORD_KEYS = {"id", "doc_id", "task", "segment", "question", "answer", "answer_
 def run_synth(pool_dir, out, *extra) -> int:
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
-    args = parser.parse_args(["--pool", str(pool_dir), "--output", str(out), "--segment-pages", "3", "5", "--per-segment", "2", *extra])
-    args.quiet = True
-    return synth.main(args)
+    return synth.main(parser.parse_args(["--pool", str(pool_dir), "--output", str(out), "--segment-pages", "3", "5", "--per-segment", "2", "--quiet", *extra]))
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     specs = make_corpus(root / "pdfs", n_docs=3, pages=(7, 9), seed=11)
-    parser = argparse.ArgumentParser()
-    pool.add_arguments(parser)
-    assert pool.main(parser.parse_args(["--input", str(root / "pdfs"), "--output", str(root / "pool"), "--no-ocr", "--quiet"])) == 0
+    pool.build_pool(root / "pdfs", root / "pool", no_ocr=True)
     assert run_synth(root / "pool", root / "qa") == 0
     records = [json.loads(line) for line in (root / "qa" / "records-00000.jsonl").read_text().splitlines()]
     by_id = {r["id"]: r for r in pool.read_manifest(root / "pool")}

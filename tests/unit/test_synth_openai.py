@@ -57,9 +57,7 @@ def teacher_reply(body: dict) -> str:
 def pool_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_openai")
     make_corpus(root / "pdfs", n_docs=2, pages=(6, 7), seed=2, scanned=False)
-    parser = argparse.ArgumentParser()
-    pool.add_arguments(parser)
-    assert pool.main(parser.parse_args(["--input", str(root / "pdfs"), "--output", str(root / "pool"), "--no-ocr", "--quiet"])) == 0
+    assert pool.build_pool(root / "pdfs", root / "pool", no_ocr=True)["ok"] == 2
     return root / "pool"
 
 
@@ -72,9 +70,7 @@ def synth_argv(pool_dir, out, url, *extra) -> list[str]:
 def run_synth(argv) -> int:
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.quiet = True
-    return synth.main(args)
+    return synth.main(parser.parse_args([*argv, "--quiet"]))
 
 
 def test_every_job_ends_answered_or_failed_with_reason(pool_dir, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ The same pool, arguments and seed give byte-identical outputs with the template 
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
@@ -38,6 +39,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--shard-index", type=int, default=0, help="this task's share of the documents")
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--max-docs", type=int, default=None, help="stop after this many documents (for trials)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument("--batch-jobs", type=int, default=64, help="teacher jobs sent together (openai concurrency works within a batch)")
     g = parser.add_argument_group("openai teacher")
     g.add_argument("--teacher-url", help="base URL of an OpenAI-compatible API, e.g. http://host:8000/v1")
@@ -124,7 +126,7 @@ def run(args) -> dict:
         if len(pending) >= args.batch_jobs:
             flush()
         now = time.monotonic()
-        if now - last_print > 5 and not getattr(args, "quiet", False):
+        if now - last_print > 5 and not args.quiet:
             last_print, rate = now, counts["docs"] / max(now - start, 1e-9)
             eta = time.strftime("%H:%M:%S", time.gmtime((len(ids) - counts["docs"]) / rate))
             print(f"[synth] {counts['docs']}/{len(ids)} docs, {len(records)} records, {rate:.2f} docs/s, ETA {eta}", file=sys.stderr, flush=True)
@@ -153,6 +155,18 @@ def run(args) -> dict:
     _write_atomic(summary_path, (json.dumps(summary, sort_keys=True, indent=1) + "\n").encode())
     summary["paths"] = [str(records_path), str(failures_path), str(summary_path)]
     return summary
+
+
+def synthesize(pool_dir: str | Path, output: str | Path, quiet: bool = True, **options) -> dict:
+    """The synth stage from Python; options are the CLI flags, e.g. teacher="template", segment_pages=(3, 5)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--pool", str(pool_dir), "--output", str(output)])
+    for key, value in {**options, "quiet": quiet}.items():
+        if not hasattr(args, key):
+            raise TypeError(f"synthesize() got an unknown option {key!r}")
+        setattr(args, key, value)
+    return run(args)
 
 
 def main(args) -> int:
