@@ -30,6 +30,7 @@ from megatron_vlm.data import image_rule
 
 MIN_TEXT_CHARS = 16  # fewer characters than this and large images: a scanned page
 MIN_IMAGE_COVER = 0.3  # share of the page covered by images for a page to count as scanned
+BODY_SAMPLE = 64  # pages whose fonts decide the body size
 LIST_RE = re.compile(r"^\s*(?:[\u2022\u00b7\u25aa\u25e6\u2013\u2014*-]|\(?\d{1,3}[.)]|\(?[a-z][.)])\s+")
 CAPTION_RE = re.compile(r"^\s*(?:Table|Figure|Fig\.|Chart|Exhibit|Plate)\s+[\dA-Z]+[.:\s]", re.IGNORECASE)
 
@@ -319,6 +320,26 @@ def _encode(pix: pymupdf.Pixmap, settings: PdfSettings) -> bytes:
     return buf.getvalue()
 
 
+def _page_text(page: pymupdf.Page, settings: PdfSettings) -> tuple[dict, bool, str]:
+    """(text dict, has a text layer, ocr mark); a scanned page is OCRed here when possible."""
+    tp = page.get_textpage(flags=pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES)
+    td = tp.extractDICT()
+    td["_textpage"] = tp  # reused for table words
+    chars = sum(len(s["text"].strip()) for b in td["blocks"] for ln in b.get("lines", ()) for s in ln["spans"])
+    mark = "none"
+    if chars < MIN_TEXT_CHARS and _image_cover(page) >= MIN_IMAGE_COVER:
+        mark = "missing"
+        if settings.ocr and tesseract_data():
+            try:
+                tp = page.get_textpage_ocr(language=settings.ocr_language, dpi=settings.ocr_dpi, full=True, tessdata=tesseract_data())
+                td = tp.extractDICT()
+                td["_textpage"] = tp
+                mark = "tesseract"
+            except Exception:
+                mark = "missing"
+    return td, chars > 0, mark
+
+
 def process_pdf(data: bytes, settings: PdfSettings = PdfSettings(), sink=None) -> tuple[list[dict], list[bytes]]:
     """Pages (formats.md section 1, page dicts) and their encoded images, or PdfError.
 
@@ -343,30 +364,17 @@ def process_pdf(data: bytes, settings: PdfSettings = PdfSettings(), sink=None) -
                 raise PdfError(f"page {i}: {e}") from None
             sizes.append((w_pt, h_pt, grid))
 
-        text_dicts, ocr_marks = [], []
-        for page in doc:
-            tp = page.get_textpage(flags=pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES)
-            td = tp.extractDICT()
-            td["_textpage"] = tp  # reused for table words
-            chars = sum(len(s["text"].strip()) for b in td["blocks"] for ln in b.get("lines", ()) for s in ln["spans"])
-            mark = "none"
-            if chars < MIN_TEXT_CHARS and _image_cover(page) >= MIN_IMAGE_COVER:
-                mark = "missing"
-                if settings.ocr and tesseract_data():
-                    try:
-                        tp = page.get_textpage_ocr(language=settings.ocr_language, dpi=settings.ocr_dpi, full=True, tessdata=tesseract_data())
-                        td = page.get_text("dict", textpage=tp)
-                        td["_textpage"] = tp
-                        mark = "tesseract"
-                    except Exception:
-                        mark = "missing"
-            text_dicts.append((td, chars > 0, mark))
-            ocr_marks.append(mark)
-        body = body_font_size([td for td, _, _ in text_dicts])
+        # The body font size (for headings) comes from the first BODY_SAMPLE pages; their text is
+        # kept for the main pass, later pages are read as they come, so memory stays bounded.
+        head = [_page_text(doc[i], settings) for i in range(min(BODY_SAMPLE, doc.page_count))]
+        body = body_font_size([td for td, _, _ in head])
 
         pages, images = [], []
         for i, page in enumerate(doc):
-            td, has_text, mark = text_dicts[i]
+            if i < len(head):
+                (td, has_text, mark), head[i] = head[i], None
+            else:
+                td, has_text, mark = _page_text(page, settings)
             w_pt, h_pt, _ = sizes[i]
             try:
                 pix = page.get_pixmap(dpi=settings.dpi, alpha=False)

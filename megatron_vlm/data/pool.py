@@ -62,11 +62,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def _dumps(obj) -> str:
+def dumps_sorted(obj) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -182,7 +182,7 @@ def process_chunk(job: dict) -> list[dict]:
                 continue
             ext = "png" if settings.image_format == "png" else "jpg"
             doc = {"id": doc_id, "source": source, "sha256": sha, "num_pages": len(pages), "dpi": settings.dpi, "pages": pages}
-            _add_member(tar, f"{doc_id}.json", _dumps(doc).encode())
+            _add_member(tar, f"{doc_id}.json", dumps_sorted(doc).encode())
             for index, offset, size in spans:
                 spool.seek(offset)
                 _add_member(tar, f"{doc_id}.p{index:04d}.{ext}", spool.read(size))
@@ -191,7 +191,7 @@ def process_chunk(job: dict) -> list[dict]:
             rows.append(_row(source, sha, "ok", pages=len(pages), tokens=tokens, shard=job["shard"]))
             _count(1, len(pages))
     os.replace(tmp, tar_path)
-    _write_atomic(part_path, _dumps({"fingerprint": job["fingerprint"], "rows": rows}).encode())
+    write_atomic(part_path, dumps_sorted({"fingerprint": job["fingerprint"], "rows": rows}).encode())
     return rows
 
 
@@ -214,7 +214,7 @@ def _check_settings(out: Path, settings: dict) -> None:
         if diff:
             raise ValueError(f"{out} was built with other settings ({', '.join(f'{k}={old.get(k)}' for k in diff)}); use a new --output")
     else:
-        _write_atomic(path, (_dumps(settings) + "\n").encode())
+        write_atomic(path, (dumps_sorted(settings) + "\n").encode())
 
 
 class Progress:
@@ -319,7 +319,7 @@ def run(args) -> dict:
 
     rows = sorted(rows + done_rows, key=lambda r: r["source"])
     manifest = out / f"manifest-{args.shard_index:05d}.jsonl"
-    _write_atomic(manifest, "".join(_dumps(r) + "\n" for r in rows).encode())
+    write_atomic(manifest, "".join(dumps_sorted(r) + "\n" for r in rows).encode())
     merged = merge_manifests(out, args.num_shards)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "duplicate")}
     counts.update(pages=sum(r["pages"] or 0 for r in rows if r["status"] == "ok"), tokens=sum(r["tokens"] or 0 for r in rows if r["status"] == "ok"))
@@ -359,7 +359,7 @@ def merge_manifests(out: Path, num_shards: int) -> Path | None:
         elif r["status"] != "duplicate" or r["duplicate_of"] != first[sha]:
             rows[i] = _row(r["source"], sha, "duplicate", duplicate_of=first[sha])
     path = out / "manifest.jsonl"
-    _write_atomic(path, "".join(_dumps(r) + "\n" for r in rows).encode())
+    write_atomic(path, "".join(dumps_sorted(r) + "\n" for r in rows).encode())
     return path
 
 

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from megatron_vlm.data.pool import _dumps, _write_atomic, iter_documents, read_manifest, shard_of
+from megatron_vlm.data.pool import dumps_sorted, iter_documents, read_manifest, shard_of, write_atomic
 from megatron_vlm.data.synth import tasks as T
 from megatron_vlm.data.synth.teachers import Answer, Job, make_teacher
 from megatron_vlm.data.synth.validation import Validator
@@ -135,8 +135,8 @@ def run(args) -> dict:
     records.sort(key=lambda r: r["id"])
     suffix = f"{args.shard_index:05d}"
     records_path, failures_path = out / f"records-{suffix}.jsonl", out / f"failures-{suffix}.jsonl"
-    _write_atomic(records_path, "".join(_dumps(r) + "\n" for r in records).encode())
-    _write_atomic(failures_path, "".join(_dumps(f) + "\n" for f in sorted(failures, key=lambda f: (f["doc_id"], f["segment"], f["task"], f["index"]))).encode())
+    write_atomic(records_path, "".join(dumps_sorted(r) + "\n" for r in records).encode())
+    write_atomic(failures_path, "".join(dumps_sorted(f) + "\n" for f in sorted(failures, key=lambda f: (f["doc_id"], f["segment"], f["task"], f["index"]))).encode())
     summary = {
         "pool": str(Path(args.pool)),
         "teacher": teacher_name,
@@ -152,7 +152,7 @@ def run(args) -> dict:
         "teacher_usage": teacher.usage() if hasattr(teacher, "usage") else {},
     }
     summary_path = out / ("summary.json" if args.num_shards == 1 else f"summary-{suffix}.json")
-    _write_atomic(summary_path, (json.dumps(summary, sort_keys=True, indent=1) + "\n").encode())
+    write_atomic(summary_path, (json.dumps(summary, sort_keys=True, indent=1) + "\n").encode())
     summary["paths"] = [str(records_path), str(failures_path), str(summary_path)]
     return summary
 
