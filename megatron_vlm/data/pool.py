@@ -312,6 +312,10 @@ def run(args) -> dict:
             _init_worker(None)
         if jobs:
             progress.update(counters[0].value, counters[1].value, force=True)
+    except BaseException:
+        if pool:
+            pool.terminate()  # a crash or Ctrl-C stops the workers; their temporary files are never renamed
+        raise
     finally:
         if pool:
             pool.close()

@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pymupdf
@@ -13,6 +17,8 @@ import pytest
 
 from megatron_vlm.data import pool
 from megatron_vlm.data.sample_pdfs import make_bad_inputs, make_corpus
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_pool(inp, out, *extra) -> int:
@@ -132,3 +138,21 @@ def test_bad_arguments_exit_nonzero_with_one_line(tmp_path, capsys):
     assert run_pool(tmp_path / "in", tmp_path / "out") == 0
     assert run_pool(tmp_path / "in", tmp_path / "out", "--dpi", "72") == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_to_the_same_pool(tmp_path):
+    make_corpus(tmp_path / "in", n_docs=6, pages=(2, 3), seed=8, scanned=False)
+    fresh = tmp_path / "fresh"
+    assert run_pool(tmp_path / "in", fresh, "--docs-per-tar", "1") == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "tools" / "preprocess_data.py"), "pool", "--input", str(tmp_path / "in"), "--output", str(out),
+           "--no-ocr", "--quiet", "--docs-per-tar", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("parts/*.json"))) < 2:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.jsonl").exists()  # killed before the end: nothing claims to be complete
+    assert run_pool(tmp_path / "in", out, "--docs-per-tar", "1") == 0
+    assert tree(out) == tree(fresh)
