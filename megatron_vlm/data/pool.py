@@ -244,11 +244,17 @@ def run(args) -> dict:
         dpi=args.dpi, image_format=args.image_format, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
         max_page_pixels=args.max_page_pixels, max_pages=args.max_pages, ocr=not args.no_ocr, ocr_language=args.ocr_language,
     )
-    inputs = [(s, p) for s, p in list_inputs(args.input) if shard_of(s, args.num_shards) == args.shard_index]
+    everything = list_inputs(args.input)
+    if not everything:
+        raise ValueError(f"no inputs: {args.input} holds no *.pdf files (or the list is empty)")
+    inputs = [(s, p) for s, p in everything if shard_of(s, args.num_shards) == args.shard_index]
     out = Path(args.output)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     (out / "parts").mkdir(exist_ok=True)
     _check_settings(out, {"version": POOL_VERSION, "num_shards": args.num_shards, "docs_per_tar": args.docs_per_tar, **asdict(settings)})
+    # Manifests of an earlier run stop claiming anything until this run has finished.
+    for old in (out / f"manifest-{args.shard_index:05d}.jsonl", out / "manifest.jsonl"):
+        old.unlink(missing_ok=True)
     prefix = f"pool-{args.shard_index:05d}-"
     for stale in [*(out / "shards").glob(prefix + "*.tmp.*"), *(out / "parts").glob(prefix + "*.tmp.*")]:
         stale.unlink()

@@ -134,6 +134,9 @@ def test_bad_arguments_exit_nonzero_with_one_line(tmp_path, capsys):
     assert run_pool(tmp_path / "missing", tmp_path / "out") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("[pool] error:") and "\n" not in err
+    (tmp_path / "empty").mkdir()
+    assert run_pool(tmp_path / "empty", tmp_path / "out") == 2
+    assert "no inputs" in capsys.readouterr().err
     make_corpus(tmp_path / "in", n_docs=1, pages=(1, 1))
     assert run_pool(tmp_path / "in", tmp_path / "out") == 0
     assert run_pool(tmp_path / "in", tmp_path / "out", "--dpi", "72") == 2
