@@ -88,6 +88,8 @@ def test_every_job_ends_answered_or_failed_with_reason(pool_dir, tmp_path, monke
             return "Sorry, here is no JSON." if not reask else teacher_reply(body)  # fixed by one re-ask
         if task == "extract-single" and first == 4:
             return '{"question": "q"}'  # off-schema every time
+        if task == "reasoning" and first == 1 and not reask:  # evidence outside the segment: re-asked
+            return json.dumps({**json.loads(teacher_reply(body)), "evidence_pages": [first + 5]})
         return teacher_reply(body)
 
     with FakeOpenAI(answer=answer, faults=faults, hang_s=1.0) as server:
@@ -105,7 +107,7 @@ def test_every_job_ends_answered_or_failed_with_reason(pool_dir, tmp_path, monke
     assert sum(r.startswith("request failed: HTTP 500 (gave up after 4 attempts)") for r in reasons) == 2
     assert sum(r == "off-schema after 2 re-asks: missing keys: answer, answer_format, evidence_pages, evidence_description" for r in reasons) == 2
     usage = summary["teacher_usage"]
-    assert usage["reasks"] == 2 * 2 + 2 and usage["answered"] + usage["failed"] == len({e["key"] for e in server.log})
+    assert usage["reasks"] == 2 * 2 + 2 + 2 and usage["answered"] + usage["failed"] == len({e["key"] for e in server.log})
     assert all(r["teacher"] == "openai:fake-vlm" and r["prompt_version"] for r in records)
     multi = [r for r in records if r["task"] == "extract-multi" and r["segment"][0] == 0]
     assert len(multi) == 2 and all(len(json.loads(r["answer"])) == 2 for r in multi)

@@ -1,7 +1,7 @@
 """The `openai` teacher: any OpenAI-compatible chat-completions endpoint writes the QA pairs.
 
 Each job sends its segment's pages as images (and their OCR text with --send-ocr-text) with the
-task's instruction (prompts.py). A reply that is not the JSON object asked for is asked again,
+task's instruction (prompts.py). A reply that is not the JSON object asked for (or names evidence pages outside the segment) is asked again,
 up to --max-reasks times, with the reason in the conversation; a job whose request fails for good
 (retries exhausted, 4xx) or whose replies stay off-schema ends as a failure with its reason.
 Transport, retries, concurrency, the request cache and accounting live in ChatClient.
@@ -54,6 +54,9 @@ class OpenAITeacher:
             if not result.ok:
                 return Answer(job, failure=f"request failed: {result.error}")
             qa, error = parse_answer(result.content)
+            first, last = job.segment
+            if qa is not None and not all(first <= p < last for p in qa["evidence_pages"]):
+                qa, error = None, f"evidence_pages must be page numbers from {first + 1} to {last}"
             if qa is not None:
                 return Answer(job, qa=qa)
             if attempt < self.max_reasks:
