@@ -19,7 +19,8 @@ import json
 import random
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from megatron_vlm.data.pool import dumps_sorted, iter_documents, read_manifest, shard_of, write_atomic
@@ -40,7 +41,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--max-docs", type=int, default=None, help="stop after this many documents (for trials)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.add_argument("--batch-jobs", type=int, default=64, help="teacher jobs sent together (openai concurrency works within a batch)")
+    parser.add_argument("--batch-jobs", type=int, default=64, help="most teacher jobs in flight (and page images held) at once")
     g = parser.add_argument_group("openai teacher")
     g.add_argument("--teacher-url", help="base URL of an OpenAI-compatible API, e.g. http://host:8000/v1")
     g.add_argument("--teacher-model", help="model name to ask for")
@@ -87,7 +88,7 @@ def run(args) -> dict:
     records, failures = [], []
     failed: Counter = Counter()
     counts = Counter(docs=0, docs_too_short=0, segments=0, candidates=0)
-    pending: list[Job] = []
+    window: deque[Future] = deque()  # teacher jobs in flight, oldest first
 
     def keep(answer: Answer, name: str, version: str) -> None:
         job = answer.job
@@ -101,36 +102,39 @@ def run(args) -> dict:
         if validator.check(record, job.doc) is None:
             records.append(record)
 
-    def flush() -> None:
-        for answer in teacher.answer(pending):
-            keep(answer, teacher_name, teacher.prompt_version)
-        pending.clear()
+    def drain(limit: int) -> None:
+        """Take answers oldest first (so validation order is fixed) until at most `limit` are in flight."""
+        while len(window) > limit:
+            keep(window.popleft().result(), teacher_name, teacher.prompt_version)
 
-    start, last_print = time.monotonic(), 0.0
-    for doc, images in iter_documents(args.pool, images=teacher.name == "openai", ids=set(ids)):
-        counts["docs"] += 1
-        segments = T.choose_segments(doc["num_pages"], lo, hi, random.Random(f"{args.seed}:{doc['id']}"))
-        counts["segments"] += len(segments)
-        counts["docs_too_short"] += not segments
-        for segment in segments:
-            for task in args.tasks:
-                for k in range(args.per_segment):
-                    seg_images = {p: images[p] for p in range(*segment) if p in images}
-                    job = Job(doc, segment, task, k, args.seed, seg_images)
-                    if task in teacher_tasks:
-                        pending.append(job)
-                        continue
-                    rng = random.Random(f"{args.seed}:{doc['id']}:{segment}:{task}:{k}")
-                    qa = T.ocr_full(doc, segment) if task == "ocr-full" else T.ocr_needle(doc, segment, rng)
-                    keep(Answer(job, qa=qa, failure=None if qa else f"{task}: segment has no text"), "pool-text", "text-v1")
-        if len(pending) >= args.batch_jobs:
-            flush()
-        now = time.monotonic()
-        if now - last_print > 5 and not args.quiet:
-            last_print, rate = now, counts["docs"] / max(now - start, 1e-9)
-            eta = time.strftime("%H:%M:%S", time.gmtime((len(ids) - counts["docs"]) / rate))
-            print(f"[synth] {counts['docs']}/{len(ids)} docs, {len(records)} records, {rate:.2f} docs/s, ETA {eta}", file=sys.stderr, flush=True)
-    flush()
+    executor = ThreadPoolExecutor(getattr(teacher, "concurrency", 1))
+    try:
+        start, last_print = time.monotonic(), 0.0
+        for doc, images in iter_documents(args.pool, images=teacher.name == "openai", ids=set(ids)):
+            counts["docs"] += 1
+            segments = T.choose_segments(doc["num_pages"], lo, hi, random.Random(f"{args.seed}:{doc['id']}"))
+            counts["segments"] += len(segments)
+            counts["docs_too_short"] += not segments
+            for segment in segments:
+                for task in args.tasks:
+                    for k in range(args.per_segment):
+                        seg_images = {p: images[p] for p in range(*segment) if p in images}
+                        job = Job(doc, segment, task, k, args.seed, seg_images)
+                        if task in teacher_tasks:
+                            window.append(executor.submit(teacher.answer_one, job))
+                            drain(args.batch_jobs)
+                            continue
+                        rng = random.Random(f"{args.seed}:{doc['id']}:{segment}:{task}:{k}")
+                        qa = T.ocr_full(doc, segment) if task == "ocr-full" else T.ocr_needle(doc, segment, rng)
+                        keep(Answer(job, qa=qa, failure=None if qa else f"{task}: segment has no text"), "pool-text", "text-v1")
+            now = time.monotonic()
+            if now - last_print > 5 and not args.quiet:
+                last_print, rate = now, counts["docs"] / max(now - start, 1e-9)
+                eta = time.strftime("%H:%M:%S", time.gmtime((len(ids) - counts["docs"]) / rate))
+                print(f"[synth] {counts['docs']}/{len(ids)} docs, {len(records)} records, {rate:.2f} docs/s, ETA {eta}", file=sys.stderr, flush=True)
+        drain(0)
+    finally:
+        executor.shutdown(cancel_futures=True)
 
     records.sort(key=lambda r: r["id"])
     suffix = f"{args.shard_index:05d}"

@@ -1,6 +1,7 @@
 """Teachers turn jobs (a document segment and a task type) into candidate QA pairs.
 
-A teacher has `name`, `prompt_version` and `answer(jobs) -> list[Answer]`, one Answer per job in
+A teacher has `name`, `prompt_version`, `concurrency` (jobs it can usefully take at once, from
+threads), `answer_one(job) -> Answer` and `answer(jobs) -> list[Answer]`, one Answer per job in
 order: the candidate QA dict (docs/formats.md section 2 fields question, answer, answer_format,
 evidence_pages, evidence_description) or the reason it has none.
 """

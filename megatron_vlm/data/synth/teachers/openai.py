@@ -42,11 +42,15 @@ class OpenAITeacher:
         params = {"temperature": args.temperature, "max_tokens": args.max_tokens, "seed": args.seed}
         return cls(client, send_text=args.send_ocr_text, max_reasks=args.max_reasks, params=params)
 
-    def answer(self, jobs: list[Job]) -> list[Answer]:
-        with ThreadPoolExecutor(self.client.concurrency) as pool:
-            return list(pool.map(self._one, jobs))
+    @property
+    def concurrency(self) -> int:
+        return self.client.concurrency
 
-    def _one(self, job: Job) -> Answer:
+    def answer(self, jobs: list[Job]) -> list[Answer]:
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(self.answer_one, jobs))
+
+    def answer_one(self, job: Job) -> Answer:
         messages = build_messages(job, self.send_text)
         error = ""
         for attempt in range(self.max_reasks + 1):

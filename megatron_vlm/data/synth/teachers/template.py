@@ -24,11 +24,12 @@ def _fmt(value: float, as_int: bool) -> str:
 class TemplateTeacher:
     name = "template"
     prompt_version = PROMPT_VERSION
+    concurrency = 1
 
     def answer(self, jobs: list[Job]) -> list[Answer]:
-        return [self._one(job) for job in jobs]
+        return [self.answer_one(job) for job in jobs]
 
-    def _one(self, job: Job) -> Answer:
+    def answer_one(self, job: Job) -> Answer:
         rng = random.Random(f"{job.seed}:{job.doc['id']}:{job.segment}:{job.task}:{job.index}")
         facts = [f for p in range(*job.segment) for f in page_facts(job.doc["pages"][p])]
         build = {"extract-single": single, "extract-multi": multi, "reasoning": reasoning}[job.task]
