@@ -63,7 +63,7 @@ def pool_dir(tmp_path_factory):
 
 def synth_argv(pool_dir, out, url, *extra) -> list[str]:
     return ["--pool", str(pool_dir), "--output", str(out), "--teacher", "openai", "--teacher-url", url, "--teacher-model", "fake-vlm",
-            "--segment-pages", "3", "3", "--tasks", *TEACHER_TASKS, "--send-ocr-text", "--request-timeout", "0.5",
+            "--segment-pages", "3", "3", "--tasks", *TEACHER_TASKS, "--send-ocr-text", "--request-timeout", "1.5",
             "--max-retries", "3", "--concurrency", "3", *extra]
 
 
@@ -92,7 +92,7 @@ def test_every_job_ends_answered_or_failed_with_reason(pool_dir, tmp_path, monke
             return json.dumps({**json.loads(teacher_reply(body)), "evidence_pages": [first + 5]})
         return teacher_reply(body)
 
-    with FakeOpenAI(answer=answer, faults=faults, hang_s=1.0) as server:
+    with FakeOpenAI(answer=answer, faults=faults, hang_s=2.5) as server:
         assert run_synth(synth_argv(pool_dir, tmp_path, server.url)) == 0
         bodies = [e["body"] for e in server.log]
     assert all(job_of(b)[5] == 3 and len(job_of(b)[4]) == 3 for b in bodies)  # 3 page images + their OCR text
