@@ -96,9 +96,8 @@ def test_needle_cli(tmp_path):
 
 
 def test_judge(tmp_path):
-    pytest.importorskip("megatron_vlm.utils.openai_client", reason="megatron_vlm/utils/openai_client.py not merged yet")
-    fake = pytest.importorskip("tests.fake_openai", reason="tests/fake_openai.py not merged yet")
     from megatron_vlm.eval.judge import parse_verdict
+    from tests import fake_openai as fake
 
     assert parse_verdict("Yes.") == 1.0 and parse_verdict("no") == 0.0 and parse_verdict("maybe") is None
 
@@ -176,10 +175,9 @@ def test_run_resumes_and_records_errors(tmp_path):
 
 
 def test_openai_backend_retries_and_bounds(tmp_path):
-    pytest.importorskip("megatron_vlm.utils.openai_client", reason="megatron_vlm/utils/openai_client.py not merged yet")
-    fake = pytest.importorskip("tests.fake_openai", reason="tests/fake_openai.py not merged yet")
     from megatron_vlm.eval.backends import OpenAIBackend
     from megatron_vlm.eval.runner import run_eval
+    from tests import fake_openai as fake
 
     image = tmp_path / "p.png"
     Image.new("RGB", (56, 56), "white").save(image)

@@ -146,8 +146,6 @@ def test_inprocess_and_server_agree(setup):
     local = root / "pred_local.jsonl"
     commands.run(eval_dir, local, backend, "tiny-local", log=lambda *_: None)
 
-    # utils/openai_client.py comes from the pool branch; until it is merged this part skips with the reason.
-    pytest.importorskip("megatron_vlm.utils.openai_client", reason="megatron_vlm/utils/openai_client.py not merged yet")
     server = ChatServer(backend, model_name="tiny").start()
     try:
         remote = root / "pred_server.jsonl"
