@@ -191,3 +191,39 @@ def wrap_ddp(model, config):
 
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False)
     return DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
+
+
+def _logits_step(data_iterator, model):
+    from megatron.core import parallel_state
+
+    batch = next(data_iterator)
+    logits = model(batch["tokens"], batch["position_ids"], None)  # [b, s, vocab / tp]
+
+    def collect(output):
+        group = parallel_state.get_tensor_model_parallel_group()
+        shards = [torch.empty_like(output) for _ in range(parallel_state.get_tensor_model_parallel_world_size())]
+        dist.all_gather(shards, output.contiguous(), group=group)
+        return output.new_zeros(()), {"logits": torch.cat(shards, dim=-1).detach().clone()}
+
+    return logits, collect
+
+
+def logits(model) -> torch.Tensor | None:
+    """Full-vocabulary logits [micro-batches, b, s, vocab] through the forward-only schedule
+    (None off the last pipeline stage)."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    with torch.no_grad():
+        out = get_forward_backward_func()(
+            forward_step_func=_logits_step,
+            data_iterator=iter(batches()),
+            model=[model],
+            num_microbatches=NUM_MICRO_BATCHES,
+            seq_length=SEQ,
+            micro_batch_size=MICRO_BATCH,
+            forward_only=True,
+        )
+    if not parallel_state.is_pipeline_last_stage():
+        return None
+    return torch.stack([d["logits"] for d in out])
