@@ -1,1 +1,1 @@
-"""Building blocks shared by the models: local-spec RMSNorm and GPT layer/block specs."""
+"""Model building blocks shared across model families: core attention, SP-capable RMSNorm, local GPT specs."""
