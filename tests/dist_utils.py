@@ -33,8 +33,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(fn, args, rank, world_size, port, queue, env):
+def _worker(fn, args, rank, world_size, port, queue, env, cwd):
+    # The fork server started earlier: take the caller's environment and directory as of now.
+    os.environ.clear()
     os.environ.update(env)
+    os.chdir(cwd)
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -96,10 +99,11 @@ def _context():
 def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout_s: float = 300.0, env=None) -> list:
     """Run ``fn(*args)`` on ``world_size`` gloo ranks; return per-rank results in rank order."""
     ctx = _context()
+    child_env = {**os.environ, **(env or {})}
     queue = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_worker, args=(fn, args, r, world_size, port, queue, dict(env or {})), daemon=False)
+        ctx.Process(target=_worker, args=(fn, args, r, world_size, port, queue, child_env, os.getcwd()), daemon=False)
         for r in range(world_size)
     ]
     for p in procs:
