@@ -17,13 +17,14 @@ echo "[setup] creating $VENV with $($PY --version)"
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# --no-compile: byte-compiling all of torch/transformers costs minutes of CPU; Python compiles what it imports.
 # torch first and pinned: 2.13.0 is the CPU build that lies on local disk; an open range pulls GBs of CUDA.
 if ! python -c "import torch" 2>/dev/null; then
   echo "[setup] installing torch (CPU build)"
-  python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+  python -m pip install -q --no-compile "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
 fi
 echo "[setup] installing megatron-vlm and its dependencies"
-python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+python -m pip install -q --no-compile -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 python -c "import megatron.core, megatron_vlm, fitz, webdataset" || { echo "[setup] install failed" >&2; exit 1; }
 # Optional OCR for scanned pages (pool stage): install when we can, never fail for lack of it.
 if ! command -v tesseract >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
