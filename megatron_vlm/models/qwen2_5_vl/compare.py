@@ -144,7 +144,10 @@ def load_weights(model, cfg, hf_dir: Path, mcore_dir: Path | None) -> None:
             state = dist_checkpointing.load(model.sharded_state_dict(), str(mcore_dir))
         except Exception as err:  # noqa: BLE001 - one line for the CLI
             raise CompareError(f"cannot load Megatron checkpoint {mcore_dir}: {str(err).splitlines()[0]}") from None
-        model.load_state_dict(state, strict=False)
+        result = model.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if missing:
+            raise CompareError(f"Megatron checkpoint {mcore_dir} lacks {len(missing)} tensors, e.g. {missing[0]}")
         return
     from megatron_vlm.checkpoint.hf_io import HFReader
     from megatron_vlm.checkpoint.hf_names import hf_to_mcore
