@@ -58,7 +58,7 @@ def decode_resize_pil(data: bytes, min_pixels: int = MIN_PIXELS, max_pixels: int
         h, w = smart_resize(img.height, img.width, min_pixels=min_pixels, max_pixels=max_pixels)
         if (h, w) != (img.height, img.width):
             img = img.resize((w, h), resample=Image.Resampling.BICUBIC)
-        return np.asarray(img, dtype=np.uint8)
+        return np.array(img, dtype=np.uint8)  # writable: torch refuses read-only views
 
 
 def decode_resize_dali(
