@@ -1,0 +1,170 @@
+"""Save and resume a run with Megatron dist checkpointing.
+
+    CKPT_DIR/iter_0000040/         one checkpoint: dist-checkpoint shards of model + optimizer + RNG,
+             recipe.yaml           the resolved recipe,
+             train_state.json      step, tokens, layout, W&B run id,
+             loader/dp-00000.json  each data-parallel rank's loader position
+    CKPT_DIR/latest                "iter_0000040", replaced atomically only after every rank finished
+
+A kill during a save leaves ``latest`` on the previous complete checkpoint; the next save of the
+same step clears the half-written directory first. Resume restores model, optimizer (with its
+fp32 master weights), the step (hence the LR schedule), the loader position and every RNG, so
+the resumed run sees exactly the samples it had not seen and, on the same layout, computes the
+same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_vlm.training.config import Recipe, recipe_to_yaml
+
+LATEST = "latest"
+OPTIM_META = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def iter_dir(ckpt_dir: str | Path, step: int) -> Path:
+    return Path(ckpt_dir) / f"iter_{step:07d}"
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The complete checkpoint ``latest`` points to, or None."""
+    pointer = Path(ckpt_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    path = Path(ckpt_dir) / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir given either directly (iter_*) or as a run dir with a ``latest`` pointer."""
+    path = Path(path)
+    if (path / "train_state.json").is_file():
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"no complete Megatron checkpoint at {path} (no train_state.json, no {LATEST})")
+    return found
+
+
+def _model_state(chunks: list) -> dict:
+    if len(chunks) == 1:
+        return {"model": chunks[0].module.sharded_state_dict()}
+    return {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(chunks)}
+
+
+def _rng_state(rank: int, world: int) -> dict:
+    from megatron.core import tensor_parallel
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    for name, state in tensor_parallel.get_cuda_rng_tracker().get_states().items():
+        states[f"tracker.{name}"] = state
+    return {
+        key: ShardedTensor.from_rank_offsets(f"rng.{key}", value.cpu()[None], (0, rank, world), replica_id=0)
+        for key, value in states.items()
+    }
+
+
+def _set_rng_state(states: dict) -> None:
+    from megatron.core import tensor_parallel
+
+    torch.set_rng_state(states["cpu"][0])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"][0])
+    tracker = {k[len("tracker."):]: v[0] for k, v in states.items() if k.startswith("tracker.")}
+    if tracker:
+        tensor_parallel.get_cuda_rng_tracker().set_states(tracker)
+
+
+def _sharded_state(chunks, optimizer, rng: bool, loading: bool) -> dict:
+    state = _model_state(chunks)
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=loading, metadata=OPTIM_META)
+    if rng:
+        state["rng"] = _rng_state(dist.get_rank(), dist.get_world_size())
+    return state
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(ckpt_dir: str | Path, step: int, chunks: list, optimizer, loader, train_state: dict,
+                    recipe: Recipe, dp_rank: int, is_loader_writer: bool, keep_last: int = 0) -> Path:
+    """Save everything for ``step``; returns the iter_ directory. Collective over all ranks."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_vlm.training.optimizer import cuda_type_names
+
+    target = iter_dir(ckpt_dir, step)
+    if dist.get_rank() == 0:
+        if target.exists():  # left by a save that was killed: never complete, never `latest`
+            shutil.rmtree(target)
+        (target / "loader").mkdir(parents=True)
+    dist.barrier()
+    with cuda_type_names():
+        dist_checkpointing.save(_sharded_state(chunks, optimizer, rng=True, loading=False), str(target))
+    if is_loader_writer:
+        _write_atomic(target / "loader" / f"dp-{dp_rank:05d}.json", json.dumps(loader.state_dict(), sort_keys=True))
+    if dist.get_rank() == 0:
+        _write_atomic(target / "recipe.yaml", recipe_to_yaml(recipe))
+        _write_atomic(target / "train_state.json", json.dumps(train_state, sort_keys=True, indent=1))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        _write_atomic(Path(ckpt_dir) / LATEST, target.name + "\n")
+        if keep_last > 0:
+            complete = sorted(p for p in Path(ckpt_dir).glob("iter_*") if (p / "train_state.json").is_file())
+            for old in complete[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return target
+
+
+def load_checkpoint(path: Path, chunks: list, optimizer, loader, dp_rank: int) -> dict:
+    """Resume from checkpoint ``path``: model, optimizer, RNG and loader. Returns its train_state."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_vlm.training.optimizer import cuda_type_names
+
+    train_state = json.loads((path / "train_state.json").read_text())
+    same_world = train_state.get("world_size") == dist.get_world_size()
+    with cuda_type_names():
+        state = _sharded_state(chunks, optimizer, rng=same_world, loading=True)
+        loaded = dist_checkpointing.load(state, str(path))
+        _load_model(chunks, loaded)
+        optimizer.load_state_dict(loaded["optimizer"])
+    if same_world:
+        _set_rng_state(loaded["rng"])
+    loader_file = path / "loader" / f"dp-{dp_rank:05d}.json"
+    if not loader_file.is_file():
+        raise FileNotFoundError(f"{loader_file} missing: the checkpoint was saved with a different data-parallel size")
+    loader.load_state_dict(json.loads(loader_file.read_text()))
+    return train_state
+
+
+def _load_model(chunks: list, loaded: dict) -> None:
+    if len(chunks) == 1:
+        chunks[0].module.load_state_dict(loaded["model"], strict=True)
+    else:
+        for i, chunk in enumerate(chunks):
+            chunk.module.load_state_dict(loaded[f"model{i}"], strict=True)
+
+
+def load_model_weights(path: str | Path, chunks: list) -> Path:
+    """Initialise the model (only) from a Megatron checkpoint (a run dir or an iter_ dir)."""
+    from megatron.core import dist_checkpointing
+
+    path = resolve_checkpoint(path)
+    _load_model(chunks, dist_checkpointing.load(_model_state(chunks), str(path)))
+    return path

@@ -1,0 +1,242 @@
+"""The training recipe: nested dataclasses, loaded from YAML with dotted overrides.
+
+A recipe has six sections, one dataclass each: ``model``, ``parallel``, ``data`` (owned by the
+data layer: :class:`megatron_vlm.data.recipe.DataRecipe`), ``train``, ``checkpoint``, ``logging``.
+
+    recipe = load_recipe("examples/recipes/debug.yaml", ["train.lr=3e-4", "parallel.tp=2"])
+    print(recipe_to_yaml(recipe))
+
+Unknown keys are errors (a typo must not silently train with a default). Override values are
+parsed as YAML scalars, so ``train.tokens=5e9`` and ``model.freeze_vision=true`` work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from megatron_vlm.data.recipe import DataRecipe
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build and the recipe-level options on it."""
+
+    kind: str = "qwen2_5_vl"
+    """`qwen2_5_vl` (the real model) or `gpt` (Megatron GPTModel on synthetic data, for tests)."""
+    flavor: str = "debug"
+    """Named size in the model's flavor registry (e.g. `debug`, `7b`)."""
+    num_layers: int | None = None
+    """Override the flavor's LLM depth (e.g. a 7B-width model with fewer layers); None keeps it."""
+    rope_theta: float | None = None
+    """mRoPE base; LongPT uses 4e6 (1e6 scaled by Dynamic-NTK for 4x). None keeps the flavor's."""
+    freeze_vision: bool = False
+    """Keep the ViT blocks frozen (no grads, no optimizer state)."""
+    freeze_merger: bool = False
+    """Keep the patch merger (vision -> LLM projection) frozen."""
+    recompute: str = "none"
+    """Activation recompute: `none`, `selective` (core attention) or `full` (whole layers)."""
+    first_stage_layers: int | None = None
+    """LLM layers on the first pipeline stage (it also holds the ViT); None splits evenly."""
+    tokenizer: str = "../shared/reference/qwen2_5_vl_tokenizer"
+    """HF tokenizer directory (relative paths from the working directory, normally the repo root)."""
+
+
+@dataclass
+class ParallelConfig:
+    """The parallel layout; data parallelism is what the world size leaves over."""
+
+    tp: int = 1
+    """Tensor-parallel size."""
+    pp: int = 1
+    """Pipeline-parallel size."""
+    cp: int = 1
+    """Context-parallel size (each packed sequence split into 2*cp chunks)."""
+    vpp: int | None = None
+    """Virtual pipeline stages per rank (interleaved 1F1B); None for plain 1F1B."""
+    sequence_parallel: bool = False
+    """Shard activations along the sequence across the TP group outside attention/MLP."""
+    distributed_optimizer: bool = True
+    """Shard optimizer state and master weights across data-parallel ranks (ZeRO-1)."""
+
+
+@dataclass
+class TrainConfig:
+    """Token budget, optimizer, precision and run-control settings."""
+
+    tokens: int = 5_000_000_000
+    """Total training tokens; steps = tokens // global_batch_tokens."""
+    global_batch_tokens: int = 4_194_304
+    """Tokens per optimizer step (e.g. 32 x 131,072); a multiple of data.max_seq_length."""
+    max_steps: int | None = None
+    """Stop after this many steps even if the budget allows more (schedule still uses the budget)."""
+    data_source: str = "shards"
+    """`shards` (the real loader over data.shards) or `synthetic` (packed random batches, for tests)."""
+    lr: float = 1e-5
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the cosine decay."""
+    lr_schedule: str = "cosine"
+    """`cosine` (warmup then cosine to min_lr) or `constant` (warmup then lr)."""
+    warmup_steps: int = 0
+    """Linear warmup steps from 0 to lr."""
+    optimizer: str = "adam"
+    """`adam` (AdamW) or `sgd`."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (not applied to biases and norms)."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.95
+    """AdamW beta2."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    clip_grad: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    precision: str = "bf16"
+    """`bf16` (bf16 weights, fp32 master weights and grad reduction) or `fp32`."""
+    fp8: str | None = None
+    """FP8 recipe through Transformer Engine (`hybrid` or `e4m3`); None for no FP8. Needs TE."""
+    seed: int = 1234
+    """Seed for model init and every RNG the trainer owns."""
+    max_nonfinite_steps: int = 3
+    """Consecutive steps with NaN/Inf loss or grads after which the run stops."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Where checkpoints go, how often, and what the run starts from."""
+
+    dir: str = "checkpoints/run"
+    """Checkpoint directory; holds iter_NNNNNNN/ subdirectories and the `latest` pointer."""
+    save_interval: int = 500
+    """Save every N steps (and always at the end and on SIGTERM/SIGUSR1); 0 saves only then."""
+    resume: bool = True
+    """Resume from dir/latest when it exists (model, optimizer, schedule, loader, RNG)."""
+    init_from: str = ""
+    """Start weights when not resuming: an HF model dir (converted on the fly) or a Megatron checkpoint dir."""
+    keep_last: int = 0
+    """Delete older iter_ directories beyond the last N complete ones; 0 keeps all."""
+
+
+@dataclass
+class LoggingConfig:
+    """Console, metrics file and Weights & Biases."""
+
+    log_interval: int = 1
+    """Print and log every N steps."""
+    wandb_project: str = "megatron-vlm"
+    """W&B project name."""
+    wandb_run_name: str = ""
+    """W&B run name; empty uses the checkpoint directory's name."""
+    wandb_mode: str = "auto"
+    """`auto` (online with an API key, offline without), `online`, `offline` or `disabled`."""
+    peak_tflops: float = 989.0
+    """Per-device peak TFLOP/s for the MFU estimate (H100 SXM dense bf16: 989)."""
+
+
+@dataclass
+class Recipe:
+    """A whole training recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model section."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Parallel layout section."""
+    data: DataRecipe = field(default_factory=DataRecipe)
+    """Data section (shards, sequence length, mixture); owned by the data layer."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Budget, optimizer and precision section."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoint section."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Logging section."""
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message is one line saying why."""
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where or 'recipe'}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise RecipeError(f"unknown key(s) {', '.join(where + k for k in unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, where + name)
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, key: str):
+    """Turn YAML values into the field's type where YAML is loose (5e9 -> int, 1 -> float)."""
+    if value is None:
+        return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    base = typing.get_origin(hint) or hint
+    try:
+        if base is int and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            number = float(value)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if base is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value)
+        if base is bool and not isinstance(value, bool):
+            raise ValueError
+        if base is str and not isinstance(value, str):
+            return str(value)
+    except ValueError:
+        raise RecipeError(f"{key}: cannot use {value!r} as {getattr(base, '__name__', base)}") from None
+    return value
+
+
+def _apply_override(tree: dict, override: str) -> None:
+    if "=" not in override:
+        raise RecipeError(f"override {override!r} is not of the form section.key=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {key}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe (or start from defaults when path is None) and apply ``key=value`` overrides."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe not found: {path}")
+        tree = yaml.safe_load(path.read_text()) or {}
+    for override in overrides:
+        _apply_override(tree, override)
+    return _build(Recipe, tree, "")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (printed at start, saved with every checkpoint)."""
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+
+
+def recipe_from_dict(values: dict) -> Recipe:
+    return _build(Recipe, values, "")

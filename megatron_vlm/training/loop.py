@@ -1,0 +1,297 @@
+"""The LongPT training loop on Megatron-Core, top to bottom.
+
+    result = train(load_recipe("examples/recipes/debug.yaml"))   # under torchrun, one call per rank
+
+1. start the process groups for the recipe's layout;
+2. turn the token budget into steps and micro-batches (budget.py);
+3. build the model chunks (models.py), wrap them for data parallelism, build the optimizer;
+4. open the data stream (synthetic.py, or the shard loader);
+5. resume from CKPT_DIR/latest, or start from checkpoint.init_from;
+6. per step: LR from the schedule, Megatron's forward-backward schedule over the micro-batches,
+   the loss reduced per target token over the global batch, a NaN/Inf check, the optimizer step,
+   metrics, and a checkpoint when due or when SIGTERM/SIGUSR1 arrived.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from megatron_vlm.parallel import ParallelLayout, destroy, initialize
+from megatron_vlm.training import checkpointing
+from megatron_vlm.training.budget import Budget, learning_rate, plan_budget
+from megatron_vlm.training.config import Recipe, RecipeError, recipe_to_yaml
+from megatron_vlm.training.forward_step import ForwardStep, reduce_report, report_to_metrics
+from megatron_vlm.training.logging import RunLogger, flops_per_token, peak_memory_gib
+from megatron_vlm.training.models import get_provider
+from megatron_vlm.training.optimizer import (
+    build_optimizer,
+    grads_are_finite,
+    optimizer_step,
+    set_learning_rate,
+    wrap_ddp,
+)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had NaN/Inf loss or gradients."""
+
+
+@dataclass
+class TrainResult:
+    """What a call to :func:`train` did (the same on every rank)."""
+
+    start_step: int
+    """Step the run started from (0, or the resumed checkpoint's step)."""
+    last_step: int
+    """Step reached when the loop ended."""
+    budget: Budget
+    """The token budget as steps and micro-batches."""
+    history: list[dict] = field(default_factory=list)
+    """Per-step metrics (loss, per-task loss, lr, grad norm, ...), in order."""
+    stopped_by_signal: bool = False
+    """True when SIGTERM/SIGUSR1 ended the run (after a checkpoint)."""
+    checkpoint: str | None = None
+    """The last checkpoint saved by this call."""
+
+
+class StopSignal:
+    """SIGTERM/SIGUSR1 set a flag; every rank checks it after each step and they stop together."""
+
+    def __init__(self):
+        self.received: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def requested(self) -> bool:
+        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=_device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def train(recipe: Recipe) -> TrainResult:
+    """Run (or resume) the recipe to its step budget. Collective: call on every rank."""
+    par = recipe.parallel
+    initialize(ParallelLayout(par.tp, par.pp, par.cp, par.vpp, par.sequence_parallel), seed=recipe.train.seed)
+    try:
+        return _train(recipe)
+    finally:
+        destroy()
+
+
+def _train(recipe: Recipe) -> TrainResult:
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    budget = plan_budget(recipe.train.tokens, recipe.train.global_batch_tokens, recipe.data.max_seq_length, dp_size)
+    last_step = min(budget.total_steps, recipe.train.max_steps or budget.total_steps)
+    is_rank0 = dist.get_rank() == 0
+    if is_rank0:
+        print(f"[train] resolved recipe:\n{recipe_to_yaml(recipe)}", flush=True)
+
+    provider = get_provider(recipe)
+    chunks, model_config = build_model(provider, recipe)
+    optimizer = build_optimizer(chunks, recipe)
+    loader = build_data(recipe, provider, dp_rank, dp_size)
+    is_loader_writer = ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0 \
+        and ps.get_pipeline_model_parallel_rank() == 0
+
+    start_step, train_state = 0, {}
+    resume_from = checkpointing.latest_checkpoint(recipe.checkpoint.dir) if recipe.checkpoint.resume else None
+    if resume_from is not None:
+        train_state = checkpointing.load_checkpoint(resume_from, chunks, optimizer, loader, dp_rank)
+        start_step = train_state["step"]
+    elif recipe.checkpoint.init_from:
+        init_weights(recipe.checkpoint.init_from, provider, chunks, optimizer)
+
+    logger = RunLogger(recipe, last_step, active=is_rank0, wandb_run_id=train_state.get("wandb_run_id"))
+    logger.console(
+        f"{budget.total_steps} steps in the budget, running {start_step + 1}..{last_step}; "
+        f"{budget.sequences_per_step} sequences of {recipe.data.max_seq_length} tokens per step, "
+        f"{budget.micro_batches_per_rank} micro-batches on each of {dp_size} data-parallel ranks"
+        + (f"; resumed from {resume_from}" if resume_from else "")
+    )
+    num_params = count_parameters(chunks)
+    stop = StopSignal()
+    forward_backward = get_forward_backward_func()
+    cp_size = recipe.parallel.cp
+    forward_step = ForwardStep(provider, cp_size, ps.get_context_parallel_rank(), _device())
+    data_iterator = chunk_iterators(loader, len(chunks)) if len(chunks) > 1 else loader
+    dp_cp_group = ps.get_data_parallel_group(with_context_parallel=True)
+    nonfinite_streak = train_state.get("nonfinite_streak", 0)
+    result = TrainResult(start_step, start_step, budget)
+    tokens_done = train_state.get("consumed_tokens", 0)
+
+    def save(step: int) -> None:
+        state = {"step": step, "consumed_tokens": tokens_done, "total_steps": budget.total_steps,
+                 "world_size": dist.get_world_size(), "dp": dp_size, "nonfinite_streak": nonfinite_streak,
+                 "wandb_run_id": logger.wandb_run_id}
+        result.checkpoint = str(checkpointing.save_checkpoint(
+            recipe.checkpoint.dir, step, chunks, optimizer, loader, state, recipe, dp_rank, is_loader_writer,
+            recipe.checkpoint.keep_last))
+        logger.console(f"saved checkpoint {result.checkpoint}")
+
+    step = start_step
+    while step < last_step:
+        started = time.monotonic()
+        lr = learning_rate(step, lr=recipe.train.lr, min_lr=recipe.train.min_lr, warmup_steps=recipe.train.warmup_steps,
+                           total_steps=budget.total_steps, schedule=recipe.train.lr_schedule)
+        set_learning_rate(optimizer, lr)
+        for chunk in chunks:
+            chunk.zero_grad_buffer()
+        optimizer.zero_grad()
+
+        losses = forward_backward(
+            forward_step_func=forward_step, data_iterator=data_iterator, model=chunks,
+            num_microbatches=budget.micro_batches_per_rank, seq_length=recipe.data.max_seq_length // cp_size,
+            micro_batch_size=1, forward_only=False,
+        )
+        report = reduce_report(losses, dp_cp_group).to(_device())
+        if ps.get_pipeline_model_parallel_world_size() > 1:  # only the last stage has the loss
+            dist.all_reduce(report, group=ps.get_pipeline_model_parallel_group())
+        finite = bool(torch.isfinite(report[0]).item()) and grads_are_finite(chunks)
+        if finite:
+            _, grad_norm, _ = optimizer_step(optimizer)
+            nonfinite_streak = 0
+        else:
+            grad_norm, nonfinite_streak = float("nan"), nonfinite_streak + 1
+            logger.console(f"step {step + 1}: non-finite loss or gradients, update skipped "
+                           f"({nonfinite_streak} in a row, limit {recipe.train.max_nonfinite_steps})")
+            if nonfinite_streak >= recipe.train.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{nonfinite_streak} consecutive steps with NaN/Inf loss or gradients (last at step {step + 1}); "
+                    f"stopping. Lower train.lr or check the data; resume from {recipe.checkpoint.dir}/latest")
+        step += 1
+        tokens_done += budget.tokens_per_step
+
+        sample_ids, seq_lengths = forward_step.take_records()
+        gathered = [None] * dp_size
+        dist.all_gather_object(gathered, (sample_ids, seq_lengths), group=ps.get_data_parallel_group())
+        sample_ids = [s for ids, _ in gathered for s in ids]
+        seq_lengths = [n for _, lengths in gathered for n in lengths]
+        elapsed = time.monotonic() - started
+        flops = flops_per_token(num_params, model_config.num_layers, model_config.hidden_size, seq_lengths,
+                                budget.tokens_per_step) * budget.tokens_per_step
+        metrics = {
+            **report_to_metrics(report.cpu()), "lr": lr, "grad_norm": float(grad_norm or 0.0) if finite else math.nan,
+            "skipped": not finite, "step_time_s": elapsed, "tokens_per_s": budget.tokens_per_step / elapsed,
+            "consumed_tokens": tokens_done, "memory_gib": peak_memory_gib(),
+            "mfu": flops / elapsed / (dist.get_world_size() * recipe.logging.peak_tflops * 1e12)
+            if recipe.logging.peak_tflops else 0.0,
+        }
+        result.history.append(metrics)
+        result.last_step = step
+        logger.log_step(step, metrics, sample_ids, seq_lengths)
+
+        if stop.requested():
+            logger.console(f"signal received: saving at step {step} and exiting")
+            save(step)
+            result.stopped_by_signal = True
+            break
+        interval = recipe.checkpoint.save_interval
+        if step == last_step or (interval and step % interval == 0):
+            save(step)
+
+    logger.close()
+    return result
+
+
+def build_model(provider, recipe: Recipe) -> tuple[list, object]:
+    """One chunk per virtual pipeline stage (one without vpp), bf16-wrapped and in Megatron DDP."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.transformer.module import Float16Module
+
+    config = provider.transformer_config(recipe)
+    vpp = recipe.parallel.vpp
+    chunks = []
+    for vp_stage in range(vpp or 1):
+        stage = vp_stage if vpp else None
+        chunk = provider.build(
+            recipe, config,
+            pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+            post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+            vp_stage=stage,
+        )
+        if torch.cuda.is_available():
+            chunk.cuda(torch.cuda.current_device())
+        if config.bf16:
+            chunk = Float16Module(config, chunk)
+        chunks.append(chunk)
+    chunks = wrap_ddp(chunks, config, recipe)
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
+    return chunks, config
+
+
+def build_data(recipe: Recipe, provider, dp_rank: int, dp_size: int):
+    """This data-parallel rank's micro-batch stream (docs/formats.md section 4), with state_dict()."""
+    source = recipe.train.data_source
+    if source == "synthetic":
+        from megatron_vlm.training.synthetic import SyntheticPackedBatches
+
+        return SyntheticPackedBatches(seq_length=recipe.data.max_seq_length, vocab_size=provider.vocab_size(recipe),
+                                      dp_rank=dp_rank, dp_size=dp_size, seed=recipe.data.seed)
+    if source == "shards":
+        raise RecipeError("train.data_source=shards needs megatron_vlm.data.loader, which is not wired in yet")
+    raise RecipeError(f"train.data_source must be shards or synthetic, got {source!r}")
+
+
+def init_weights(path: str, provider, chunks: list, optimizer) -> None:
+    """Start from an HF directory (converted on the fly) or a Megatron checkpoint."""
+    from pathlib import Path
+
+    if (Path(path) / "config.json").is_file():
+        provider.load_hf(chunks, path)
+    else:
+        checkpointing.load_model_weights(path, chunks)
+    optimizer.reload_model_params()  # the fp32 master copies follow the loaded weights
+    if dist.get_rank() == 0:
+        print(f"[train] initialised weights from {path}", flush=True)
+
+
+def count_parameters(chunks: list) -> int:
+    """Parameters of the whole model (summed over tensor- and pipeline-parallel ranks)."""
+    from megatron.core import parallel_state as ps
+
+    local = torch.tensor([float(sum(p.numel() for c in chunks for p in c.parameters()))], device=_device())
+    dist.all_reduce(local, group=ps.get_model_parallel_group())
+    return int(local.item())
+
+
+def chunk_iterators(loader, num_chunks: int) -> list:
+    """Interleaved pipelines ask each model chunk for every micro-batch; fetch each once and share it."""
+    cache: dict[int, dict] = {}
+    position = [0] * num_chunks
+
+    class _ChunkView:
+        def __init__(self, chunk: int):
+            self.chunk = chunk
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            index = position[self.chunk]
+            position[self.chunk] += 1
+            if index not in cache:
+                cache[index] = next(loader)
+            batch = cache[index]
+            if all(p > index for p in position):
+                del cache[index]
+            return batch
+
+    return [_ChunkView(c) for c in range(num_chunks)]

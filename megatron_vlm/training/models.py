@@ -1,0 +1,175 @@
+"""The model seam of the trainer: build a model chunk for a pipeline stage, and feed it a micro-batch.
+
+A provider has three methods; the loop knows nothing else about the model:
+
+- ``build(recipe, config, pre_process, post_process, vp_stage)`` -> one Megatron module (a chunk)
+- ``forward(model, batch)`` -> per-token loss [1, T] on the last stage (output tensor elsewhere)
+- ``load_hf(chunks, path)`` -> load an HF checkpoint directory into the chunks (conversion on the fly)
+
+``gpt`` is Megatron's GPTModel with mRoPE on packed text (tests and trainer development);
+``qwen2_5_vl`` is the real model. ``transformer_config(recipe, ...)`` turns the recipe's precision,
+layout and recompute options into Megatron's TransformerConfig for either.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from megatron_vlm.training.config import Recipe, RecipeError
+
+
+def te_available() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
+    """TransformerConfig arguments that come from the recipe, not from the model's shape."""
+    par, train = recipe.parallel, recipe.train
+    if train.fp8 and not te_available():
+        raise RecipeError(f"train.fp8={train.fp8} needs Transformer Engine, which is not installed (set train.fp8=null)")
+    if train.precision not in ("bf16", "fp32"):
+        raise RecipeError(f"train.precision must be bf16 or fp32, got {train.precision!r}")
+    bf16 = train.precision == "bf16"
+    kwargs = dict(
+        tensor_model_parallel_size=par.tp,
+        pipeline_model_parallel_size=par.pp,
+        context_parallel_size=par.cp,
+        virtual_pipeline_model_parallel_size=par.vpp,
+        sequence_parallel=par.sequence_parallel and par.tp > 1,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        calculate_per_token_loss=True,  # forward_step returns (loss sum, token count); see forward_step.py
+        use_cpu_initialization=True,
+        fp8=train.fp8,
+        num_layers_in_first_pipeline_stage=recipe.model.first_stage_layers,
+    )
+    if recipe.model.recompute == "selective":
+        kwargs.update(recompute_granularity="selective")
+    elif recipe.model.recompute == "full":
+        kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif recipe.model.recompute != "none":
+        raise RecipeError(f"model.recompute must be none, selective or full, got {recipe.model.recompute!r}")
+    return kwargs
+
+
+def block_causal_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
+    """[1, 1, T, T] bool, True where attention is NOT allowed: causal and within one sub-sequence."""
+    segment = torch.zeros(length, dtype=torch.int64)
+    segment[cu_seqlens[1:-1].long()] = 1
+    segment = segment.cumsum(0)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed = causal & (segment[:, None] == segment[None, :])
+    return ~allowed[None, None]
+
+
+@dataclass(frozen=True)
+class GptShape:
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int
+    ffn_hidden_size: int
+    vocab_size: int
+    mrope_section: tuple[int, int, int]
+
+
+GPT_FLAVORS = {
+    "debug": GptShape(2, 64, 4, 2, 128, 256, (2, 3, 3)),
+    "small": GptShape(4, 256, 8, 4, 704, 1024, (4, 6, 6)),
+}
+
+
+class GptProvider:
+    """Megatron GPTModel (local or TE spec) with mRoPE, trained on packed text micro-batches."""
+
+    def shape(self, recipe: Recipe) -> GptShape:
+        if recipe.model.flavor not in GPT_FLAVORS:
+            raise RecipeError(f"model.flavor={recipe.model.flavor!r} unknown for gpt; known: {', '.join(GPT_FLAVORS)}")
+        shape = GPT_FLAVORS[recipe.model.flavor]
+        if recipe.model.num_layers:
+            shape = GptShape(recipe.model.num_layers, *list(shape.__dict__.values())[1:])
+        return shape
+
+    def vocab_size(self, recipe: Recipe) -> int:
+        return self.shape(recipe).vocab_size
+
+    def transformer_config(self, recipe: Recipe):
+        from megatron.core.transformer import TransformerConfig
+
+        s = self.shape(recipe)
+        return TransformerConfig(
+            num_layers=s.num_layers, hidden_size=s.hidden_size, num_attention_heads=s.num_attention_heads,
+            num_query_groups=s.num_query_groups, ffn_hidden_size=s.ffn_hidden_size, gated_linear_unit=True,
+            activation_func=torch.nn.functional.silu, normalization="RMSNorm", add_bias_linear=False,
+            add_qkv_bias=True, hidden_dropout=0.0, attention_dropout=0.0, mrope_section=list(s.mrope_section),
+            **parallel_and_precision_kwargs(recipe),
+        )
+
+    def build(self, recipe: Recipe, config, pre_process: bool, post_process: bool, vp_stage: int | None):
+        from megatron.core.models.gpt import GPTModel
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+        s = self.shape(recipe)
+        if torch.cuda.is_available() and te_available():
+            from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+            spec = get_gpt_layer_with_transformer_engine_spec()
+        else:
+            spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        return GPTModel(
+            config=config, transformer_layer_spec=spec, vocab_size=s.vocab_size,
+            max_sequence_length=recipe.data.max_seq_length, pre_process=pre_process, post_process=post_process,
+            position_embedding_type="mrope",
+            rotary_base=int(recipe.model.rope_theta or 1_000_000), share_embeddings_and_output_weights=False,
+            vp_stage=vp_stage,
+        )
+
+    def forward(self, model, batch: dict) -> torch.Tensor:
+        # The local attention has no THD path, so packing is expressed as a block-causal mask.
+        mask = block_causal_mask(batch["cu_seqlens"], batch["tokens"].shape[1]).to(batch["tokens"].device)
+        labels = batch["labels"].clamp(min=0)  # -100 targets carry loss_mask 0; any valid id will do
+        return model(batch["tokens"], batch["position_ids"], mask, labels=labels)
+
+    def load_hf(self, chunks, path: str) -> None:
+        raise RecipeError("checkpoint.init_from with an HF directory needs model.kind=qwen2_5_vl")
+
+
+class Qwen25VLProvider:
+    """Qwen2.5-VL on Megatron-Core (megatron_vlm.models.qwen2_5_vl)."""
+
+    def _module(self):
+        try:
+            import megatron_vlm.models.qwen2_5_vl as qwen
+        except ImportError as err:  # pragma: no cover - depends on what is merged
+            raise RecipeError(f"model.kind=qwen2_5_vl is not available: {err}") from None
+        if not hasattr(qwen, "Qwen2_5_VLModel"):
+            raise RecipeError("model.kind=qwen2_5_vl: megatron_vlm.models.qwen2_5_vl has no Qwen2_5_VLModel yet")
+        return qwen
+
+    def vocab_size(self, recipe: Recipe) -> int:
+        raise NotImplementedError
+
+    def transformer_config(self, recipe: Recipe):
+        raise RecipeError("model.kind=qwen2_5_vl is not wired into the trainer yet")
+
+    def build(self, recipe, config, pre_process, post_process, vp_stage):
+        raise RecipeError("model.kind=qwen2_5_vl is not wired into the trainer yet")
+
+    def forward(self, model, batch):
+        raise NotImplementedError
+
+    def load_hf(self, chunks, path):
+        raise NotImplementedError
+
+
+PROVIDERS = {"gpt": GptProvider(), "qwen2_5_vl": Qwen25VLProvider()}
+
+
+def get_provider(recipe: Recipe):
+    if recipe.model.kind not in PROVIDERS:
+        raise RecipeError(f"model.kind={recipe.model.kind!r} unknown; known: {', '.join(PROVIDERS)}")
+    return PROVIDERS[recipe.model.kind]

@@ -1,0 +1,88 @@
+"""Model chunks wrapped for data parallelism, and Megatron's (distributed) optimizer over them.
+
+``wrap_ddp`` puts each chunk in Megatron's DistributedDataParallel (fp32 grad buffers, grads
+summed, not averaged, because the loss is normalised per token in finalize_model_grads);
+``build_optimizer`` makes AdamW (or SGD) with gradient clipping, bf16 master weights in fp32, and
+ZeRO-1 sharding when ``parallel.distributed_optimizer``. ``set_learning_rate`` applies the
+schedule from budget.py. ``grads_are_finite`` is the NaN/Inf check before a step.
+
+Megatron's optimizer checks ``param.type() == "torch.cuda.FloatTensor"``; on CPU (tests, the
+quick start) ``cuda_type_names()`` makes CPU tensors answer with the CUDA name for the
+optimizer's own calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from megatron_vlm.training.config import Recipe
+
+
+class _CudaTypeNames(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, "__name__", "") == "type" and len(args) == 1 and not kwargs and isinstance(out, str):
+            if out.startswith("torch.") and not out.startswith("torch.cuda."):
+                return "torch.cuda." + out[len("torch."):]
+        return out
+
+
+def cuda_type_names():
+    """Context in which CPU tensors report CUDA type names (no-op with CUDA)."""
+    return contextlib.nullcontext() if torch.cuda.is_available() else _CudaTypeNames()
+
+
+def wrap_ddp(chunks: list, config, recipe: Recipe) -> list:
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        use_distributed_optimizer=recipe.parallel.distributed_optimizer,
+        overlap_grad_reduce=False,
+        average_in_collective=False,
+    )
+    return [
+        DistributedDataParallel(config, ddp_config, chunk, disable_bucketing=i > 0)
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def build_optimizer(chunks: list, recipe: Recipe):
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    t = recipe.train
+    config = OptimizerConfig(
+        optimizer=t.optimizer, lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps, sgd_momentum=0.0,
+        clip_grad=t.clip_grad, bf16=t.precision == "bf16", params_dtype=torch.bfloat16 if t.precision == "bf16" else torch.float32,
+        use_distributed_optimizer=recipe.parallel.distributed_optimizer,
+    )
+    with cuda_type_names():
+        return get_megatron_optimizer(config, chunks)
+
+
+def set_learning_rate(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_step(optimizer):
+    """optimizer.step() -> (updated, grad_norm, num_zeros)."""
+    with cuda_type_names():
+        return optimizer.step()
+
+
+def grads_are_finite(chunks: list) -> bool:
+    """True when no rank holds a NaN/Inf gradient (checked over every grad buffer, all ranks agree)."""
+    bad = torch.zeros(1)
+    for chunk in chunks:
+        for buffer in list(chunk.buffers) + list(getattr(chunk, "expert_parallel_buffers", [])):
+            if not torch.isfinite(buffer.grad_data).all():
+                bad.fill_(1)
+    if torch.cuda.is_available():
+        bad = bad.cuda()
+    torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return bool(bad.item() == 0)
