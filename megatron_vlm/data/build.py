@@ -63,18 +63,27 @@ def _sha256(path: Path) -> str:
 
 
 def read_pool(pool_dir: Path) -> tuple[dict, dict]:
-    """(documents by id: their page json, page image locations by (doc id, page index))."""
-    tars = sorted((pool_dir / "shards").glob("*.tar"))
-    if not tars:
-        raise FileNotFoundError(f"no pool shards in {pool_dir / 'shards'}")
+    """(documents by id: page count and sizes, page image locations by (doc id, page index)).
+
+    Only the manifest's `ok` rows, each from the shard the manifest names (docs/formats.md s.1).
+    """
+    from megatron_vlm.data.pool import read_manifest
+
+    wanted: dict[str, set[str]] = {}
+    for row in read_manifest(pool_dir):
+        if row["status"] == "ok":
+            wanted.setdefault(row["shard"], set()).add(row["id"])
+    if not wanted:
+        raise ValueError(f"the pool at {pool_dir} has no usable documents")
     docs: dict[str, dict] = {}
     images: dict[tuple[str, int], tuple[str, int, int, str]] = {}
-    for tar_path in tars:
+    for shard in sorted(wanted):
+        tar_path = pool_dir / shard
         with tarfile.open(tar_path, "r:") as tf:
             for m in tf:
-                if not m.isfile():
-                    continue
                 key, _, ext = Path(m.name).name.partition(".")
+                if not m.isfile() or key not in wanted[shard]:
+                    continue
                 if ext == "json":
                     doc = json.loads(tf.extractfile(m).read())
                     docs[key] = {"num_pages": doc["num_pages"], "sizes": [(p["height_px"], p["width_px"]) for p in doc["pages"]]}

@@ -234,8 +234,9 @@ class PackedDataset(torch.utils.data.IterableDataset):
 class PackedLoader:
     """Per-rank packed micro-batches from training shards, with ``state_dict``/``load_state_dict``.
 
-    Iterate it for batches; save ``state_dict()`` with a checkpoint; a new loader given that
-    state (``state=``) continues with exactly the batches not yet handed out.
+    It is an iterator (``next(loader)`` gives the next micro-batch); save ``state_dict()`` with a
+    checkpoint; a loader given that state (``state=`` or ``load_state_dict``) continues with exactly
+    the batches not yet handed out. ``from_recipe`` builds one from the recipe's data section.
     """
 
     def __init__(self, shard_dir, tokenizer_dir, dp_rank: int = 0, dp_size: int = 1, num_workers: int = 2,
@@ -257,6 +258,7 @@ class PackedLoader:
         self.epochs, self.pixel_dtype, self.prefetch_factor = epochs, pixel_dtype, prefetch_factor
         self.stream_states: dict[int, dict] = {}
         self.next_worker = 0
+        self._it = None
         if state is not None:
             self.load_state_dict(state)
 
@@ -277,6 +279,7 @@ class PackedLoader:
             raise ValueError("loader state was saved with a different dp rank/size or worker count")
         self.stream_states = {int(k): v for k, v in state["streams"].items()}
         self.next_worker = state["next_worker"]
+        self._it = None  # the next batch comes from the restored position
 
     @property
     def skipped(self) -> Counter:
@@ -287,6 +290,20 @@ class PackedLoader:
         return total
 
     def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._it is None:
+            self._it = self._batches()
+        return next(self._it)
+
+    def close(self) -> None:
+        """Stop the worker processes (a later ``next`` starts them again from the current state)."""
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+
+    def _batches(self):
         kw = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False} if self.num_workers > 0 else {}
         dl = torch.utils.data.DataLoader(PackedDataset(self), batch_size=None, num_workers=self.num_workers, **kw)
         for batch in dl:
