@@ -34,6 +34,10 @@ PATCH_DIM = 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE * PATCH_SIZE  # 1176
 BACKENDS = ("pil", "dali")
 
 
+class RowCountMismatch(ValueError):
+    """The images give a different number of patch rows than the ``out`` buffer was sized for."""
+
+
 def _normalise_lut() -> np.ndarray:
     """[3, 256] float32: the normalised value of each uint8 level per channel.
 
@@ -46,7 +50,7 @@ def _normalise_lut() -> np.ndarray:
     return ((levels[None, :] - mean) / std).astype(np.float32)
 
 
-_LUT = torch.from_numpy(_normalise_lut())
+_LUT_NP = _normalise_lut()
 
 
 def decode_resize_pil(data: bytes, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -94,20 +98,32 @@ def _header_size(data: bytes) -> tuple[int, int]:
         return img.height, img.width
 
 
-def patchify(pixels_HWC: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, list[int]]:
-    """Normalise and patchify one resized uint8 image; returns (pixel rows [gh*gw, 1176], [1, gh, gw])."""
-    x = torch.as_tensor(np.ascontiguousarray(pixels_HWC)) if isinstance(pixels_HWC, np.ndarray) else pixels_HWC
+def patchify(
+    pixels_HWC: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, list[int]]:
+    """Normalise and patchify one resized uint8 image; returns (pixel rows [gh*gw, 1176], [1, gh, gw]).
+
+    ``out`` (float32, contiguous, [gh*gw, 1176]) receives the rows without an extra copy.
+    """
+    x = pixels_HWC.numpy() if isinstance(pixels_HWC, torch.Tensor) else np.asarray(pixels_HWC)
     h, w, c = x.shape
     if c != 3 or h % (PATCH_SIZE * MERGE_SIZE) or w % (PATCH_SIZE * MERGE_SIZE):
         raise ValueError(f"patchify needs RGB with sides multiple of 28, got {tuple(x.shape)}")
     gh, gw = h // PATCH_SIZE, w // PATCH_SIZE
     m, p = MERGE_SIZE, PATCH_SIZE
     # [gh/m, m, p, gw/m, m, p, C] -> [gh/m, gw/m, m, m, C, p, p]: each merged 2x2 group contiguous.
-    x = x.reshape(gh // m, m, p, gw // m, m, p, c).permute(0, 3, 1, 4, 6, 2, 5)
-    x = x.reshape(gh * gw, c, 1, p, p).expand(-1, -1, TEMPORAL_PATCH_SIZE, -1, -1)
-    channel = torch.arange(c).view(1, c, 1, 1, 1)
-    rows = _LUT[channel, x.long()].reshape(gh * gw, PATCH_DIM)
-    return rows.to(dtype), [1, gh, gw]
+    x = np.ascontiguousarray(x.reshape(gh // m, m, p, gw // m, m, p, c).transpose(0, 3, 1, 4, 6, 2, 5))
+    x = x.reshape(gh * gw, c, p * p)
+    if out is None:
+        buf = np.empty((gh * gw, c, TEMPORAL_PATCH_SIZE, p * p), dtype=np.float32)
+    else:
+        if out.shape != (gh * gw, PATCH_DIM) or out.dtype != torch.float32 or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous float32 [{gh * gw}, {PATCH_DIM}] tensor")
+        buf = out.numpy().reshape(gh * gw, c, TEMPORAL_PATCH_SIZE, p * p)
+    for ch in range(c):  # table lookup per channel on uint8, then the temporal copies
+        buf[:, ch, :] = _LUT_NP[ch][x[:, ch]][:, None, :]
+    rows = out if out is not None else torch.from_numpy(buf.reshape(gh * gw, PATCH_DIM))
+    return (rows if dtype == torch.float32 else rows.to(dtype)), [1, gh, gw]
 
 
 def process_images(
@@ -116,18 +132,31 @@ def process_images(
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = MAX_PIXELS,
     dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoded images -> (pixel_values [P, 1176], image_grid_thw [n, 3] int64), as Qwen's processor gives."""
+    """Encoded images -> (pixel_values [P, 1176], image_grid_thw [n, 3] int64), as Qwen's processor gives.
+
+    With ``out`` (float32 [P, 1176], P known in advance) the rows are written into it and it is returned.
+    """
     if backend == "pil":
         arrays = [decode_resize_pil(d, min_pixels, max_pixels) for d in datas]
     elif backend == "dali":
         arrays = decode_resize_dali(datas, min_pixels, max_pixels) if datas else []
     else:
         raise ValueError(f"unknown image backend {backend!r}; choose from {BACKENDS}")
-    rows, grids = [], []
+    rows, grids, at = [], [], 0
     for a in arrays:
-        r, g = patchify(a, dtype)
+        n = (a.shape[0] // PATCH_SIZE) * (a.shape[1] // PATCH_SIZE)
+        if out is not None and at + n > out.shape[0]:
+            raise RowCountMismatch(f"out has {out.shape[0]} rows, the images need more")
+        r, g = patchify(a, dtype if out is None else torch.float32, None if out is None else out[at : at + n])
         rows.append(r)
         grids.append(g)
-    pixel_values = torch.cat(rows) if rows else torch.zeros(0, PATCH_DIM, dtype=dtype)
-    return pixel_values, torch.tensor(grids, dtype=torch.int64).reshape(-1, 3)
+        at += n
+    grid_thw = torch.tensor(grids, dtype=torch.int64).reshape(-1, 3)
+    if out is not None:
+        if at != out.shape[0]:
+            raise RowCountMismatch(f"out has {out.shape[0]} rows, the images give {at}")
+        return out, grid_thw
+    pixel_values = torch.cat(rows) if len(rows) > 1 else rows[0] if rows else torch.zeros(0, PATCH_DIM, dtype=dtype)
+    return pixel_values, grid_thw

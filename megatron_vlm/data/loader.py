@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from megatron_vlm.data import tokens
-from megatron_vlm.data.image_processing import process_images
+from megatron_vlm.data.image_processing import RowCountMismatch, process_images
 from megatron_vlm.data.packing import Sample, choose_best_fit, pack, padded_length
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class ShardStream:
                 self.buffer.append(meta)
         return True
 
-    def _load(self, meta: dict) -> Sample | None:
+    def _load(self, meta: dict, out: torch.Tensor | None) -> Sample | None:
         e = meta["_entry"]
         try:
             datas = []
@@ -179,7 +179,10 @@ class ShardStream:
                 for off, size in e.images:
                     f.seek(off)
                     datas.append(f.read(size))
-            pixels, grids = process_images(datas, self.backend, self.min_pixels, self.max_pixels, self.pixel_dtype)
+            pixels, grids = process_images(datas, self.backend, self.min_pixels, self.max_pixels, self.pixel_dtype, out)
+        except RowCountMismatch:
+            self._skip("image-size-mismatch", meta["id"])
+            return None
         except Exception:  # noqa: BLE001 - any decode failure is a corrupt image
             self._skip("corrupt-image", meta["id"])
             return None
@@ -202,10 +205,18 @@ class ShardStream:
             chosen = set(choose_best_fit(lengths, self.max_length))
             picked = [self.buffer[i] for i in sorted(chosen, key=lambda i: (-lengths[i], i))]
             self.buffer = [m for i, m in enumerate(self.buffer) if i not in chosen]
-            samples = [s for s in (self._load(m) for m in picked) if s is not None]
+            # Decode straight into one buffer for the whole micro-batch (sizes known from the build).
+            rows = [sum(t * h * w for t, h, w in m["grids"]) for m in picked]
+            direct = self.pixel_dtype == torch.float32
+            pixels = torch.empty(sum(rows), 1176) if direct else None
+            offsets = [sum(rows[:i]) for i in range(len(rows) + 1)]
+            loaded = [self._load(m, pixels[offsets[i] : offsets[i + 1]] if direct else None) for i, m in enumerate(picked)]
+            samples = [s for s in loaded if s is not None]
             if not samples:
                 continue
-            batch = pack(samples, self.max_length, self.pad_multiple)
+            if direct and len(samples) < len(picked):  # drop the rows of skipped samples
+                pixels = torch.cat([s.pixel_values for s in samples])
+            batch = pack(samples, self.max_length, self.pad_multiple, pixels)
             batch["loader_state"] = self.state()
             yield batch
 

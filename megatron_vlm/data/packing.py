@@ -64,8 +64,12 @@ def choose_best_fit(lengths: list[int], capacity: int) -> list[int]:
     return chosen
 
 
-def pack(samples: list[Sample], max_length: int, pad_multiple: int = 1) -> dict:
-    """One packed micro-batch (docs/formats.md section 4) from samples that fit ``max_length``."""
+def pack(samples: list[Sample], max_length: int, pad_multiple: int = 1, pixel_values: torch.Tensor | None = None) -> dict:
+    """One packed micro-batch (docs/formats.md section 4) from samples that fit ``max_length``.
+
+    ``pixel_values``, when given, is the samples' pixels already concatenated (saves a copy of
+    what is ~2.5 GB at 128K tokens of pages).
+    """
     if max_length % pad_multiple:
         raise ValueError(f"max_length {max_length} is not a multiple of pad_multiple {pad_multiple}")
     tokens = torch.full((max_length,), PAD_ID, dtype=torch.int64)
@@ -99,7 +103,8 @@ def pack(samples: list[Sample], max_length: int, pad_multiple: int = 1) -> dict:
         "loss_mask": (labels != IGNORE_INDEX).float().unsqueeze(0),
         "position_ids": position_ids.unsqueeze(1),
         "cu_seqlens": torch.tensor(bounds, dtype=torch.int32),
-        "pixel_values": torch.cat([s.pixel_values for s in samples]) if samples else torch.zeros(0, 1176, dtype=pixel_dtype),
+        "pixel_values": pixel_values if pixel_values is not None
+        else torch.cat([s.pixel_values for s in samples]) if samples else torch.zeros(0, 1176, dtype=pixel_dtype),
         "image_grid_thw": torch.cat([s.image_grid_thw for s in samples]).reshape(-1, 3)
         if samples
         else torch.zeros(0, 3, dtype=torch.int64),

@@ -134,3 +134,29 @@ def test_corrupt_images_and_records_are_skipped_and_counted(shards, qwen_tokeniz
     assert sk["corrupt-image"] == 1 and sk["bad-record"] >= 1 and sk["unreadable-tar"] == 1 and sk["missing-record"] >= 1
     assert len(got) == index["totals"]["samples"] - sk["corrupt-image"] - sk["bad-record"] - sk["missing-record"]
     assert set(got) < set(_all_records(shard_dir, index))
+
+
+def test_image_of_the_wrong_size_is_skipped(shards, qwen_tokenizer_dir, tmp_path):
+    """A page image whose size disagrees with the build's grid (so its token count would too)."""
+    import io
+    import shutil
+
+    from PIL import Image
+
+    shard_dir, index = shards
+    bad = tmp_path / "bad"
+    shutil.copytree(shard_dir, bad)
+    name = index["shards"][0]["name"]
+    entries, _ = scan_shard(bad / name)
+    off, size = entries[0].images[0]
+    buf = io.BytesIO()
+    Image.new("RGB", (28, 28), "white").save(buf, format="PNG")
+    data = buf.getvalue()
+    assert len(data) <= size
+    with open(bad / name, "r+b") as f:  # a valid, smaller PNG; trailing bytes are ignored by PIL
+        f.seek(off)
+        f.write(data)
+    loader = PackedLoader(bad, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, epochs=1)
+    got = [sid for batch in loader for sid in batch["sample_ids"] if sid != "padding"]
+    assert dict(loader.skipped) == {"image-size-mismatch": 1}
+    assert len(got) == index["totals"]["samples"] - 1
