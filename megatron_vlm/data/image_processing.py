@@ -80,9 +80,10 @@ def decode_resize_dali(
     @pipeline_def(batch_size=len(datas), num_threads=2, device_id=device_id)
     def pipe():
         encoded = fn.external_source(source=lambda: [np.frombuffer(d, dtype=np.uint8) for d in datas], batch=True)
-        hw = fn.external_source(source=lambda: [np.asarray(s, dtype=np.float32) for s in sizes], batch=True)
+        out_h = fn.external_source(source=lambda: [np.float32(h) for h, _ in sizes], batch=True)
+        out_w = fn.external_source(source=lambda: [np.float32(w) for _, w in sizes], batch=True)
         images = fn.decoders.image(encoded, device="mixed", output_type=types.RGB)
-        return fn.resize(images, size=hw, interp_type=types.INTERP_CUBIC, antialias=True)
+        return fn.resize(images, resize_x=out_w, resize_y=out_h, interp_type=types.INTERP_CUBIC, antialias=True)
 
     p = pipe()
     p.build()
