@@ -8,7 +8,10 @@ samples' bytes.
 
 Memory. A stream holds the metadata of ``pack_buffer`` samples (json and image offsets, no
 pixels); it picks a best fit (``packing.choose_best_fit``), then reads, decodes and tokenizes
-only the chosen samples. Memory is one packed micro-batch (pixels included) per batch in flight.
+only the chosen samples, straight into one pixel buffer. Memory is one packed micro-batch per
+batch in flight: at 128K tokens of pages its float32 pixels are ~2.5 GB, and DataLoader workers
+hand it over through shared memory, so /dev/shm must hold num_workers x prefetch_factor of them
+(run containers with --ipc=host); ``pixel_dtype=torch.bfloat16`` halves it.
 
 State. Each micro-batch carries its stream's state after producing it: epoch, next sample g,
 and the buffer as sample numbers (re-read on resume), plus skip counts. ``PackedLoader`` keeps
