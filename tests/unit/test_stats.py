@@ -17,7 +17,7 @@ from tests.shards_fixtures import write_pool, write_records
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, qwen_tokenizer_dir):
     root = tmp_path_factory.mktemp("st")
-    counts = [2, 3, 4, 5, 6, 7, 8, 9]
+    counts = [2, 3, 4, 5, 6, 7, 8, 9, 13]  # 13 pages (~33K tokens) lies outside the histogram
     ids = write_pool(root / "pool", counts, page_px=(1584, 1224), image_px=(28, 28))
     write_records(root / "qa", ids, counts)
     recipe = DataRecipe(tokenizer=str(qwen_tokenizer_dir), length_distribution="custom",
@@ -36,6 +36,7 @@ def test_custom_histogram_hit_and_report_files(built, capsys):
     assert _run(built) == 0
     out = capsys.readouterr().out
     assert "| 10000-30000 | 75.00% |" in out and "all targets met: yes" in out
+    assert "| excluded: outside-length-histogram | 3 |" in out
     report = json.loads((built / "report" / "report.json").read_text())
     # Independent count: 2-3 page docs are < 10K tokens (2,508 per page), 4-11 pages are 10-30K.
     lengths = [n for v in stats.compute(built)["lengths_by_task"].values() for n in v]
