@@ -42,6 +42,22 @@ def test_best_fit_hand_example():
     assert choose_best_fit([5, 3, 8, 2], 10) == [2, 3]
     assert choose_best_fit([4, 4, 4], 10) == [0, 1]
     assert choose_best_fit([11, 3], 10) == [1]
+    assert choose_best_fit([], 10) == []
+
+
+def test_best_fit_rule_against_a_direct_reading():
+    """Longest first, then repeatedly the longest remaining that fits: checked on random buffers."""
+    rng = random.Random(0)
+    for _ in range(300):
+        lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 12))]
+        cap = rng.randint(30, 120)
+        got = choose_best_fit(lengths, cap)
+        assert len(set(got)) == len(got) and sum(lengths[i] for i in got) <= cap
+        left = [i for i in range(len(lengths)) if i not in got]
+        space = cap - sum(lengths[i] for i in got)
+        assert all(lengths[i] > space for i in left)  # nothing else fits
+        for a, b in zip(got, got[1:]):  # chosen in non-increasing length
+            assert lengths[a] >= lengths[b]
 
 
 @pytest.mark.parametrize("pad_multiple", [1, 4])
