@@ -108,7 +108,9 @@ def _key(record_id: str) -> str:
 def make_candidates(recipe, tokenizer, docs, images, records, drops: Counter, examples: dict) -> tuple[list, dict]:
     """Document candidates after truncation, and per record id what is needed to write it."""
     cands, info = [], {}
-    for rec in records:
+    for n, rec in enumerate(records):
+        if n and n % 20000 == 0:
+            print(f"build: counted {n}/{len(records)} records", flush=True)
         rid = _key(rec.get("id", ""))
         try:
             if not rid or rec.get("task") not in recipe.task_shares() or "question" not in rec or "answer" not in rec:
