@@ -92,8 +92,17 @@ def test_resume_equals_uninterrupted_2dp_2workers(shards, qwen_tokenizer_dir, st
         head = _take(first, steps_before)
         state = json.loads(json.dumps(first.state_dict()))  # what goes into a checkpoint
         assert any(st["buffer"] for st in state["streams"].values())
-        tail = _take(PackedLoader(shard_dir, qwen_tokenizer_dir, state=state, **kw), total - steps_before)
+        if rank == 0:
+            resumed = PackedLoader(shard_dir, qwen_tokenizer_dir, state=state, **kw)
+        else:  # as the trainer does it: from the recipe's data section, then load_state_dict
+            recipe = DataRecipe(shards=str(shard_dir), tokenizer=str(qwen_tokenizer_dir), num_workers=2, pack_buffer=4,
+                                max_seq_length=256, seed=1234)
+            resumed = PackedLoader.from_recipe(recipe, dp_rank=1, dp_size=2)
+            resumed.load_state_dict(state)
+        tail = _take(resumed, total - steps_before)
         _same(head + tail, straight)
+        first.close()
+        resumed.close()
 
 
 def test_ranks_and_workers_split_without_overlap(shards, qwen_tokenizer_dir):
