@@ -141,7 +141,7 @@ def make_candidates(recipe, tokenizer, docs, images, records, drops: Counter, ex
             continue
         c = mixture.Candidate(rid, rec["task"], count(pages), pages, doc["num_pages"])
         cands.append(c)
-        info[rid] = {"doc_id": rec["doc_id"], "question": q, "answer": a, "grids": [list(_grid(doc["sizes"][p], recipe)) for p in pages]}
+        info[rid] = {"record_id": str(rec["id"]), "doc_id": rec["doc_id"], "question": q, "answer": a, "grids": [list(_grid(doc["sizes"][p], recipe)) for p in pages]}
     return cands, info
 
 
@@ -172,7 +172,7 @@ def make_short_candidates(recipe, tokenizer, drops: Counter) -> tuple[list, dict
             continue
         rid = _key(f"short-{s.id}")
         cands.append(mixture.Candidate(rid, SHORT_TASK, n, list(range(len(s.images))), len(s.images)))
-        info[rid] = {"doc_id": "", "question": s.question, "answer": s.answer, "grids": grids, "short": s}
+        info[rid] = {"record_id": str(s.id), "doc_id": "", "question": s.question, "answer": s.answer, "grids": grids, "short": s}
     return cands, info
 
 
@@ -280,7 +280,7 @@ def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path) -> di
 def _write_instance(tf, key: str, c, meta: dict, images: dict) -> None:
     record = {
         "id": key,
-        "record_id": c.record_id,
+        "record_id": meta["record_id"],
         "doc_id": meta["doc_id"],
         "task": c.task,
         "pages": c.pages,

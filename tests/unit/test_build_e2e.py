@@ -1,4 +1,4 @@
-"""End to end on a real pool: sample PDFs -> pool (pymupdf renders) -> QA records -> build -> loader.
+"""End to end on the real path: sample PDFs -> pool (pymupdf renders) -> synth (template teacher) -> build -> loader.
 
 Checks that the loader's token counts equal build's for every sample, that its pixels equal HF's
 Qwen2VLImageProcessor on the pool's own page images, and that the labels spell the answers.
@@ -18,47 +18,32 @@ from megatron_vlm.data.build import build
 from megatron_vlm.data.loader import PackedLoader
 from megatron_vlm.data.recipe import DataRecipe
 from megatron_vlm.data.sample_pdfs import make_corpus
+from megatron_vlm.data.synth.run import synthesize
 from megatron_vlm.data.tokens import load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def real_pool(tmp_path_factory):
-    import argparse
-
     root = tmp_path_factory.mktemp("e2e")
-    make_corpus(root / "pdfs", n_docs=3, pages=(3, 5), seed=1)
-    parser = argparse.ArgumentParser()
-    pool.add_arguments(parser)
-    args = parser.parse_args(["--input", str(root / "pdfs"), "--output", str(root / "pool"), "--dpi", "36", "--no-ocr", "--quiet"])
-    assert pool.main(args) == 0
+    make_corpus(root / "pdfs", n_docs=3, pages=(4, 6), seed=1)
+    pool.build_pool(root / "pdfs", root / "pool", dpi=36, no_ocr=True)
+    synthesize(root / "pool", root / "qa", teacher="template", segment_pages=(2, 3),
+               tasks=["extract-single", "extract-multi", "reasoning", "ocr-needle"])
     return root
-
-
-def _records_from_pool(pool_dir, qa_dir):
-    """Simple verifiable QA from each document's first text block (a stand-in for the template teacher)."""
-    qa_dir.mkdir()
-    lines = []
-    for doc, _ in pool.iter_documents(pool_dir):
-        n = doc["num_pages"]
-        for task, page in (("extract-single", n - 1), ("reasoning", 0)):
-            block = next(b for b in doc["pages"][page]["blocks"] if b["text"].strip())
-            lines.append({"id": f"{doc['id']}-{task}", "doc_id": doc["id"], "task": task, "segment": [0, n],
-                          "question": f"What is the first heading or line of text on page {page + 1}?",
-                          "answer": block["text"].splitlines()[0], "evidence_pages": [page]})
-    (qa_dir / "records-00000.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return {x["id"]: x for x in lines}
 
 
 def test_pool_to_loader(real_pool, qwen_tokenizer_dir, tmp_path):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    records = _records_from_pool(real_pool / "pool", tmp_path / "qa")
-    recipe = DataRecipe(tokenizer=str(qwen_tokenizer_dir), max_seq_length=4096, length_distribution="custom",
-                        length_histogram={"0-4097": 1}, mixture={"extract-single": 0.5, "reasoning": 0.5},
-                        token_budget=1, samples_per_shard=2)
-    recipe.token_budget = 6 * 800
-    index = build(real_pool / "pool", tmp_path / "qa", recipe, tmp_path / "shards")
-    assert index["totals"]["samples"] >= 6 and not index["dropped"]
+    lines = [json.loads(x) for f in sorted((real_pool / "qa").glob("records-*.jsonl")) for x in f.read_text().splitlines()]
+    records = {r["id"]: r for r in lines}
+    tasks = sorted({r["task"] for r in lines})
+    assert len(tasks) >= 3, tasks
+    recipe = DataRecipe(tokenizer=str(qwen_tokenizer_dir), max_seq_length=8192, length_distribution="custom",
+                        length_histogram={"0-8193": 1}, mixture=dict.fromkeys(tasks, 1.0),
+                        token_budget=12 * 1200, samples_per_shard=3)
+    index = build(real_pool / "pool", real_pool / "qa", recipe, tmp_path / "shards")
+    assert index["totals"]["samples"] >= 8 and not index["dropped"]
 
     built = {}
     for shard in index["shards"]:
@@ -75,7 +60,8 @@ def test_pool_to_loader(real_pool, qwen_tokenizer_dir, tmp_path):
 
     seen = set()
     torch.set_num_threads(1)
-    for batch in PackedLoader(tmp_path / "shards", qwen_tokenizer_dir, num_workers=0, pack_buffer=4, epochs=1):
+    loader = PackedLoader(tmp_path / "shards", qwen_tokenizer_dir, num_workers=0, pack_buffer=4, epochs=1)
+    for batch in loader:
         cu = batch["cu_seqlens"].tolist()
         row = 0
         grids = iter(batch["image_grid_thw"])
@@ -96,4 +82,4 @@ def test_pool_to_loader(real_pool, qwen_tokenizer_dir, tmp_path):
             assert tok.decode(labels[labels != -100].tolist(), skip_special_tokens=False) == records[meta["record_id"]]["answer"] + "<|im_end|>"
             seen.add(sid)
         assert row == batch["pixel_values"].shape[0]
-    assert seen == set(built)
+    assert seen == set(built) and not loader.skipped
