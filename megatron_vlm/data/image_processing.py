@@ -54,14 +54,25 @@ _LUT_NP = _normalise_lut()
 
 
 def decode_resize_pil(data: bytes, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode image bytes and resize them as Qwen does; returns uint8 [H, W, 3] (H, W multiples of 28)."""
+    """Decode image bytes and resize them as Qwen does; returns uint8 [H, W, 3] (H, W multiples of 28).
+
+    Transparency is composited onto white, as transformers' ``convert_to_rgb`` does. A grey
+    page is resized in one channel and then copied to three, which gives the same bytes as
+    resizing its RGB copy (PIL resizes channels independently) at a third of the cost.
+    """
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
+        if "A" in img.getbands() or img.info.get("transparency") is not None:
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        elif img.mode not in ("RGB", "L"):
+            img = img.convert("RGB")
         h, w = smart_resize(img.height, img.width, min_pixels=min_pixels, max_pixels=max_pixels)
         if (h, w) != (img.height, img.width):
             img = img.resize((w, h), resample=Image.Resampling.BICUBIC)
+        if img.mode == "L":
+            return np.repeat(np.array(img, dtype=np.uint8)[:, :, None], 3, axis=2)
         return np.array(img, dtype=np.uint8)  # writable: torch refuses read-only views
 
 
