@@ -4,8 +4,8 @@
     PYTHONPATH=$PWD python benchmarks/bench_loader.py --tokenizer TOKENIZER_DIR [--docs 60] [--sequences 6]
         [--pages-range 32 50] [--pack-buffer 32] [--image-backend pil|dali] [--workdir DIR]
 
-Renders a few US-Letter pages of the sample PDF corpus at 144 DPI (1224x1584, resized by the
-loader to 1232x1596 = 2,508 tokens), writes a pool of documents with page counts drawn from
+Renders a few US-Letter pages of the sample PDF corpus with the pool stage at 144 DPI
+(1224x1584, resized by the loader to 1232x1596 = 2,508 tokens), writes a pool of documents with page counts drawn from
 ``--pages-range`` whose pages cycle through those renders, synthesizes QA records, builds
 shards with a pool-native recipe at max length 131,072, then:
   - loader throughput: 128K-token packed sequences per second of one loader worker (decode,
@@ -35,14 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def render_pages(n: int, seed: int) -> list[bytes]:
-    import pymupdf
-
+    """Page images of the sample PDF corpus as the pool stage writes them (144 DPI; grey pages as L)."""
+    from megatron_vlm.data.pool import build_pool, iter_documents
     from megatron_vlm.data.sample_pdfs import make_corpus
 
     tmp = Path(tempfile.mkdtemp())
-    make_corpus(tmp, n_docs=1, pages=(n, n), seed=seed)
-    pdf = pymupdf.open(next(tmp.glob("*.pdf")))
-    return [pdf[i].get_pixmap(dpi=144).tobytes("png") for i in range(min(n, pdf.page_count))]
+    make_corpus(tmp / "pdfs", n_docs=1, pages=(n, n), seed=seed)
+    build_pool(tmp / "pdfs", tmp / "pool", no_ocr=True)
+    (_, images), = iter_documents(tmp / "pool", images=True)
+    return [images[i] for i in sorted(images)]
 
 
 def _add(tf, name, data):
