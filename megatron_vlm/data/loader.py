@@ -107,9 +107,12 @@ class ShardStream:
                 "skipped": dict(self.skipped)}
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.shards)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return order
+        """The epoch's shard order (a seeded permutation), cached for the current epoch."""
+        if getattr(self, "_order_cache", (None,))[0] != epoch:
+            order = list(range(len(self.shards)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._order_cache = (epoch, order)
+        return self._order_cache[1]
 
     def _locate(self, epoch: int, g: int) -> tuple[str, int] | None:
         for s in self._order(epoch):
