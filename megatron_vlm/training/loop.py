@@ -149,7 +149,7 @@ def _train(recipe: Recipe) -> TrainResult:
         started = time.monotonic()
         lr = learning_rate(step, lr=recipe.train.lr, min_lr=recipe.train.min_lr, warmup_steps=recipe.train.warmup_steps,
                            total_steps=budget.total_steps, schedule=recipe.train.lr_schedule)
-        set_learning_rate(optimizer, lr)
+        set_learning_rate(optimizer, lr, recipe.train.weight_decay)
         for chunk in chunks:
             chunk.zero_grad_buffer()
         optimizer.zero_grad()
