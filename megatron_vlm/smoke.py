@@ -16,17 +16,18 @@ from megatron_vlm.parallel import ParallelLayout, destroy, initialize
 def main(steps: int = 5) -> None:
     initialize(ParallelLayout(tp=2, sequence_parallel=True))
     from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer import TransformerConfig
+
+    from megatron_vlm.models.common.local_spec import local_block_spec
 
     cfg = TransformerConfig(
         num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=128,
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, normalization="RMSNorm",
-        add_bias_linear=False, tensor_model_parallel_size=2, use_cpu_initialization=True,
+        add_bias_linear=False, tensor_model_parallel_size=2, sequence_parallel=True, use_cpu_initialization=True,
         hidden_dropout=0.0, attention_dropout=0.0,
     )
     model = GPTModel(
-        config=cfg, transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+        config=cfg, transformer_layer_spec=local_block_spec(cfg),
         vocab_size=128, max_sequence_length=64, position_embedding_type="rope",
     )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

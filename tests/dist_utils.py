@@ -14,8 +14,9 @@ import os
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -91,7 +92,8 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout_s: f
                 dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
                 missing = [r for r in dead if r not in results and r not in failures]
                 if missing:
-                    raise RankFailed(f"rank(s) {missing} died with exit code(s) {[procs[r].exitcode for r in missing]}")
+                    codes = [procs[r].exitcode for r in missing]
+                    raise RankFailed(f"rank(s) {missing} died with exit code(s) {codes}") from None
                 continue
             if ok:
                 results[rank] = payload
@@ -99,8 +101,10 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout_s: f
                 failures[rank] = payload
                 break  # one failure is enough; the others may hang on a collective
     finally:
+        # After a failure or a timeout the other ranks may be stuck in a collective: kill them now.
+        grace = 5 if len(results) == world_size else 0
         for p in procs:
-            p.join(timeout=5)
+            p.join(timeout=grace)
         for p in procs:
             if p.is_alive():
                 p.kill()

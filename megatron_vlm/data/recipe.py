@@ -2,11 +2,18 @@
 
 A recipe YAML has top-level sections (model, parallel, data, train, checkpoint, logging); this
 dataclass is its `data` section. Owned by the build/loader layer; the trainer's config embeds it.
+`DataRecipe.from_yaml(path)` reads the `data` section of a recipe (or a file that is only that).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
+
+LENGTH_DISTRIBUTIONS = ("pool-native", "long-biased", "custom")
+TASKS = ("extract-single", "extract-multi", "reasoning", "ocr-full", "ocr-needle")
+SHORT_TASK = "short"
 
 
 @dataclass
@@ -15,21 +22,87 @@ class DataRecipe:
 
     shards: str = ""
     """Directory of training shards (output of `preprocess_data.py build`)."""
+    tokenizer: str = ""
+    """Tokenizer directory (tokenizer.json) the trainer uses; build and loader count tokens with it."""
     max_seq_length: int = 131072
     """Packed sequence length in tokens (the trainer's sequence length)."""
     length_distribution: str = "pool-native"
     """`pool-native`, `long-biased`, or `custom` (then `length_histogram` is used)."""
+    pages_range: list[int] = field(default_factory=lambda: [32, 50])
+    """pool-native: documents with this many pages (inclusive), sampled as the pool has them."""
+    long_threshold: int = 100_000
+    """long-biased: a sample is long at this many tokens or more."""
+    long_share: float = 0.839
+    """long-biased: at least this share of document samples is long."""
     length_histogram: dict[str, float] = field(default_factory=dict)
     """Custom length distribution: {"lo-hi" token range: weight}; used when length_distribution=custom."""
     mixture: dict[str, float] = field(
         default_factory=lambda: {"extract-single": 0.4, "extract-multi": 0.4, "reasoning": 0.2}
     )
-    """Task mixture by share of samples; keys are task types."""
+    """Task mixture by share of document samples; keys are task types."""
     short_share: float = 0.0
-    """Share of short-context samples drawn from `short_source`."""
+    """Share of short-context samples drawn from `short_source` (the mixture fills the rest)."""
     short_source: str = ""
     """Short-sample dataset (JSONL or WebDataset of image+QA), for short_share > 0."""
     token_budget: int = 5_000_000_000
-    """Tokens the built shards should hold in total."""
+    """Tokens the built shards should hold in total (sample tokens, before packing)."""
     seed: int = 1234
     """Seed for every random choice in build and loader."""
+    min_pixels: int = 56 * 56
+    """Image resize rule: smallest area (Qwen2.5-VL preprocessor_config.json)."""
+    max_pixels: int = 28 * 28 * 1280 * 2 * 5
+    """Image resize rule: largest area."""
+    samples_per_shard: int = 64
+    """Training instances per shard tar."""
+    num_workers: int = 2
+    """Loader: dataloader worker processes per data-parallel rank."""
+    pack_buffer: int = 32
+    """Loader: samples held (metadata only) to choose a best fit from."""
+    pad_multiple: int = 1
+    """Loader: each sub-sequence is padded to a multiple of this (2 x context-parallel size)."""
+    image_backend: str = "pil"
+    """Loader: `pil` (CPU) or `dali` (GPU decode and resize, when nvidia.dali is installed)."""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DataRecipe:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown data recipe keys: {', '.join(unknown)}")
+        recipe = cls(**data)
+        recipe.validate()
+        return recipe
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> DataRecipe:
+        import yaml
+
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.from_dict(doc.get("data", doc) if isinstance(doc, dict) else {})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line reason for an inconsistent recipe."""
+        if self.length_distribution not in LENGTH_DISTRIBUTIONS:
+            raise ValueError(f"length_distribution must be one of {LENGTH_DISTRIBUTIONS}, got {self.length_distribution!r}")
+        if self.length_distribution == "custom" and not self.length_histogram:
+            raise ValueError("length_distribution custom needs length_histogram")
+        bad = sorted(set(self.mixture) - set(TASKS))
+        if bad or not self.mixture or any(v < 0 for v in self.mixture.values()) or sum(self.mixture.values()) <= 0:
+            raise ValueError(f"mixture needs non-negative shares of tasks in {TASKS}; got {self.mixture}")
+        if not 0 <= self.short_share < 1 or (self.short_share > 0 and not self.short_source):
+            raise ValueError("short_share must be in [0, 1) and needs short_source when > 0")
+        if not 0 <= self.long_share <= 1 or len(self.pages_range) != 2:
+            raise ValueError("long_share must be in [0, 1] and pages_range [min, max]")
+        if self.max_seq_length % self.pad_multiple:
+            raise ValueError("max_seq_length must be a multiple of pad_multiple")
+
+    def task_shares(self) -> dict[str, float]:
+        """Target share of every task, the short-context share included, summing to 1."""
+        total = sum(self.mixture.values())
+        shares = {t: (1 - self.short_share) * v / total for t, v in self.mixture.items() if v > 0}
+        if self.short_share > 0:
+            shares[SHORT_TASK] = self.short_share
+        return shares

@@ -2,8 +2,14 @@
 
 Megatron-Core assumes CUDA in three places that matter for a forward/backward pass:
 ``torch.cuda.current_device()``, the CUDA RNG state behind the model-parallel RNG tracker,
-and tensors created with ``device="cuda"``. ``enable_cpu_compat()`` redirects all three to
-the CPU. It is explicit: nothing here runs on import, and on a machine with CUDA it is a no-op
+and tensors created with ``device="cuda"`` (or ``device=torch.cuda.current_device()``).
+``enable_cpu_compat()`` redirects all three to the CPU.
+
+The device rewrite is a ``TorchFunctionMode``. A mode is switched off while its own handler
+runs, so ``loss.backward()`` (which the mode sees) would run every ``autograd.Function.backward``
+without it, e.g. Megatron's sequence-parallel reduce-scatter, which allocates on
+``torch.cuda.current_device()``. The autograd entry point is therefore wrapped to run with the
+mode on. It is explicit: nothing here runs on import, and on a machine with CUDA it is a no-op
 unless ``force=True``.
 """
 
@@ -58,6 +64,22 @@ class _CpuRngStates:
         torch.random.manual_seed(seed)
 
 
+def _run_autograd_with_mode(mode: TorchFunctionMode) -> None:
+    """Make torch.autograd.backward/grad (and so Tensor.backward) run the engine with ``mode`` on."""
+    import torch.autograd as autograd
+    from torch.overrides import _get_current_function_mode_stack
+
+    engine_run_backward = autograd._engine_run_backward
+
+    def run_backward_with_mode(*args, **kwargs):
+        if any(m is mode for m in _get_current_function_mode_stack()):
+            return engine_run_backward(*args, **kwargs)
+        with mode:
+            return engine_run_backward(*args, **kwargs)
+
+    autograd._engine_run_backward = run_backward_with_mode
+
+
 def enable_cpu_compat(force: bool = False) -> bool:
     """Redirect Megatron-Core's CUDA assumptions to the CPU. Returns True if it took effect.
 
@@ -84,6 +106,7 @@ def enable_cpu_compat(force: bool = False) -> bool:
 
     mode = _CudaToCpuMode()
     mode.__enter__()  # stays active for the life of the process
+    _run_autograd_with_mode(mode)
     _ENABLED = True
     return True
 

@@ -1,0 +1,291 @@
+"""`preprocess_data.py build`: pool + QA records + recipe -> training shards (docs/formats.md s.3).
+
+    python tools/preprocess_data.py build --pool POOL_DIR --qa QA_DIR --recipe RECIPE.yaml --output SHARD_DIR
+
+Every QA record becomes a candidate instance (its full document's pages + question -> answer),
+cut to max_seq_length by the policy in ``mixture`` and counted exactly with ``tokens`` and the
+image rule (page sizes from the pool, resized with the recipe's min/max pixels). ``mixture``
+then draws the instances for the length distribution, task mixture and token budget. Shards are
+plain WebDataset tars, written aside and renamed; a rerun with the same inputs and recipe keeps
+the shards already written (the build is deterministic by seed), and index.json, written last,
+marks the build complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+from megatron_vlm.data import mixture, tokens
+from megatron_vlm.data.image_rule import image_token_count
+from megatron_vlm.data.recipe import SHORT_TASK, DataRecipe
+from megatron_vlm.data.short_source import load_short_samples, read_image
+
+FORMAT = "megatron-vlm-shards-v1"
+STATE_FILE = ".build-state.json"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--pool", required=True, help="document pool directory (preprocess_data.py pool)")
+    parser.add_argument("--qa", required=True, help="QA records directory (preprocess_data.py synth)")
+    parser.add_argument("--recipe", required=True, help="recipe YAML; its `data` section is used")
+    parser.add_argument("--output", required=True, help="directory for the training shards")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (overrides the recipe's data.tokenizer)")
+
+
+def main(args) -> int:
+    try:
+        recipe = DataRecipe.from_yaml(args.recipe)
+        if args.tokenizer:
+            recipe.tokenizer = args.tokenizer
+        index = build(Path(args.pool), Path(args.qa), recipe, Path(args.output))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"build: error: {e}", file=sys.stderr)
+        return 2
+    t = index["totals"]
+    print(f"build: wrote {t['samples']} samples ({t['tokens']:,} tokens, {t['images']} images) in {len(index['shards'])} shards to {args.output}")
+    print(f"build: dropped {sum(index['dropped'].values())} instances {dict(index['dropped'])}; index at {Path(args.output) / 'index.json'}")
+    return 0
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_pool(pool_dir: Path) -> tuple[dict, dict]:
+    """(documents by id: their page json, page image locations by (doc id, page index))."""
+    tars = sorted((pool_dir / "shards").glob("*.tar"))
+    if not tars:
+        raise FileNotFoundError(f"no pool shards in {pool_dir / 'shards'}")
+    docs: dict[str, dict] = {}
+    images: dict[tuple[str, int], tuple[str, int, int, str]] = {}
+    for tar_path in tars:
+        with tarfile.open(tar_path, "r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                key, _, ext = Path(m.name).name.partition(".")
+                if ext == "json":
+                    doc = json.loads(tf.extractfile(m).read())
+                    docs[key] = {"num_pages": doc["num_pages"], "sizes": [(p["height_px"], p["width_px"]) for p in doc["pages"]]}
+                elif ext.startswith("p") and ext.rsplit(".", 1)[-1] in ("png", "jpg", "jpeg"):
+                    page, img_ext = ext.split(".", 1)
+                    images[(key, int(page[1:]))] = (str(tar_path), m.offset_data, m.size, img_ext)
+    return docs, images
+
+
+def read_records(qa_dir: Path) -> list[dict]:
+    files = sorted(qa_dir.glob("records-*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"no records-*.jsonl in {qa_dir}")
+    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+
+
+def _key(record_id: str) -> str:
+    # WebDataset splits a member name at its first dot: keys must have none.
+    return str(record_id).replace(".", "_").replace("/", "_")
+
+
+def make_candidates(recipe, tokenizer, docs, images, records, drops: Counter, examples: dict) -> tuple[list, dict]:
+    """Document candidates after truncation, and per record id what is needed to write it."""
+    cands, info = [], {}
+    for rec in records:
+        rid = _key(rec.get("id", ""))
+        try:
+            if not rid or rec.get("task") not in recipe.task_shares() or "question" not in rec or "answer" not in rec:
+                if rec.get("task") in recipe.task_shares() or not rid:
+                    raise mixture.Dropped("bad-record", "missing id/question/answer")
+                continue  # a task the recipe does not use is not a drop
+            doc = docs.get(rec["doc_id"])
+            if doc is None:
+                raise mixture.Dropped("missing-document", rec["doc_id"])
+            page_tokens = [image_token_count(h, w, recipe.min_pixels, recipe.max_pixels) for h, w in doc["sizes"]]
+            q, a = str(rec["question"]), str(rec["answer"])
+
+            def count(pages, q=q, a=a, pt=page_tokens):
+                return tokens.count_tokens(tokenizer, q, a, [pt[p] for p in pages])
+
+            pages = mixture.truncate_pages(page_tokens, tuple(rec.get("segment") or (0, 0)), list(rec.get("evidence_pages") or []), q, count, recipe.max_seq_length)
+            if any((rec["doc_id"], p) not in images for p in pages):
+                raise mixture.Dropped("missing-page-image", rec["doc_id"])
+        except mixture.Dropped as d:
+            drops[d.reason] += 1
+            ex = examples.setdefault(d.reason, [])
+            if len(ex) < 5:
+                ex.append(rid or "?")
+            continue
+        except ValueError as e:  # special tokens in the text
+            drops["special-token-in-text"] += 1
+            examples.setdefault("special-token-in-text", []).append(str(e)[:80])
+            continue
+        c = mixture.Candidate(rid, rec["task"], count(pages), pages, doc["num_pages"])
+        cands.append(c)
+        info[rid] = {"doc_id": rec["doc_id"], "question": q, "answer": a, "grids": [list(_grid(doc["sizes"][p], recipe)) for p in pages]}
+    return cands, info
+
+
+def _grid(size, recipe):
+    from megatron_vlm.data.image_rule import image_grid_thw
+
+    return image_grid_thw(size[0], size[1], recipe.min_pixels, recipe.max_pixels)
+
+
+def make_short_candidates(recipe, tokenizer, drops: Counter) -> tuple[list, dict]:
+    from PIL import Image
+
+    samples, skipped = load_short_samples(recipe.short_source)
+    drops.update(skipped)
+    cands, info = [], {}
+    for s in samples:
+        try:
+            grids = []
+            for loc in s.images:
+                with Image.open(io.BytesIO(read_image(loc))) as img:
+                    grids.append(list(_grid((img.height, img.width), recipe)))
+            n = tokens.count_tokens(tokenizer, s.question, s.answer, [h * w // 4 for _, h, w in grids])
+        except (OSError, ValueError):
+            drops["short-sample-unreadable"] += 1
+            continue
+        if n > recipe.max_seq_length:
+            drops["short-sample-too-long"] += 1
+            continue
+        rid = _key(f"short-{s.id}")
+        cands.append(mixture.Candidate(rid, SHORT_TASK, n, list(range(len(s.images))), len(s.images)))
+        info[rid] = {"doc_id": "", "question": s.question, "answer": s.answer, "grids": grids, "short": s}
+    return cands, info
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode = len(data), 0, 0o644
+    tf.addfile(ti, io.BytesIO(data))
+
+
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()
+
+
+def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path) -> dict:
+    """Build the shards; returns the index (also written to out_dir/index.json)."""
+    if not recipe.tokenizer:
+        raise ValueError("no tokenizer: set data.tokenizer in the recipe or pass --tokenizer")
+    tokenizer = tokens.load_tokenizer(recipe.tokenizer)
+    docs, images = read_pool(pool_dir)
+    records = read_records(qa_dir)
+    print(f"build: {len(docs)} documents in {pool_dir}, {len(records)} QA records in {qa_dir}", flush=True)
+    drops, examples, excluded = Counter(), {}, Counter()
+    cands, info = make_candidates(recipe, tokenizer, docs, images, records, drops, examples)
+    doc_cands = []
+    for c in cands:
+        why = mixture.eligible(recipe, c)
+        if why:
+            excluded[why] += 1
+        else:
+            doc_cands.append(c)
+    shorts, short_info = ([], {})
+    if recipe.short_share > 0:
+        shorts, short_info = make_short_candidates(recipe, tokenizer, drops)
+    info.update(short_info)
+    chosen, targets = mixture.select(recipe, doc_cands, shorts)
+
+    sources = {
+        "pool": str(pool_dir),
+        "pool_manifests": [{"path": str(p), "sha256": _sha256(p)} for p in sorted(pool_dir.glob("manifest*.jsonl"))],
+        "qa": [{"path": str(p), "sha256": _sha256(p)} for p in sorted(qa_dir.glob("records-*.jsonl"))],
+        "short_source": recipe.short_source or None,
+        "tokenizer_sha256": _sha256(Path(recipe.tokenizer) / "tokenizer.json" if Path(recipe.tokenizer).is_dir() else Path(recipe.tokenizer)),
+    }
+    plan = [(c.record_id, c.pages) for c in chosen]
+    plan_sha = hashlib.sha256(_dumps({"plan": plan, "recipe": recipe.to_dict(), "sources": sources})).hexdigest()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / STATE_FILE
+    if state_path.exists() and json.loads(state_path.read_text()).get("plan_sha256") != plan_sha:
+        raise ValueError(f"{out_dir} holds shards of a different build (inputs or recipe changed); use a new directory")
+    (out_dir / "index.json").unlink(missing_ok=True)
+    state_path.write_text(json.dumps({"plan_sha256": plan_sha}))
+
+    seen: Counter = Counter()
+    instances = []
+    for c in chosen:
+        n = seen[c.record_id]
+        seen[c.record_id] += 1
+        instances.append((c, c.record_id if n == 0 else f"{c.record_id}-r{n}"))
+    per = recipe.samples_per_shard
+    shards = []
+    num_shards = -(-len(instances) // per)
+    for s in range(num_shards):
+        part = instances[s * per : (s + 1) * per]
+        name = f"shard-{s:06d}.tar"
+        shards.append({"name": name, "samples": len(part), "tokens": sum(c.num_tokens for c, _ in part), "images": sum(len(c.pages) for c, _ in part)})
+        if (out_dir / name).exists():
+            continue  # written by an earlier run of this same plan
+        tmp = out_dir / f".{name}.tmp"
+        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tf:
+            for c, key in part:
+                _write_instance(tf, key, c, info[c.record_id], images)
+        os.replace(tmp, out_dir / name)
+        if (s + 1) % 10 == 0 or s + 1 == num_shards:
+            print(f"build: shard {s + 1}/{num_shards}", flush=True)
+
+    index = {
+        "format": FORMAT,
+        "chat_format": tokens.CHAT_FORMAT_VERSION,
+        "recipe": recipe.to_dict(),
+        "seed": recipe.seed,
+        "max_seq_length": recipe.max_seq_length,
+        "min_pixels": recipe.min_pixels,
+        "max_pixels": recipe.max_pixels,
+        "sources": sources,
+        "shards": shards,
+        "totals": {
+            "samples": len(instances),
+            "tokens": sum(c.num_tokens for c in chosen),
+            "images": sum(len(c.pages) for c in chosen),
+            "unique_instances": len(seen),
+            "candidates": len(cands) + len(shorts),
+        },
+        "targets": targets,
+        "excluded": dict(sorted(excluded.items())),
+        "dropped": dict(sorted(drops.items())),
+        "drop_examples": examples,
+        "plan_sha256": plan_sha,
+    }
+    tmp = out_dir / ".index.json.tmp"
+    tmp.write_bytes(json.dumps(index, sort_keys=True, indent=1).encode())
+    os.replace(tmp, out_dir / "index.json")
+    return index
+
+
+def _write_instance(tf, key: str, c, meta: dict, images: dict) -> None:
+    record = {
+        "id": key,
+        "record_id": c.record_id,
+        "doc_id": meta["doc_id"],
+        "task": c.task,
+        "pages": c.pages,
+        "question": meta["question"],
+        "answer": meta["answer"],
+        "num_tokens": c.num_tokens,
+        "grids": meta["grids"],
+    }
+    _add(tf, f"{key}.json", _dumps(record))
+    short = meta.get("short")
+    for j, p in enumerate(c.pages):
+        if short is not None:
+            data, ext = read_image(short.images[j]), short.exts[j]
+        else:
+            tar_path, offset, size, ext = images[(meta["doc_id"], p)]
+            with open(tar_path, "rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+        _add(tf, f"{key}.i{p:04d}.{ext}", data)

@@ -1,0 +1,133 @@
+"""Qwen2.5-VL image preprocessing: decode, resize, normalise, patchify to rows of 1176 values.
+
+The steps are those of transformers' ``Qwen2VLImageProcessor`` (PIL path): convert to RGB,
+resize with bicubic filtering to the size ``image_rule.smart_resize`` gives (multiples of 28 with
+the area inside [min_pixels, max_pixels]), scale to [0, 1], normalise with the OpenAI CLIP
+mean/std Qwen uses, and cut into 14x14 patches ordered so each 2x2 group of patches (one LLM
+token) is contiguous, each patch repeated over the temporal patch size 2. One row holds
+3 * 2 * 14 * 14 = 1176 values.
+
+Two decode/resize backends sit behind ``backend=``: ``"pil"`` (CPU, default, everywhere) and
+``"dali"`` (NVIDIA DALI: GPU JPEG/PNG decode and resize), imported only when asked for. Both hand
+uint8 HWC pixels to the same normalise/patchify step.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from megatron_vlm.data.image_rule import (
+    MAX_PIXELS,
+    MERGE_SIZE,
+    MIN_PIXELS,
+    PATCH_SIZE,
+    TEMPORAL_PATCH_SIZE,
+    smart_resize,
+)
+
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+PATCH_DIM = 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE * PATCH_SIZE  # 1176
+BACKENDS = ("pil", "dali")
+
+
+def _normalise_lut() -> np.ndarray:
+    """[3, 256] float32: the normalised value of each uint8 level per channel.
+
+    Computed as the HF processor does (rescale in float64 then cast, then (x - mean) / std), so a
+    table lookup gives its values without per-pixel float math.
+    """
+    levels = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
+    mean = np.asarray(IMAGE_MEAN, dtype=np.float32)[:, None]
+    std = np.asarray(IMAGE_STD, dtype=np.float32)[:, None]
+    return ((levels[None, :] - mean) / std).astype(np.float32)
+
+
+_LUT = torch.from_numpy(_normalise_lut())
+
+
+def decode_resize_pil(data: bytes, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes and resize them as Qwen does; returns uint8 [H, W, 3] (H, W multiples of 28)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+        h, w = smart_resize(img.height, img.width, min_pixels=min_pixels, max_pixels=max_pixels)
+        if (h, w) != (img.height, img.width):
+            img = img.resize((w, h), resample=Image.Resampling.BICUBIC)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def decode_resize_dali(
+    datas: list[bytes], min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, device_id: int = 0
+) -> list[np.ndarray]:
+    """Decode and resize on the GPU with NVIDIA DALI; returns uint8 [H, W, 3] arrays like the PIL path.
+
+    Sizes come from each image's header, so the output size is exactly the PIL path's; pixel values
+    agree with PIL's bicubic to within the resize's rounding. Needs ``nvidia.dali`` and a GPU.
+    """
+    from nvidia.dali import fn, pipeline_def, types  # noqa: F401 - optional dependency, imported lazily
+
+    sizes = [smart_resize(*_header_size(d), min_pixels=min_pixels, max_pixels=max_pixels) for d in datas]
+
+    @pipeline_def(batch_size=len(datas), num_threads=2, device_id=device_id)
+    def pipe():
+        encoded = fn.external_source(source=lambda: [np.frombuffer(d, dtype=np.uint8) for d in datas], batch=True)
+        hw = fn.external_source(source=lambda: [np.asarray(s, dtype=np.float32) for s in sizes], batch=True)
+        images = fn.decoders.image(encoded, device="mixed", output_type=types.RGB)
+        return fn.resize(images, size=hw, interp_type=types.INTERP_CUBIC, antialias=True)
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    return [np.asarray(out.as_cpu().at(i)) for i in range(len(datas))]
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from an image's header without decoding its pixels."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.height, img.width
+
+
+def patchify(pixels_HWC: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, list[int]]:
+    """Normalise and patchify one resized uint8 image; returns (pixel rows [gh*gw, 1176], [1, gh, gw])."""
+    x = torch.as_tensor(np.ascontiguousarray(pixels_HWC)) if isinstance(pixels_HWC, np.ndarray) else pixels_HWC
+    h, w, c = x.shape
+    if c != 3 or h % (PATCH_SIZE * MERGE_SIZE) or w % (PATCH_SIZE * MERGE_SIZE):
+        raise ValueError(f"patchify needs RGB with sides multiple of 28, got {tuple(x.shape)}")
+    gh, gw = h // PATCH_SIZE, w // PATCH_SIZE
+    m, p = MERGE_SIZE, PATCH_SIZE
+    # [gh/m, m, p, gw/m, m, p, C] -> [gh/m, gw/m, m, m, C, p, p]: each merged 2x2 group contiguous.
+    x = x.reshape(gh // m, m, p, gw // m, m, p, c).permute(0, 3, 1, 4, 6, 2, 5)
+    x = x.reshape(gh * gw, c, 1, p, p).expand(-1, -1, TEMPORAL_PATCH_SIZE, -1, -1)
+    channel = torch.arange(c).view(1, c, 1, 1, 1)
+    rows = _LUT[channel, x.long()].reshape(gh * gw, PATCH_DIM)
+    return rows.to(dtype), [1, gh, gw]
+
+
+def process_images(
+    datas: list[bytes],
+    backend: str = "pil",
+    min_pixels: int = MIN_PIXELS,
+    max_pixels: int = MAX_PIXELS,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoded images -> (pixel_values [P, 1176], image_grid_thw [n, 3] int64), as Qwen's processor gives."""
+    if backend == "pil":
+        arrays = [decode_resize_pil(d, min_pixels, max_pixels) for d in datas]
+    elif backend == "dali":
+        arrays = decode_resize_dali(datas, min_pixels, max_pixels) if datas else []
+    else:
+        raise ValueError(f"unknown image backend {backend!r}; choose from {BACKENDS}")
+    rows, grids = [], []
+    for a in arrays:
+        r, g = patchify(a, dtype)
+        rows.append(r)
+        grids.append(g)
+    pixel_values = torch.cat(rows) if rows else torch.zeros(0, PATCH_DIM, dtype=dtype)
+    return pixel_values, torch.tensor(grids, dtype=torch.int64).reshape(-1, 3)

@@ -1,0 +1,110 @@
+"""Packing tokenized samples into one max-length THD sequence with sub-sequence boundaries.
+
+``choose_best_fit`` picks which buffered samples go into the next sequence: the longest sample
+first, then repeatedly the longest one that still fits (best fit over the buffer), so long
+documents are never starved and the space left is filled as tightly as the buffer allows.
+``pack`` lays the chosen samples end to end: each sample is one sub-sequence, padded at its end
+to a multiple of ``pad_multiple`` (2 x context-parallel size, so every sub-sequence splits into
+2*CP equal chunks), and the rest of the sequence is one padding sub-sequence. Labels are the
+next token only where that token is an answer target in the same sub-sequence, so no label and
+no attention (cu_seqlens) crosses a sample boundary; mRoPE ids restart at 0 in every
+sub-sequence. The micro-batch layout is docs/formats.md section 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from megatron_vlm.data.tokens import PAD_ID
+from megatron_vlm.models.qwen2_5_vl.position_ids import mrope_position_ids
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Sample:
+    """One tokenized instance ready to pack."""
+
+    id: str
+    task: str
+    input_ids: torch.Tensor  # [L] int64
+    target_mask: torch.Tensor  # [L] bool
+    pixel_values: torch.Tensor  # [P, 1176]
+    image_grid_thw: torch.Tensor  # [n, 3] int64
+
+    def __len__(self) -> int:
+        return int(self.input_ids.numel())
+
+
+def padded_length(length: int, pad_multiple: int) -> int:
+    """``length`` rounded up to a multiple of ``pad_multiple``."""
+    return -(-length // pad_multiple) * pad_multiple
+
+
+def choose_best_fit(lengths: list[int], capacity: int) -> list[int]:
+    """Indices (into ``lengths``) of the samples for the next sequence, in packing order.
+
+    The longest sample goes first; then the longest remaining that fits the space left, until
+    none fits. Ties go to the earlier index, so the choice is deterministic. Lengths should
+    already be padded lengths; a sample longer than ``capacity`` is never chosen.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    chosen: list[int] = []
+    space = capacity
+    for i in order:
+        if lengths[i] <= space:
+            chosen.append(i)
+            space -= lengths[i]
+            if space == 0:
+                break
+    return chosen
+
+
+def pack(samples: list[Sample], max_length: int, pad_multiple: int = 1) -> dict:
+    """One packed micro-batch (docs/formats.md section 4) from samples that fit ``max_length``."""
+    if max_length % pad_multiple:
+        raise ValueError(f"max_length {max_length} is not a multiple of pad_multiple {pad_multiple}")
+    tokens = torch.full((max_length,), PAD_ID, dtype=torch.int64)
+    labels = torch.full((max_length,), IGNORE_INDEX, dtype=torch.int64)
+    position_ids = torch.zeros(3, max_length, dtype=torch.int64)
+    bounds = [0]
+    for s in samples:
+        n, start = len(s), bounds[-1]
+        end = start + padded_length(n, pad_multiple)
+        if end > max_length:
+            raise ValueError(f"samples need more than {max_length} tokens")
+        tokens[start : start + n] = s.input_ids
+        # Label at i is the token at i+1 when that token is a target of this same sample.
+        shifted_target = s.target_mask[1:]
+        labels[start : start + n - 1] = torch.where(shifted_target, s.input_ids[1:], IGNORE_INDEX)
+        pos, _ = mrope_position_ids(s.input_ids, s.image_grid_thw if s.image_grid_thw.numel() else None)
+        position_ids[:, start : start + n] = pos
+        if end > start + n:  # in-sequence padding continues the text count
+            nxt = int(pos.max()) + 1 if n else 0
+            position_ids[:, start + n : end] = torch.arange(nxt, nxt + end - start - n)
+        bounds.append(end)
+    if bounds[-1] < max_length:
+        position_ids[:, bounds[-1] :] = torch.arange(max_length - bounds[-1])
+        bounds.append(max_length)
+    pixel_dtype = samples[0].pixel_values.dtype if samples else torch.float32
+    return {
+        "tokens": tokens.unsqueeze(0),
+        "labels": labels.unsqueeze(0),
+        "loss_mask": (labels != IGNORE_INDEX).float().unsqueeze(0),
+        "position_ids": position_ids.unsqueeze(1),
+        "cu_seqlens": torch.tensor(bounds, dtype=torch.int32),
+        "pixel_values": torch.cat([s.pixel_values for s in samples]) if samples else torch.zeros(0, 1176, dtype=pixel_dtype),
+        "image_grid_thw": torch.cat([s.image_grid_thw for s in samples]).reshape(-1, 3)
+        if samples
+        else torch.zeros(0, 3, dtype=torch.int64),
+        "sample_tasks": [s.task for s in samples],
+        "sample_ids": [s.id for s in samples],
+        "sample_num_tokens": [len(s) for s in samples],
+    }
+
+
+def packing_efficiency(batch: dict) -> float:
+    """Share of the sequence holding sample tokens (not padding)."""
+    return sum(batch["sample_num_tokens"]) / batch["tokens"].shape[1]

@@ -1,0 +1,379 @@
+"""One PDF -> validated pages: a rendered image, Qwen2.5-VL token count and layout blocks per page.
+
+`process_pdf(data, settings)` is the whole job for one document; it raises `PdfError` with a
+one-line reason for anything the pool should record as an error row (empty, not a PDF, truncated,
+corrupt, encrypted, zero pages, a page too large to render, a page that fails to render).
+
+Layout: pymupdf's text dict gives blocks/lines/spans with fonts. Each block is split where the
+line style (size, bold) changes, then classified: heading (larger than the document's body size,
+or bold and short), list (bullet or enumerator), caption ("Table 3:", "Figure 2."), paragraph.
+Ruled tables are found from the page's vector lines (a grid of horizontal and vertical rules) and
+become one `table` block with its cells; their words leave the text blocks. Reading order is
+top-to-bottom, and where blocks sit side by side in two columns, the left column first. This is
+deliberately cheaper than pymupdf's `find_tables` (~0.3 s/page) so the pool costs about what
+rendering costs. Pages with (almost) no text but large images are OCRed with Tesseract through
+pymupdf when `tesseract` is installed and marked `ocr: "missing"` otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pymupdf
+
+from megatron_vlm.data import image_rule
+
+MIN_TEXT_CHARS = 16  # fewer characters than this and large images: a scanned page
+MIN_IMAGE_COVER = 0.3  # share of the page covered by images for a page to count as scanned
+LIST_RE = re.compile(r"^\s*(?:[\u2022\u00b7\u25aa\u25e6\u2013\u2014*-]|\(?\d{1,3}[.)]|\(?[a-z][.)])\s+")
+CAPTION_RE = re.compile(r"^\s*(?:Table|Figure|Fig\.|Chart|Exhibit|Plate)\s+[\dA-Z]+[.:\s]", re.IGNORECASE)
+
+
+class PdfError(Exception):
+    """A document the pool cannot use; str(error) is the one-line reason for the manifest."""
+
+
+@dataclass(frozen=True)
+class PdfSettings:
+    dpi: int = 144
+    image_format: str = "png"  # "png" (lossless) or "jpg" (about 5x faster to encode)
+    jpg_quality: int = 90
+    min_pixels: int = image_rule.MIN_PIXELS
+    max_pixels: int = image_rule.MAX_PIXELS
+    max_page_pixels: int = 64_000_000  # a page rendering to more pixels than this is an error
+    max_pages: int = 5000
+    ocr: bool = True  # OCR scanned pages when tesseract is installed
+    ocr_language: str = "eng"
+    ocr_dpi: int = 300
+
+
+@lru_cache(maxsize=1)
+def tesseract_data() -> str | None:
+    """Tesseract's tessdata folder when the `tesseract` program is installed, else None."""
+    if shutil.which("tesseract") is None:
+        return None
+    try:
+        return pymupdf.get_tessdata()
+    except Exception:
+        return None
+
+
+def check_bytes(data: bytes) -> None:
+    """Cheap checks before parsing: empty, not a PDF, truncated (no %%EOF near the end)."""
+    if not data:
+        raise PdfError("empty file (0 bytes)")
+    if b"%PDF-" not in data[:1024]:
+        raise PdfError(f"not a PDF: no %PDF- header (starts with {data[:8]!r})")
+    if b"%%EOF" not in data[-1024:]:
+        raise PdfError("truncated: no %%EOF marker at the end of the file")
+
+
+def open_pdf(data: bytes, settings: PdfSettings = PdfSettings()) -> pymupdf.Document:
+    check_bytes(data)
+    try:
+        doc = pymupdf.open(stream=data, filetype="pdf")
+    except Exception as e:
+        raise PdfError(f"corrupt: cannot parse ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if doc.needs_pass:
+        raise PdfError("encrypted: needs a password")
+    if doc.page_count == 0:
+        raise PdfError("no pages: the document has zero pages")
+    if doc.page_count > settings.max_pages:
+        raise PdfError(f"too many pages: {doc.page_count} > --max-pages {settings.max_pages}")
+    return doc
+
+
+def _r(x: float) -> float:
+    return round(float(x), 2)
+
+
+def _bbox(b) -> list[float]:
+    return [_r(b[0]), _r(b[1]), _r(b[2]), _r(b[3])]
+
+
+# ---- tables from ruling lines ---------------------------------------------------------------
+
+
+def _rules(page: pymupdf.Page) -> tuple[list[tuple], list[tuple]]:
+    """Horizontal (y, x0, x1) and vertical (x, y0, y1) rules drawn on the page."""
+    horiz, vert = [], []
+    for path in page.get_cdrawings():
+        for item in path["items"]:
+            if item[0] == "l":
+                (x0, y0), (x1, y1) = item[1], item[2]
+                edges = [(x0, y0, x1, y1)]
+            elif item[0] == "re":
+                x0, y0, x1, y1 = item[1]
+                if y1 - y0 < 3 and x1 - x0 > 3:  # a filled hairline
+                    edges = [(x0, (y0 + y1) / 2, x1, (y0 + y1) / 2)]
+                elif x1 - x0 < 3 and y1 - y0 > 3:
+                    edges = [((x0 + x1) / 2, y0, (x0 + x1) / 2, y1)]
+                else:
+                    edges = [(x0, y0, x1, y0), (x0, y1, x1, y1), (x0, y0, x0, y1), (x1, y0, x1, y1)]
+            else:
+                continue
+            for x0, y0, x1, y1 in edges:
+                if abs(y1 - y0) < 1 and abs(x1 - x0) > 5:
+                    horiz.append((y0, min(x0, x1), max(x0, x1)))
+                elif abs(x1 - x0) < 1 and abs(y1 - y0) > 5:
+                    vert.append((x0, min(y0, y1), max(y0, y1)))
+    return horiz, vert
+
+
+def _merge_coords(values: list[float], tol: float = 2.0) -> list[float]:
+    out: list[float] = []
+    for v in sorted(values):
+        if not out or v - out[-1] > tol:
+            out.append(v)
+    return out
+
+
+def find_grid_tables(page: pymupdf.Page) -> list[tuple[list[float], list[float]]]:
+    """Ruled tables as (row boundaries y, column boundaries x): connected grids of >= 2x2 rules."""
+    horiz, vert = _rules(page)
+    if len(horiz) < 2 or len(vert) < 2:
+        return []
+    tol = 2.0
+    n = len(horiz) + len(vert)
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, (y, hx0, hx1) in enumerate(horiz):
+        for j, (x, vy0, vy1) in enumerate(vert):
+            if hx0 - tol <= x <= hx1 + tol and vy0 - tol <= y <= vy1 + tol:
+                parent[find(i)] = find(len(horiz) + j)
+    groups: dict[int, tuple[list, list]] = {}
+    for i, h in enumerate(horiz):
+        groups.setdefault(find(i), ([], []))[0].append(h[0])
+    for j, v in enumerate(vert):
+        groups.setdefault(find(len(horiz) + j), ([], []))[1].append(v[0])
+    tables = []
+    for ys, xs in groups.values():
+        ys, xs = _merge_coords(ys), _merge_coords(xs)
+        if len(ys) >= 2 and len(xs) >= 2 and (len(ys) >= 3 or len(xs) >= 3):
+            tables.append((ys, xs))
+    return sorted(tables, key=lambda t: (t[0][0], t[1][0]))
+
+
+# ---- blocks ----------------------------------------------------------------------------------
+
+
+def _line_style(spans: list[dict]) -> tuple[float, bool]:
+    spans = [s for s in spans if s["text"].strip()]
+    size = max(spans, key=lambda s: len(s["text"]))["size"]
+    bold = all(s["flags"] & 16 or "bold" in s["font"].lower() for s in spans)
+    return round(size, 1), bold
+
+
+def _same_style(a: tuple[float, bool], b: tuple[float, bool]) -> bool:
+    return a[1] == b[1] and abs(a[0] - b[0]) <= 0.15 * max(a[0], b[0])
+
+
+def _line_text(spans: list[dict]) -> str:
+    return " ".join("".join(s["text"] for s in spans).split())
+
+
+def _inside(bbox, rect: pymupdf.Rect) -> bool:
+    r = pymupdf.Rect(bbox)
+    return r.intersect(rect).get_area() > 0.5 * r.get_area()
+
+
+def _text_groups(text_dict: dict, table_rects: list[pymupdf.Rect]) -> list[dict]:
+    """Style-homogeneous groups of lines (text, bbox, size, bold), table words removed."""
+    groups = []
+    for block in text_dict["blocks"]:
+        if block.get("type", 0) != 0:
+            continue
+        current = None
+        for line in block["lines"]:
+            spans = line["spans"]
+            if table_rects:
+                spans = [s for s in spans if not any(_inside(s["bbox"], r) for r in table_rects)]
+            text = _line_text(spans)
+            if not text:
+                continue
+            style = _line_style(spans)
+            starts_item = bool(LIST_RE.match(text))
+            if current is None or not _same_style(current["style"], style) or (starts_item and not current["list"]):
+                current = {"lines": [], "style": style, "bbox": pymupdf.Rect(line["bbox"]), "list": starts_item}
+                groups.append(current)
+            current["lines"].append(text)
+            current["bbox"] |= pymupdf.Rect(line["bbox"])
+    return groups
+
+
+def body_font_size(text_dicts: list[dict]) -> float:
+    """The most common font size by character count over the given pages (10 when there is no text)."""
+    sizes: Counter = Counter()
+    for d in text_dicts:
+        for block in d["blocks"]:
+            for line in block.get("lines", ()):
+                for s in line["spans"]:
+                    sizes[round(s["size"], 1)] += len(s["text"].strip())
+    return sizes.most_common(1)[0][0] if sizes else 10.0
+
+
+def _classify(text: str, size: float, bold: bool, is_list: bool, n_lines: int, body: float) -> str:
+    if is_list:
+        return "list"
+    if CAPTION_RE.match(text):
+        return "caption"
+    short = len(text) <= 120 and n_lines <= 3
+    if short and (size >= body * 1.15 or (bold and not text.rstrip().endswith("."))):
+        return "heading"
+    return "paragraph"
+
+
+def _table_block(grid: tuple[list[float], list[float]], words: list[tuple]) -> dict:
+    ys, xs = grid
+    cells = [[[] for _ in range(len(xs) - 1)] for _ in range(len(ys) - 1)]
+    for w in words:
+        cx, cy = (w[0] + w[2]) / 2, (w[1] + w[3]) / 2
+        if not (xs[0] <= cx <= xs[-1] and ys[0] <= cy <= ys[-1]):
+            continue
+        r = max(i for i in range(len(ys) - 1) if ys[i] <= cy)
+        c = max(i for i in range(len(xs) - 1) if xs[i] <= cx)
+        cells[r][c].append(w)
+    rows = [[" ".join(w[4] for w in sorted(cell, key=lambda w: (round(w[3]), w[0]))) for cell in row] for row in cells]
+    rows = [row for row in rows if any(row)]
+    return {
+        "kind": "table",
+        "bbox": [_r(xs[0]), _r(ys[0]), _r(xs[-1]), _r(ys[-1])],
+        "text": "\n".join(" | ".join(row) for row in rows),
+        "cells": rows,
+    }
+
+
+def reading_order(blocks: list[dict], page_width: float) -> list[dict]:
+    """Top to bottom; between full-width blocks, a two-column band is read left column first."""
+    mid, tol = page_width / 2, page_width * 0.02
+    ordered, band = [], []
+
+    def flush():
+        left = [b for b in band if b["bbox"][2] <= mid + tol]
+        right = [b for b in band if b["bbox"][2] > mid + tol]
+        ordered.extend(sorted(left, key=lambda b: (b["bbox"][1], b["bbox"][0])))
+        ordered.extend(sorted(right, key=lambda b: (b["bbox"][1], b["bbox"][0])))
+        band.clear()
+
+    for b in sorted(blocks, key=lambda b: (b["bbox"][1], b["bbox"][0])):
+        x0, x1 = b["bbox"][0], b["bbox"][2]
+        if x0 < mid - tol and x1 > mid + tol:  # spans both columns
+            flush()
+            ordered.append(b)
+        else:
+            band.append(b)
+    flush()
+    for i, b in enumerate(ordered):
+        b["order"] = i
+    return ordered
+
+
+def page_blocks(page: pymupdf.Page, text_dict: dict, body: float, tables: list | None = None) -> list[dict]:
+    """Layout blocks of one page in reading order (see the module docstring)."""
+    tables = find_grid_tables(page) if tables is None else tables
+    rects = [pymupdf.Rect(xs[0], ys[0], xs[-1], ys[-1]) for ys, xs in tables]
+    blocks = []
+    if tables:
+        words = page.get_text("words", textpage=text_dict.get("_textpage"))
+        blocks += [_table_block(t, words) for t in tables]
+    for g in _text_groups(text_dict, rects):
+        text = " ".join(g["lines"]) if not g["list"] else "\n".join(g["lines"])
+        kind = _classify(text, g["style"][0], g["style"][1], g["list"], len(g["lines"]), body)
+        blocks.append({"kind": kind, "bbox": _bbox(g["bbox"]), "text": text})
+    return reading_order(blocks, page.rect.width)
+
+
+def _image_cover(page: pymupdf.Page) -> float:
+    area = page.rect.get_area() or 1.0
+    covered = sum((pymupdf.Rect(i["bbox"]) & page.rect).get_area() for i in page.get_image_info())
+    return min(1.0, covered / area)
+
+
+def _encode(pix: pymupdf.Pixmap, settings: PdfSettings) -> bytes:
+    if settings.image_format == "png":
+        return pix.tobytes("png")
+    from PIL import Image  # libjpeg-turbo through PIL is several times faster than pymupdf's jpg writer
+
+    mode = {1: "L", 3: "RGB"}[pix.n]
+    buf = io.BytesIO()
+    Image.frombuffer(mode, (pix.width, pix.height), pix.samples_mv, "raw", mode, 0, 1).save(buf, "JPEG", quality=settings.jpg_quality)
+    return buf.getvalue()
+
+
+def process_pdf(data: bytes, settings: PdfSettings = PdfSettings()) -> tuple[list[dict], list[bytes]]:
+    """Pages (formats.md section 1, page dicts) and their encoded images, or PdfError."""
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    doc = open_pdf(data, settings)
+    try:
+        sizes = []
+        for i, page in enumerate(doc):
+            w_pt, h_pt = page.rect.width, page.rect.height
+            h_px, w_px = image_rule.page_pixels(w_pt, h_pt, settings.dpi)
+            if h_px * w_px > settings.max_page_pixels or min(h_px, w_px) < 1:
+                raise PdfError(
+                    f"page too large: page {i} is {w_pt:.0f}x{h_pt:.0f} pt = {w_px}x{h_px} px at {settings.dpi} DPI "
+                    f"(limit {settings.max_page_pixels} px)"
+                )
+            try:
+                grid = image_rule.image_grid_thw(h_px, w_px, settings.min_pixels, settings.max_pixels)
+            except ValueError as e:
+                raise PdfError(f"page {i}: {e}") from None
+            sizes.append((w_pt, h_pt, grid))
+
+        text_dicts, ocr_marks = [], []
+        for page in doc:
+            td = page.get_text("dict", flags=pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES)
+            chars = sum(len(s["text"].strip()) for b in td["blocks"] for ln in b.get("lines", ()) for s in ln["spans"])
+            mark = "none"
+            if chars < MIN_TEXT_CHARS and _image_cover(page) >= MIN_IMAGE_COVER:
+                mark = "missing"
+                if settings.ocr and tesseract_data():
+                    try:
+                        tp = page.get_textpage_ocr(language=settings.ocr_language, dpi=settings.ocr_dpi, full=True, tessdata=tesseract_data())
+                        td = page.get_text("dict", textpage=tp)
+                        td["_textpage"] = tp
+                        mark = "tesseract"
+                    except Exception:
+                        mark = "missing"
+            text_dicts.append((td, chars > 0, mark))
+            ocr_marks.append(mark)
+        body = body_font_size([td for td, _, _ in text_dicts])
+
+        pages, images = [], []
+        for i, page in enumerate(doc):
+            td, has_text, mark = text_dicts[i]
+            w_pt, h_pt, _ = sizes[i]
+            try:
+                pix = page.get_pixmap(dpi=settings.dpi, alpha=False)
+                image = _encode(pix, settings)
+            except Exception as e:
+                raise PdfError(f"page {i}: cannot render ({type(e).__name__}: {e})") from None
+            blocks = page_blocks(page, td, body)
+            pages.append({
+                "index": i,
+                "width_pt": _r(w_pt),
+                "height_pt": _r(h_pt),
+                "height_px": pix.height,
+                "width_px": pix.width,
+                "grid_thw": list(image_rule.image_grid_thw(pix.height, pix.width, settings.min_pixels, settings.max_pixels)),
+                "tokens": image_rule.image_token_count(pix.height, pix.width, settings.min_pixels, settings.max_pixels),
+                "has_text_layer": has_text,
+                "ocr": mark,
+                "text": "\n\n".join(b["text"] for b in blocks),
+                "blocks": blocks,
+            })
+            images.append(image)
+        return pages, images
+    finally:
+        doc.close()

@@ -1,0 +1,386 @@
+"""The `pool` stage: a directory (or list) of PDFs -> a document pool (docs/formats.md section 1).
+
+    python tools/preprocess_data.py pool --input PDF_DIR_OR_LIST --output POOL_DIR [--dpi 144] [--workers N]
+                                         [--shard-index I --num-shards N]
+
+How a run goes, and why:
+- Inputs: a directory is searched recursively for *.pdf (any case); a .pdf file is one input; any
+  other file is a list with one path per line (relative paths are relative to the list). `source`
+  is the path relative to the directory, or the line as written. Sorted by source.
+- --shard-index/--num-shards keep the inputs whose sha256(source) mod N is I, so a Slurm array
+  covers every input exactly once and adding files does not move the others between tasks.
+- Every input is hashed first; within a task, the first input (in source order) with a given
+  content hash is processed and the rest become `duplicate` rows. The unique inputs are cut, in
+  order, into chunks of --docs-per-tar; a chunk is the unit of work, of parallelism (--workers
+  processes) and of resumption: it writes its tar, then a part file with its manifest rows and a
+  fingerprint of its inputs, each to a temporary name that is renamed when complete. A rerun
+  skips chunks whose part matches and redoes the rest, so a killed run leaves nothing a rerun
+  would trust.
+- The task then writes manifest-SSSSS.jsonl (one row per input, sorted by source). The task that
+  finds every shard's manifest present writes manifest.jsonl, where a document present in
+  several shards is kept once (the first source) and the others become `duplicate` rows, so
+  the union of a sharded run equals the unsharded run. Readers use read_manifest/iter_documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+from megatron_vlm.data import image_rule
+from megatron_vlm.data.pdf import PdfError, PdfSettings, process_pdf
+
+POOL_VERSION = 1
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--input", required=True, help="directory of PDFs (searched recursively), one PDF, or a list file")
+    parser.add_argument("--output", required=True, help="pool directory")
+    parser.add_argument("--dpi", type=int, default=144)
+    parser.add_argument("--image-format", choices=["png", "jpg"], default="png", help="png is lossless; jpg encodes ~5x faster")
+    parser.add_argument("--min-pixels", type=int, default=image_rule.MIN_PIXELS)
+    parser.add_argument("--max-pixels", type=int, default=image_rule.MAX_PIXELS)
+    parser.add_argument("--max-page-pixels", type=int, default=PdfSettings.max_page_pixels, help="a page rendering larger is an error")
+    parser.add_argument("--max-pages", type=int, default=PdfSettings.max_pages, help="a document with more pages is an error")
+    parser.add_argument("--no-ocr", action="store_true", help="mark scanned pages ocr=missing instead of running tesseract")
+    parser.add_argument("--ocr-language", default="eng")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering documents")
+    parser.add_argument("--shard-index", type=int, default=0)
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--docs-per-tar", type=int, default=64, help="documents per pool tar (the unit of work and resumption)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+
+
+def list_inputs(input_path: str | Path) -> list[tuple[str, Path]]:
+    """(source, path) for every input, sorted by source; raises ValueError with a one-line reason."""
+    root = Path(input_path)
+    if root.is_dir():
+        found = [p for p in root.rglob("*") if p.suffix.lower() == ".pdf" and (p.is_file() or p.is_symlink())]
+        items = [(p.relative_to(root).as_posix(), p) for p in found]
+    elif root.is_file() and root.suffix.lower() == ".pdf":
+        items = [(root.name, root)]
+    elif root.is_file():
+        lines = [ln.strip() for ln in root.read_text().splitlines()]
+        items = [(ln, (root.parent / ln) if not Path(ln).is_absolute() else Path(ln)) for ln in lines if ln and not ln.startswith("#")]
+    else:
+        raise ValueError(f"--input {input_path} does not exist")
+    return sorted(set(items))
+
+
+def shard_of(source: str, num_shards: int) -> int:
+    return int(hashlib.sha256(source.encode()).hexdigest()[:12], 16) % num_shards
+
+
+def _hash_file(item: tuple[str, str]) -> tuple[str, str, str | None, str | None]:
+    source, path = item
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return source, path, h.hexdigest(), None
+    except OSError as e:
+        return source, path, None, f"cannot read: {type(e).__name__}: {e.strerror or e}"
+
+
+def _row(source, sha, status, reason=None, pages=None, tokens=None, shard=None, duplicate_of=None) -> dict:
+    return {
+        "id": sha[:16] if sha else None,
+        "source": source,
+        "sha256": sha,
+        "status": status,
+        "reason": reason,
+        "pages": pages,
+        "tokens": tokens,
+        "shard": shard,
+        "duplicate_of": duplicate_of,
+    }
+
+
+# ---- one chunk: documents -> tar + part -------------------------------------------------------
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+_progress = None  # (docs, pages) shared counters in worker processes
+
+
+def _init_worker(counters) -> None:
+    global _progress
+    _progress = counters
+
+
+def _count(docs: int, pages: int) -> None:
+    if _progress is not None:
+        with _progress[0].get_lock():
+            _progress[0].value += docs
+            _progress[1].value += pages
+
+
+def process_chunk(job: dict) -> list[dict]:
+    """Render the chunk's documents into job["tar"] and write job["part"]; return its manifest rows."""
+    settings = PdfSettings(**job["settings"])
+    tar_path, part_path = Path(job["tar"]), Path(job["part"])
+    tmp = tar_path.with_name(f"{tar_path.name}.tmp.{os.getpid()}")
+    rows = []
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for source, path, sha in job["docs"]:
+            doc_id = sha[:16]
+            try:
+                data = Path(path).read_bytes()
+                if hashlib.sha256(data).hexdigest() != sha:
+                    raise PdfError("file changed while the pool was running")
+                pages, images = process_pdf(data, settings)
+            except PdfError as e:
+                rows.append(_row(source, sha, "error", str(e)))
+                _count(1, 0)
+                continue
+            except Exception as e:  # a bug or a MuPDF crash on one file must not stop the run
+                rows.append(_row(source, sha, "error", f"internal error: {type(e).__name__}: {str(e)[:200]}"))
+                _count(1, 0)
+                continue
+            ext = "png" if settings.image_format == "png" else "jpg"
+            doc = {"id": doc_id, "source": source, "sha256": sha, "num_pages": len(pages), "dpi": settings.dpi, "pages": pages}
+            _add_member(tar, f"{doc_id}.json", _dumps(doc).encode())
+            for page, image in zip(pages, images):
+                _add_member(tar, f"{doc_id}.p{page['index']:04d}.{ext}", image)
+            tokens = sum(p["tokens"] for p in pages)
+            rows.append(_row(source, sha, "ok", pages=len(pages), tokens=tokens, shard=job["shard"]))
+            _count(1, len(pages))
+    os.replace(tmp, tar_path)
+    _write_atomic(part_path, _dumps({"fingerprint": job["fingerprint"], "rows": rows}).encode())
+    return rows
+
+
+def _part_rows(part: Path, fingerprint: str) -> list[dict] | None:
+    try:
+        data = json.loads(part.read_text())
+    except (OSError, ValueError):
+        return None
+    return data["rows"] if data.get("fingerprint") == fingerprint else None
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    path = out / "pool.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = [k for k in settings if old.get(k) != settings[k]]
+        if diff:
+            raise ValueError(f"{out} was built with other settings ({', '.join(f'{k}={old.get(k)}' for k in diff)}); use a new --output")
+    else:
+        _write_atomic(path, (_dumps(settings) + "\n").encode())
+
+
+class Progress:
+    """Prints docs and pages done, rates and ETA at most every `every` seconds."""
+
+    def __init__(self, total_docs: int, quiet: bool, every: float = 5.0):
+        self.total, self.quiet, self.every = total_docs, quiet, every
+        self.start = self.last = time.monotonic()
+
+    def update(self, docs: int, pages: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.quiet or (not force and now - self.last < self.every):
+            return
+        self.last = now
+        dt = max(now - self.start, 1e-9)
+        rate = docs / dt
+        eta = (self.total - docs) / rate if rate > 0 else float("nan")
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
+        print(f"[pool] {docs}/{self.total} docs, {pages} pages, {pages / dt:.1f} pages/s, {rate:.2f} docs/s, ETA {eta_s}", file=sys.stderr, flush=True)
+
+
+def run(args) -> dict:
+    """Do one task's share of the pool; returns counts. Raises ValueError for bad arguments."""
+    if not 0 <= args.shard_index < args.num_shards:
+        raise ValueError(f"--shard-index {args.shard_index} must be in [0, --num-shards {args.num_shards})")
+    settings = PdfSettings(
+        dpi=args.dpi, image_format=args.image_format, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+        max_page_pixels=args.max_page_pixels, max_pages=args.max_pages, ocr=not args.no_ocr, ocr_language=args.ocr_language,
+    )
+    inputs = [(s, p) for s, p in list_inputs(args.input) if shard_of(s, args.num_shards) == args.shard_index]
+    out = Path(args.output)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    (out / "parts").mkdir(exist_ok=True)
+    _check_settings(out, {"version": POOL_VERSION, "num_shards": args.num_shards, "docs_per_tar": args.docs_per_tar, **asdict(settings)})
+    prefix = f"pool-{args.shard_index:05d}-"
+    for stale in [*(out / "shards").glob(prefix + "*.tmp.*"), *(out / "parts").glob(prefix + "*.tmp.*")]:
+        stale.unlink()
+
+    ctx = mp.get_context("spawn")
+    counters = (ctx.Value("q", 0), ctx.Value("q", 0))
+    workers = max(1, args.workers)
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(counters,)) if workers > 1 else None
+    try:
+        items = [(s, str(p)) for s, p in inputs]
+        hashed = list(pool.imap(_hash_file, items, chunksize=16)) if pool else [_hash_file(i) for i in items]
+        rows, unique, first_by_sha = [], [], {}
+        for source, path, sha, error in hashed:
+            if sha is None:
+                rows.append(_row(source, None, "error", error))
+            elif sha in first_by_sha:
+                rows.append(_row(source, sha, "duplicate", duplicate_of=first_by_sha[sha]))
+            else:
+                first_by_sha[sha] = source
+                unique.append((source, path, sha))
+
+        n_tar = (len(unique) + args.docs_per_tar - 1) // args.docs_per_tar
+        jobs, done_rows = [], []
+        for n in range(n_tar):
+            docs = unique[n * args.docs_per_tar : (n + 1) * args.docs_per_tar]
+            fingerprint = hashlib.sha256("\n".join(f"{s}\t{h}" for s, _, h in docs).encode()).hexdigest()
+            name = f"{prefix}{n:05d}"
+            job = {
+                "docs": docs, "fingerprint": fingerprint, "settings": asdict(settings), "shard": f"shards/{name}.tar",
+                "tar": str(out / "shards" / f"{name}.tar"), "part": str(out / "parts" / f"{name}.json"),
+            }
+            previous = _part_rows(Path(job["part"]), fingerprint) if Path(job["tar"]).exists() else None
+            if previous is not None:
+                done_rows += previous
+            else:
+                jobs.append(job)
+        for old in [*(out / "shards").glob(prefix + "*.tar"), *(out / "parts").glob(prefix + "*.json")]:
+            if int(old.stem.split("-")[2]) >= n_tar:  # left from an earlier run over more inputs
+                old.unlink()
+
+        skipped = len(unique) - sum(len(j["docs"]) for j in jobs)
+        if not args.quiet:
+            print(f"[pool] shard {args.shard_index}/{args.num_shards}: {len(inputs)} inputs, {len(unique)} unique, "
+                  f"{skipped} already done, {len(jobs)} tars to write, {workers} workers", file=sys.stderr, flush=True)
+        progress = Progress(sum(len(j["docs"]) for j in jobs), args.quiet)
+        if pool:
+            for chunk_rows in pool.imap_unordered(process_chunk, jobs):
+                done_rows += chunk_rows
+                progress.update(counters[0].value, counters[1].value)
+        else:
+            _init_worker(counters)
+            for job in jobs:
+                done_rows += process_chunk(job)
+                progress.update(counters[0].value, counters[1].value)
+            _init_worker(None)
+        if jobs:
+            progress.update(counters[0].value, counters[1].value, force=True)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+
+    rows = sorted(rows + done_rows, key=lambda r: r["source"])
+    manifest = out / f"manifest-{args.shard_index:05d}.jsonl"
+    _write_atomic(manifest, "".join(_dumps(r) + "\n" for r in rows).encode())
+    merged = merge_manifests(out, args.num_shards)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "duplicate")}
+    counts.update(pages=sum(r["pages"] or 0 for r in rows if r["status"] == "ok"), tokens=sum(r["tokens"] or 0 for r in rows if r["status"] == "ok"))
+    counts.update(inputs=len(rows), tars=n_tar, manifest=str(manifest), merged=str(merged) if merged else None)
+    return counts
+
+
+def merge_manifests(out: Path, num_shards: int) -> Path | None:
+    """Write manifest.jsonl once every shard's manifest exists: sorted by source, each content kept once."""
+    parts = [out / f"manifest-{i:05d}.jsonl" for i in range(num_shards)]
+    if not all(p.exists() for p in parts):
+        return None
+    rows = sorted((json.loads(line) for p in parts for line in p.read_text().splitlines() if line), key=lambda r: r["source"])
+    first: dict[str, str] = {}
+    for i, r in enumerate(rows):
+        sha = r["sha256"]
+        if sha is None:
+            continue
+        if sha not in first:
+            first[sha] = r["source"]
+        elif r["status"] != "duplicate" or r["duplicate_of"] != first[sha]:
+            rows[i] = _row(r["source"], sha, "duplicate", duplicate_of=first[sha])
+    path = out / "manifest.jsonl"
+    _write_atomic(path, "".join(_dumps(r) + "\n" for r in rows).encode())
+    return path
+
+
+def main(args) -> int:
+    try:
+        counts = run(args)
+    except ValueError as e:
+        print(f"[pool] error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"[pool] shard {args.shard_index}/{args.num_shards}: {counts['inputs']} inputs -> {counts['ok']} ok, {counts['error']} error, "
+        f"{counts['duplicate']} duplicate; {counts['pages']} pages, {counts['tokens']:,} image tokens; "
+        f"{counts['tars']} tars in {Path(args.output) / 'shards'}; manifest {counts['manifest']}"
+        + (f"; merged {counts['merged']}" if counts["merged"] else f"; manifest.jsonl waits for the other {args.num_shards - 1} shards")
+    )
+    return 0
+
+
+# ---- readers (used by synth, build and tests) -------------------------------------------------
+
+
+def read_manifest(pool_dir: str | Path) -> list[dict]:
+    """The merged manifest rows; raises ValueError when the pool is incomplete."""
+    path = Path(pool_dir) / "manifest.jsonl"
+    if not path.exists():
+        raise ValueError(f"{path} missing: the pool run has not finished (all shards)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def read_settings(pool_dir: str | Path) -> dict:
+    return json.loads((Path(pool_dir) / "pool.json").read_text())
+
+
+def iter_documents(pool_dir: str | Path, images: bool = False, ids: set[str] | None = None) -> Iterator[tuple[dict, dict[int, bytes]]]:
+    """Yield (document json, {page index: encoded image}) for each `ok` manifest row, once each.
+
+    Documents come tar by tar in manifest order of their shards; images are read only when asked.
+    """
+    pool_dir = Path(pool_dir)
+    wanted: dict[str, set[str]] = {}
+    for r in read_manifest(pool_dir):
+        if r["status"] == "ok" and (ids is None or r["id"] in ids):
+            wanted.setdefault(r["shard"], set()).add(r["id"])
+    for shard in sorted(wanted):
+        current, doc, pages = None, None, {}
+        with tarfile.open(pool_dir / shard) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if key not in wanted[shard]:
+                    continue
+                if key != current:
+                    if doc is not None:
+                        yield doc, pages
+                    current, doc, pages = key, None, {}
+                if ext == "json":
+                    doc = json.loads(tar.extractfile(member).read())
+                elif images:
+                    pages[int(ext[1:5])] = tar.extractfile(member).read()
+            if doc is not None:
+                yield doc, pages

@@ -1,0 +1,1 @@
+"""Long-document VQA evaluation: scoring, fixed-length contexts, needle test, reports, backends."""

@@ -1,0 +1,308 @@
+"""Fixed-length eval contexts: a document's evidence padded with distractor pages to a token target.
+
+An eval item (docs/eval_format.md) is one question over a sequence of page images whose token
+count is fixed (e.g. 32K ... 512K) and whose evidence sits at a chosen depth. How one is built:
+
+1. The anchor span is the question's document pages from its first to its last evidence page
+   (the QA segment when there is no evidence page, as for not-answerable questions).
+2. The token budget is ``target_tokens - prompt_tokens``; each page costs its image tokens (the
+   Qwen2.5-VL rule in megatron_vlm.data.image_rule) + 2 (<|vision_start|>, <|vision_end|>).
+3. The non-anchor budget F = budget - anchor cost is split: depth x F before the anchor and the
+   rest after it. Each side is filled first with the document's own neighbouring pages (nearest
+   first), then with pages of other documents (whole runs of each, in page order, documents in a
+   seeded random order), a page at a time while the next page still fits. So the total is within
+   one page of the budget, and the tokens before the anchor are within one page of depth x F.
+
+Order in the context: distractors | document pages before | anchor | document pages after | distractors.
+Held-out only: documents in the exclusion set (e.g. every doc_id of a training shard set) are
+used neither for questions nor as distractors.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tarfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_vlm.data import image_rule
+
+VISION_WRAP_TOKENS = 2  # <|vision_start|> and <|vision_end|> around each image's pads
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page image of a document and what it costs in the LLM sequence."""
+
+    doc_id: str
+    index: int
+    tokens: int  # <|image_pad|> count (image_rule.image_token_count)
+    grid_thw: tuple[int, int, int]
+    ext: str  # "png" | "jpg"
+    read_bytes: Callable[[], bytes] = field(compare=False, repr=False)
+
+    @property
+    def cost(self) -> int:
+        return self.tokens + VISION_WRAP_TOKENS
+
+    @property
+    def name(self) -> str:
+        return f"{self.doc_id}.p{self.index:04d}.{self.ext}"
+
+
+@dataclass
+class Document:
+    doc_id: str
+    pages: list[Page]
+
+
+@dataclass
+class Question:
+    """A QA record (docs/formats.md section 2) reduced to what the eval needs."""
+
+    id: str
+    doc_id: str
+    task: str
+    question: str
+    answer: object
+    answer_format: str
+    evidence_pages: list[int]
+    segment: tuple[int, int] | None = None
+
+
+@dataclass
+class Context:
+    pages: list[Page]
+    evidence_positions: list[int]  # positions in ``pages`` of the question's evidence pages
+    anchor: tuple[int, int]  # [first, last) positions of the anchor span in ``pages``
+    before_tokens: int  # cost of the pages before the anchor
+    anchor_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return sum(p.cost for p in self.pages)
+
+    @property
+    def depth(self) -> float:
+        """Achieved depth: tokens before the anchor / all non-anchor tokens (0 when there are none)."""
+        rest = self.tokens - self.anchor_tokens
+        return self.before_tokens / rest if rest else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+
+
+def _tar_reader(tar_path: Path, member: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        with tarfile.open(tar_path) as tf:
+            f = tf.extractfile(member)
+            if f is None:
+                raise FileNotFoundError(f"{member} not in {tar_path}")
+            return f.read()
+
+    return read
+
+
+def _file_reader(path: Path) -> Callable[[], bytes]:
+    return path.read_bytes
+
+
+def read_pool(pool_dir: str | Path) -> dict[str, Document]:
+    """Every document of a pool (docs/formats.md section 1), pages costed with the pool's pixel limits."""
+    pool_dir = Path(pool_dir)
+    settings_path = pool_dir / "pool.json"
+    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    min_px = settings.get("min_pixels", image_rule.MIN_PIXELS)
+    max_px = settings.get("max_pixels", image_rule.MAX_PIXELS)
+    tars = sorted((pool_dir / "shards").glob("*.tar"))
+    if not tars:
+        raise FileNotFoundError(f"no pool shards in {pool_dir / 'shards'}")
+    docs: dict[str, Document] = {}
+    for tar_path in tars:
+        with tarfile.open(tar_path) as tf:
+            members = tf.getmembers()
+            images = {m.name for m in members if m.name.endswith((".png", ".jpg"))}
+            for m in members:
+                if not m.name.endswith(".json"):
+                    continue
+                meta = json.loads(tf.extractfile(m).read())
+                doc_id = meta["id"]
+                pages = []
+                for p in meta["pages"]:
+                    stem = f"{doc_id}.p{p['index']:04d}"
+                    name = next((f"{stem}.{e}" for e in ("png", "jpg") if f"{stem}.{e}" in images), None)
+                    if name is None:
+                        raise FileNotFoundError(f"{stem}.png|jpg missing from {tar_path}")
+                    grid = image_rule.image_grid_thw(p["height_px"], p["width_px"], min_px, max_px)
+                    tokens = image_rule.image_token_count(p["height_px"], p["width_px"], min_px, max_px)
+                    pages.append(Page(doc_id, p["index"], tokens, grid, name.rsplit(".", 1)[1], _tar_reader(tar_path, name)))
+                docs[doc_id] = Document(doc_id, sorted(pages, key=lambda q: q.index))
+    return docs
+
+
+def read_qa_records(qa_dir: str | Path) -> list[Question]:
+    """QA records (docs/formats.md section 2) from QA_DIR/records-*.jsonl, or from one .jsonl file."""
+    qa_dir = Path(qa_dir)
+    files = [qa_dir] if qa_dir.is_file() else sorted(qa_dir.glob("records-*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"no records-*.jsonl in {qa_dir}")
+    out = []
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            seg = tuple(r["segment"]) if r.get("segment") else None
+            out.append(
+                Question(r["id"], r["doc_id"], r["task"], r["question"], r["answer"], r["answer_format"],
+                         list(r.get("evidence_pages") or []), seg)
+            )
+    return out
+
+
+def image_page(path: Path, doc_id: str, index: int) -> Page:
+    """A page from an image file, costed from its pixel size with the Qwen2.5-VL rule."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        width, height = im.size
+    ext = "jpg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
+    return Page(doc_id, index, image_rule.image_token_count(height, width), image_rule.image_grid_thw(height, width),
+                ext, _file_reader(path))
+
+
+def read_document_jsonl(path: str | Path) -> tuple[dict[str, Document], list[Question]]:
+    """Documents and questions from the eval JSONL format (docs/eval_format.md), for re-padding.
+
+    Each line's ``pages`` become that line's document (``doc_id`` defaults to the line's id);
+    lines that share a doc_id share the document.
+    """
+    path = Path(path)
+    docs: dict[str, Document] = {}
+    questions = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        missing = [k for k in ("id", "pages", "question", "answer", "answer_format") if k not in r]
+        if missing:
+            raise ValueError(f"{path}:{n}: missing {', '.join(missing)}")
+        doc_id = str(r.get("doc_id") or r["id"])
+        if doc_id not in docs:
+            pages = []
+            for i, p in enumerate(r["pages"]):
+                image = Path(p["image"] if isinstance(p, dict) else p)
+                image = image if image.is_absolute() else path.parent / image
+                pages.append(image_page(image, doc_id, i))
+            docs[doc_id] = Document(doc_id, pages)
+        evidence = [i for i, p in enumerate(r["pages"]) if isinstance(p, dict) and p.get("evidence")]
+        questions.append(Question(str(r["id"]), doc_id, r.get("task", "unknown"), r["question"], r["answer"],
+                                  r["answer_format"], evidence or list(r.get("evidence_pages") or [])))
+    return docs, questions
+
+
+def read_exclusions(path: str | Path) -> set[str]:
+    """Doc ids never to evaluate on: a text file (one id a line), a JSON list, or a training SHARD_DIR.
+
+    For a SHARD_DIR, every instance's ``doc_id`` in shard-*.tar (docs/formats.md section 3).
+    """
+    path = Path(path)
+    if path.is_dir():
+        ids = set()
+        for tar_path in sorted(path.glob("shard-*.tar")):
+            with tarfile.open(tar_path) as tf:
+                for m in tf.getmembers():
+                    if m.name.endswith(".json"):
+                        ids.add(json.loads(tf.extractfile(m).read())["doc_id"])
+        return ids
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        return {str(x) for x in json.loads(text)}
+    return {ln.strip() for ln in text.splitlines() if ln.strip()}
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+
+
+def anchor_span(question: Question, doc: Document) -> tuple[int, int]:
+    """[first, last) positions in ``doc.pages`` of the evidence span (the segment if no evidence)."""
+    position = {p.index: i for i, p in enumerate(doc.pages)}
+    if question.evidence_pages:
+        missing = [e for e in question.evidence_pages if e not in position]
+        if missing:
+            raise ValueError(f"question {question.id}: evidence pages {missing} not in document {doc.doc_id}")
+        pos = [position[e] for e in question.evidence_pages]
+        return min(pos), max(pos) + 1
+    if question.segment:
+        first, last = question.segment
+        inside = [position[i] for i in range(first, last) if i in position]
+        if inside:
+            return min(inside), max(inside) + 1
+    return 0, len(doc.pages)
+
+
+def _fill(pages: Sequence[Page], start: int, budget: int) -> tuple[list[Page], int, int]:
+    """Take pages from ``pages[start:]`` while the next one fits in ``budget``: (taken, tokens, next start)."""
+    taken, used, i = [], 0, start
+    while i < len(pages) and used + pages[i].cost <= budget:
+        taken.append(pages[i])
+        used += pages[i].cost
+        i += 1
+    return taken, used, i
+
+
+def build_context(
+    question: Question,
+    doc: Document,
+    distractors: Sequence[Document],
+    target_tokens: int,
+    depth: float,
+    seed: int = 0,
+    prompt_tokens: int = 0,
+) -> Context:
+    """The pages of one eval context (rule in the module docstring).
+
+    Raises ValueError when the anchor alone exceeds the budget, or when the distractor documents
+    run out of pages more than a page short of the budget.
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    budget = target_tokens - prompt_tokens
+    first, last = anchor_span(question, doc)
+    anchor = doc.pages[first:last]
+    anchor_tokens = sum(p.cost for p in anchor)
+    if anchor_tokens > budget:
+        raise ValueError(f"question {question.id}: evidence span of {anchor_tokens} tokens exceeds the {budget}-token budget")
+    rest = budget - anchor_tokens
+    before_budget = round(depth * rest)
+
+    others = [d for d in distractors if d.doc_id != doc.doc_id]
+    random.Random(f"{seed}:{question.id}:{target_tokens}:{depth}").shuffle(others)
+    stream = [p for d in others for p in d.pages]
+
+    own_before = doc.pages[:first][::-1]  # nearest first
+    before_doc, used_before, n = _fill(own_before, 0, before_budget)
+    before_distractors, i = [], 0
+    if n == len(own_before):  # the document ran out first: pad with other documents
+        before_distractors, used, i = _fill(stream, 0, before_budget - used_before)
+        used_before += used
+
+    own_after = doc.pages[last:]
+    after_doc, used_after, n = _fill(own_after, 0, rest - used_before)
+    after_distractors = []
+    if n == len(own_after):
+        after_distractors, used, i = _fill(stream, i, rest - used_before - used_after)
+        used_after += used
+
+    pages = before_distractors + before_doc[::-1] + anchor + after_doc + after_distractors
+    gap = rest - used_before - used_after
+    if i == len(stream) and pages and gap >= max(p.cost for p in pages):
+        raise ValueError(f"question {question.id}: distractor pages ran out {gap} tokens short of {budget}")
+    start = len(before_distractors) + len(before_doc)
+    evidence = set(question.evidence_pages)
+    positions = [start + k for k, p in enumerate(anchor) if p.index in evidence]
+    return Context(pages, positions, (start, start + len(anchor)), used_before, anchor_tokens)

@@ -1,0 +1,191 @@
+"""Qwen2.5-VL on Megatron-Core: the vision tower feeding a Qwen2 GPTModel with mRoPE.
+
+    model = Qwen2_5_VLModel(flavor("debug"))            # after megatron_vlm.parallel.initialize(...)
+    logits = model(input_ids, position_ids, pixel_values=..., image_grid_thw=...)      # [B, T, V]
+    loss = model(input_ids, position_ids, labels=labels, packed_seq_params=psp)        # [B, T]
+
+Contract: docs/formats.md section 5. ``position_ids`` are mRoPE ids [3, B, T] (from
+``position_ids.mrope_position_ids`` / ``packed_mrope_position_ids``); every pipeline stage needs
+them because each stage applies rope. A packed batch is B=1 with ``packed_seq_params`` built by
+``models.common.attention.packed_seq_params(cu_seqlens)`` (a ``thd`` PackedSeqParams is accepted
+too and converted). Under tensor parallelism logits come back gathered to the full vocabulary.
+
+Pipeline parallelism: the ViT and the embedding live on the first stage only; the first stage
+may get fewer LLM layers (``num_layers_in_first_pipeline_stage``) to balance the ViT's cost.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.models.gpt import GPTModel
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_vlm.models.common.attention import packed_seq_params as make_packed_seq_params
+from megatron_vlm.models.qwen2_5_vl.config import Qwen2_5_VLConfig
+from megatron_vlm.models.qwen2_5_vl.rope import MRopeEmbedding
+from megatron_vlm.models.qwen2_5_vl.specs import layer_spec
+from megatron_vlm.models.qwen2_5_vl.vision import VisionTransformer
+
+
+def _parallel_sizes() -> dict:
+    if not parallel_state.model_parallel_is_initialized():
+        return {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "context_parallel_size": 1}
+    return {
+        "tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
+        "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
+        "context_parallel_size": parallel_state.get_context_parallel_world_size(),
+    }
+
+
+_COMMON = dict(
+    hidden_dropout=0.0, attention_dropout=0.0, bias_activation_fusion=False, masked_softmax_fusion=False,
+    apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False,
+    normalization="RMSNorm", use_cpu_initialization=True,
+)
+
+
+def text_transformer_config(cfg: Qwen2_5_VLConfig, **overrides) -> TransformerConfig:
+    """Megatron TransformerConfig of the LLM at the current parallel layout (``overrides`` win)."""
+    t = cfg.text
+    rope = MRopeEmbedding(t.head_dim, t.rope_theta, t.mrope_section, t.rope_scaling)
+    # YaRN's attention factor scales q and k after rope, i.e. the logits by its square.
+    scale = rope.attention_factor**2 / math.sqrt(t.head_dim)
+    kwargs = dict(
+        _COMMON, **_parallel_sizes(),
+        num_layers=t.num_hidden_layers, hidden_size=t.hidden_size, num_attention_heads=t.num_attention_heads,
+        num_query_groups=t.num_key_value_heads, ffn_hidden_size=t.intermediate_size, kv_channels=t.head_dim,
+        gated_linear_unit=True, activation_func=F.silu, layernorm_epsilon=t.rms_norm_eps,
+        add_bias_linear=False, add_qkv_bias=True, mrope_section=list(t.mrope_section),
+        softmax_scale=None if rope.attention_factor == 1.0 else scale,
+    )
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)
+
+
+def vision_transformer_configs(cfg: Qwen2_5_VLConfig, **overrides) -> tuple[TransformerConfig, TransformerConfig]:
+    """Configs of the ViT blocks and of the merger MLP (TP like the LLM; no SP, PP or CP)."""
+    v = cfg.vision
+    sizes = dict(_parallel_sizes(), pipeline_model_parallel_size=1, context_parallel_size=1)
+    base = dict(_COMMON, **sizes, add_bias_linear=True, layernorm_epsilon=v.rms_norm_eps)
+    for key in ("params_dtype", "bf16", "fp16", "recompute_granularity", "recompute_method", "recompute_num_layers"):
+        if key in overrides:
+            base[key] = overrides[key]
+    blocks = TransformerConfig(
+        **base, num_layers=v.depth, hidden_size=v.hidden_size, num_attention_heads=v.num_heads,
+        ffn_hidden_size=v.intermediate_size, kv_channels=v.head_dim, gated_linear_unit=True, activation_func=F.silu,
+    )
+    merger = TransformerConfig(
+        **base, num_layers=1, hidden_size=v.out_hidden_size, num_attention_heads=v.num_heads,
+        ffn_hidden_size=v.hidden_size * v.spatial_merge_size**2, gated_linear_unit=False, activation_func=F.gelu,
+    )
+    return blocks, merger
+
+
+class Qwen2_5_VLModel(MegatronModule):
+    """Vision tower (first stage) + Qwen2 decoder (GPTModel with mRoPE). See the module docstring."""
+
+    def __init__(
+        self,
+        cfg: Qwen2_5_VLConfig,
+        spec: str = "local",
+        attention_backend: str = "auto",
+        pre_process: bool | None = None,
+        post_process: bool | None = None,
+        **config_overrides,
+    ):
+        """``config_overrides`` go to the LLM's TransformerConfig (e.g. ``sequence_parallel=True``,
+        ``params_dtype=torch.bfloat16, bf16=True``, ``num_layers_in_first_pipeline_stage=2``)."""
+        text_config = text_transformer_config(cfg, **config_overrides)
+        super().__init__(config=text_config)
+        if pre_process is None:
+            pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True) if _pp_initialized() else True
+        if post_process is None:
+            post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True) if _pp_initialized() else True
+        self.cfg = cfg
+        self.spec = spec
+        self.pre_process, self.post_process = pre_process, post_process
+        self.vision = None
+        if pre_process:
+            blocks, merger = vision_transformer_configs(cfg, **config_overrides)
+            self.vision = VisionTransformer(cfg.vision, blocks, merger, spec, attention_backend)
+        t = cfg.text
+        self.language_model = GPTModel(
+            config=text_config,
+            transformer_layer_spec=layer_spec(spec, vision=False, attention_backend=attention_backend),
+            vocab_size=t.vocab_size,
+            max_sequence_length=t.max_position_embeddings,
+            pre_process=pre_process,
+            post_process=post_process,
+            parallel_output=True,
+            share_embeddings_and_output_weights=t.tie_word_embeddings,
+            position_embedding_type="mrope",
+            rotary_base=t.rope_theta,
+        )
+        # Angles per token from the given ids, never Megatron's per-CP-rank slicing (see rope.py).
+        self.language_model.rotary_pos_emb = MRopeEmbedding(t.head_dim, t.rope_theta, t.mrope_section, t.rope_scaling)
+        self.share_embeddings_and_output_weights = t.tie_word_embeddings
+
+    def set_input_tensor(self, input_tensor) -> None:
+        self.language_model.set_input_tensor(input_tensor)
+
+    def shared_embedding_or_output_weight(self):
+        return self.language_model.shared_embedding_or_output_weight()
+
+    def embed(self, input_ids, pixel_values=None, image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None):
+        """Token embeddings [T, B, H] (sequence-first, not yet SP-scattered) with vision embeddings placed."""
+        emb = self.language_model.embedding.word_embeddings(input_ids)  # [B, T, H], all-reduced over TP
+        for pixels, grids, token in (
+            (pixel_values, image_grid_thw, self.cfg.image_token_id),
+            (pixel_values_videos, video_grid_thw, self.cfg.video_token_id),
+        ):
+            if pixels is None:
+                continue
+            vis = self.vision(pixels, grids).to(emb.dtype)
+            mask = input_ids == token
+            if int(mask.sum()) != vis.shape[0]:
+                raise ValueError(f"{int(mask.sum())} pad tokens (id {token}) but the vision tower made {vis.shape[0]}")
+            emb = emb.masked_scatter(mask.unsqueeze(-1), vis)
+        return emb.transpose(0, 1).contiguous()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask=None,
+        labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        packed_seq_params: PackedSeqParams | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, T, V] (full vocabulary) without ``labels``, else per-token loss [B, T]."""
+        if position_ids.dim() == 2:
+            position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
+        if packed_seq_params is not None and packed_seq_params.qkv_format != "sbhd":
+            packed_seq_params = make_packed_seq_params(packed_seq_params.cu_seqlens_q)
+        decoder_input = None
+        if self.pre_process:
+            decoder_input = self.embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+            if self.config.sequence_parallel:
+                decoder_input = tensor_parallel.scatter_to_sequence_parallel_region(decoder_input)
+        out = self.language_model(
+            input_ids=None,
+            position_ids=position_ids,
+            attention_mask=None,
+            decoder_input=decoder_input,
+            labels=labels,
+            packed_seq_params=packed_seq_params,
+            runtime_gather_output=labels is None,
+        )
+        return out
+
+
+def _pp_initialized() -> bool:
+    return parallel_state.model_parallel_is_initialized()

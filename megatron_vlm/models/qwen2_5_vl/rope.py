@@ -1,0 +1,106 @@
+"""Rotary embeddings of Qwen2.5-VL: the ViT's 2D rope, the LLM's mRoPE, theta scaling and YaRN.
+
+All functions return rotation angles ("freqs") laid out as Megatron's unfused rope expects:
+``[S, B, 1, head_dim]`` = cat(f, f) over the half-dims, applied by rotate-half. Angles are always
+computed per token from the position ids given, never by slicing a precomputed table; so packed
+sequences and context-parallel shards (whose position ids arrive already split) need nothing
+special.
+
+- ViT: each patch rotates the first quarter of the head by its row and the second by its column
+  (HF: ``Qwen2_5_VLVisionRotaryEmbedding``), ids block-major over the merge x merge blocks.
+- LLM: mRoPE; frequency pair j takes its angle from the t, h or w id by ``mrope_section``.
+- ``ntk_scaled_theta``: the Dynamic-NTK base rule LongPT uses to go 1e6 -> 4e6 (s=4, d=128).
+- YaRN: per-frequency blend of interpolation and extrapolation (HF's ``_compute_yarn_parameters``)
+  plus the attention factor, which scales q and k alike, so we fold its square into the softmax scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from megatron_vlm.models.qwen2_5_vl.config import RopeScaling
+
+
+def default_inv_freq(dim: int, theta: float) -> torch.Tensor:
+    """1 / theta^(2i/dim) for i < dim/2, in float32."""
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+
+
+def ntk_scaled_theta(theta: float, scale: float, head_dim: int) -> float:
+    """Dynamic-NTK base: theta * s^(d/(d-2)). (1e6, s=4, d=128 gives ~4.09e6; LongPT rounds to 4e6.)"""
+    return theta * scale ** (head_dim / (head_dim - 2))
+
+
+def yarn_inv_freq(dim: int, theta: float, scaling: RopeScaling) -> tuple[torch.Tensor, float]:
+    """YaRN inverse frequencies and attention factor, as HF computes them (truncate=True)."""
+    s = scaling.factor
+    attention_factor = scaling.attention_factor
+    if attention_factor is None:
+        attention_factor = 1.0 if s <= 1 else 0.1 * math.log(s) + 1.0
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(scaling.original_max_position_embeddings / (rotations * 2 * math.pi)) / (
+            2 * math.log(theta)
+        )
+
+    low = max(math.floor(correction_dim(scaling.beta_fast)), 0)
+    high = min(math.ceil(correction_dim(scaling.beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolate = 1 - ramp
+    base = theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    inv = (1.0 / (s * base)) * (1 - extrapolate) + (1.0 / base) * extrapolate
+    return inv, float(attention_factor)
+
+
+class MRopeEmbedding(nn.Module):
+    """mRoPE angles from [3, B, S] position ids; drop-in for Megatron's MultimodalRotaryEmbedding.
+
+    Unlike Megatron's, it never slices by context-parallel rank: the ids it gets are the rank's own.
+    ``attention_factor`` (YaRN, else 1.0) must be folded into the softmax scale by the caller.
+    """
+
+    def __init__(self, head_dim: int, theta: float, mrope_section: list[int], scaling: RopeScaling | None = None):
+        super().__init__()
+        if sum(mrope_section) * 2 != head_dim:
+            raise ValueError(f"mrope_section {mrope_section} must sum to head_dim/2 = {head_dim // 2}")
+        scaling = scaling or RopeScaling()
+        if scaling.type == "yarn":
+            inv, self.attention_factor = yarn_inv_freq(head_dim, theta, scaling)
+        elif scaling.type == "none":
+            inv, self.attention_factor = default_inv_freq(head_dim, theta), 1.0
+        else:
+            raise ValueError(f"unknown rope scaling {scaling.type!r}")
+        self.register_buffer("inv_freq", inv, persistent=False)
+        self.mrope_section = list(mrope_section)
+
+    def forward(self, position_ids: torch.Tensor, mrope_section=None, cp_group=None) -> torch.Tensor:
+        """Angles [S, B, 1, head_dim] for ids [3, B, S] (``mrope_section``/``cp_group`` are ignored)."""
+        angles = position_ids.to(self.inv_freq.device).float()[..., None] * self.inv_freq.float()  # [3, B, S, d/2]
+        axis = torch.cat([torch.full((n,), i % 3) for i, n in enumerate(self.mrope_section)]).to(angles.device)
+        picked = angles.gather(0, axis.view(1, 1, 1, -1).expand(1, *angles.shape[1:])).squeeze(0)  # [B, S, d/2]
+        emb = torch.cat([picked, picked], dim=-1)
+        return emb.transpose(0, 1).unsqueeze(2).contiguous()
+
+
+def vision_position_ids(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
+    """(row, col) of every patch [N, 2], in the ViT's input order (block-major over merge blocks)."""
+    out = []
+    for t, h, w in grid_thw.tolist():
+        rows = torch.arange(h).view(h // merge, merge, 1, 1).expand(-1, -1, w // merge, merge)
+        cols = torch.arange(w).view(1, 1, w // merge, merge).expand(h // merge, merge, -1, -1)
+        ids = torch.stack([rows.transpose(1, 2).flatten(), cols.transpose(1, 2).flatten()], dim=-1)
+        out.append(ids.repeat(t, 1))
+    return torch.cat(out)
+
+
+def vision_rope_freqs(grid_thw: torch.Tensor, head_dim: int, merge: int, theta: float = 10000.0) -> torch.Tensor:
+    """ViT angles [N, head_dim]: rows rotate one quarter-pair set, columns the other (HF's 2D rope)."""
+    inv = default_inv_freq(head_dim // 2, theta)
+    ids = vision_position_ids(grid_thw, merge).float()
+    hw = torch.cat([ids[:, :1] * inv, ids[:, 1:] * inv], dim=-1)
+    return torch.cat([hw, hw], dim=-1)

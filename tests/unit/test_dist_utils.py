@@ -1,0 +1,88 @@
+"""tests/dist_utils.run_distributed: per-rank results, a failing rank's traceback, timeouts, dead ranks.
+
+    python -m pytest tests/unit/test_dist_utils.py -q
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.dist_utils import RankFailed, run_distributed
+
+
+def _all_reduce_ranks(offset):
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    t = torch.tensor([dist.get_rank() + 1.0])
+    dist.all_reduce(t)
+    return {"rank": dist.get_rank(), "world": dist.get_world_size(), "env_rank": int(os.environ["RANK"]),
+            "sum": t.item(), "offset": offset}
+
+
+def _fail_on_rank_one():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    if dist.get_rank() == 1:
+        raise ValueError("boom on rank 1")
+    dist.barrier()  # rank 0 waits here forever: the runner must not wait for it
+    return "rank 0 finished"
+
+
+def _hang(pid_dir):
+    with open(os.path.join(pid_dir, f"{os.environ['RANK']}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+
+def _die_hard():
+    if os.environ["RANK"] == "1":
+        os._exit(3)
+    time.sleep(120)
+
+
+def test_returns_per_rank_results_in_rank_order():
+    results = run_distributed(_all_reduce_ranks, 3, 7, timeout_s=120)
+    assert [r["rank"] for r in results] == [0, 1, 2]
+    assert [r["env_rank"] for r in results] == [0, 1, 2]
+    assert all(r["world"] == 3 and r["offset"] == 7 for r in results)
+    assert all(r["sum"] == 1 + 2 + 3 for r in results)  # the ranks really talked to each other
+
+
+def test_failure_on_one_rank_raises_with_its_traceback():
+    start = time.monotonic()
+    with pytest.raises(RankFailed) as err:
+        run_distributed(_fail_on_rank_one, 2, timeout_s=120)
+    message = str(err.value)
+    assert "rank 1 failed" in message
+    assert "ValueError: boom on rank 1" in message
+    assert "_fail_on_rank_one" in message  # the traceback, not just the exception
+    assert time.monotonic() - start < 60  # did not wait for the rank stuck in the barrier
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_hang_hits_the_timeout_and_kills_every_rank(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(RankFailed, match="timed out after 20s"):
+        run_distributed(_hang, 2, str(tmp_path), timeout_s=20)
+    assert time.monotonic() - start < 60
+    pids = [int(p.read_text()) for p in sorted(tmp_path.glob("*.pid"))]
+    assert len(pids) == 2
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_rank_that_dies_without_a_traceback_is_reported():
+    with pytest.raises(RankFailed, match=r"rank\(s\) \[1\] died with exit code\(s\) \[3\]"):
+        run_distributed(_die_hard, 2, timeout_s=120)

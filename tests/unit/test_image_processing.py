@@ -1,0 +1,57 @@
+"""Our image preprocessing against transformers' Qwen2VLImageProcessor on the same images."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from megatron_vlm.data.image_processing import PATCH_DIM, process_images
+from megatron_vlm.data.image_rule import image_token_count
+
+
+def _encoded(h: int, w: int, mode: str, fmt: str, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = 3 if mode == "RGB" else 1
+    arr = rng.integers(0, 256, size=(h, w, channels), dtype=np.uint8)
+    # Smooth structure plus noise, so resampling is exercised on both edges and flat areas.
+    arr[: h // 2] //= 2
+    img = Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "h,w,mode,fmt,max_pixels",
+    [
+        (1584, 1224, "RGB", "PNG", 12_845_056),  # US-Letter at 144 DPI -> 1596x1232
+        (300, 500, "RGB", "JPEG", 12_845_056),
+        (57, 31, "L", "PNG", 12_845_056),  # below min_pixels: upscaled
+        (900, 700, "RGB", "PNG", 200_000),  # above max_pixels: downscaled
+        (56, 84, "RGB", "PNG", 12_845_056),  # already multiples of 28: no resize
+    ],
+)
+def test_pixels_and_grid_equal_hf(h, w, mode, fmt, max_pixels):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    data = [_encoded(h, w, mode, fmt, seed=h + w), _encoded(w, h, mode, fmt, seed=h * w)]
+    hf = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=max_pixels)
+    ref = hf(images=[Image.open(io.BytesIO(d)) for d in data], return_tensors="pt")
+
+    pixels, grids = process_images(data, min_pixels=56 * 56, max_pixels=max_pixels)
+
+    assert torch.equal(grids, ref["image_grid_thw"].to(torch.int64))
+    assert pixels.shape == ref["pixel_values"].shape and pixels.shape[1] == PATCH_DIM
+    torch.testing.assert_close(pixels, ref["pixel_values"].float(), rtol=1e-6, atol=1e-6)
+    # One LLM token per 2x2 patches, as the shared image rule counts them.
+    tokens = [int(g.prod()) // 4 for g in grids]
+    assert tokens == [image_token_count(h, w, max_pixels=max_pixels), image_token_count(w, h, max_pixels=max_pixels)]
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown image backend"):
+        process_images([_encoded(28, 28, "RGB", "PNG", 0)], backend="cv2")

@@ -1,0 +1,100 @@
+"""Packed sequences: no attention or label crosses a sample boundary; mRoPE restarts per sample."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from megatron_vlm.data.packing import IGNORE_INDEX, Sample, choose_best_fit, pack, packing_efficiency
+from megatron_vlm.data.tokens import PAD_ID, encode_instance, load_tokenizer
+from megatron_vlm.models.qwen2_5_vl.position_ids import mrope_position_ids
+
+
+def _samples(tok_dir, n, seed=0):
+    tokenizer = load_tokenizer(tok_dir)
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        grids = [[1, 2 * rng.randint(1, 4), 2 * rng.randint(1, 5)] for _ in range(rng.randint(0, 3))]
+        image_tokens = [h * w // 4 for _, h, w in grids]
+        q = " ".join(rng.choice(["revenue", "page", "table", "2021", "total", "what"]) for _ in range(rng.randint(2, 12)))
+        a = str(rng.randint(0, 10**rng.randint(1, 6)))
+        enc = encode_instance(tokenizer, q + "?", a, image_tokens)
+        pixels = torch.randn(sum(h * w for _, h, w in grids), 1176)
+        grid_t = torch.tensor(grids, dtype=torch.int64).reshape(-1, 3)
+        out.append(Sample(f"s{i}", rng.choice(["extract-single", "reasoning"]), enc.input_ids, enc.target_mask, pixels, grid_t))
+    return out
+
+
+def test_best_fit_hand_example():
+    # longest (8) first; 2 left: 5 and 3 do not fit, 2 does.
+    assert choose_best_fit([5, 3, 8, 2], 10) == [2, 3]
+    assert choose_best_fit([4, 4, 4], 10) == [0, 1]
+    assert choose_best_fit([11, 3], 10) == [1]
+
+
+@pytest.mark.parametrize("pad_multiple", [1, 4])
+def test_no_crossing_and_mrope_per_sample(qwen_tokenizer_dir, pad_multiple):
+    samples = _samples(qwen_tokenizer_dir, 7)
+    max_length = 4 * max(len(s) for s in samples)
+    max_length += -max_length % pad_multiple
+    chosen = choose_best_fit([len(s) + -len(s) % pad_multiple for s in samples], max_length)
+    picked = [samples[i] for i in chosen]
+    batch = pack(picked, max_length, pad_multiple)
+
+    tokens, labels = batch["tokens"][0], batch["labels"][0]
+    cu = batch["cu_seqlens"].tolist()
+    assert cu[0] == 0 and cu[-1] == max_length and batch["cu_seqlens"].dtype == torch.int32
+    assert all((b - a) % pad_multiple == 0 for a, b in zip(cu, cu[1:]))
+    grids = iter(batch["image_grid_thw"])
+    for k, s in enumerate(picked):
+        a, b, n = cu[k], cu[k + 1], len(s)
+        assert b - a >= n
+        # The sample's tokens fill the start of its own sub-sequence; the rest of it is padding.
+        assert torch.equal(tokens[a : a + n], s.input_ids)
+        assert (tokens[a + n : b] == PAD_ID).all()
+        # Labels computed on the sample alone: next token where it is an answer target.
+        alone = torch.full((n,), IGNORE_INDEX)
+        for i in range(n - 1):
+            if s.target_mask[i + 1]:
+                alone[i] = s.input_ids[i + 1]
+        assert torch.equal(labels[a : a + n], alone)
+        assert (labels[a + n : b] == IGNORE_INDEX).all() and labels[b - 1] == IGNORE_INDEX
+        # mRoPE ids of the sub-sequence equal the model's reference function on the sample alone.
+        own = torch.stack([next(grids) for _ in range(s.image_grid_thw.shape[0])]) if s.image_grid_thw.numel() else None
+        ref, _ = mrope_position_ids(s.input_ids, own)
+        assert torch.equal(batch["position_ids"][:, 0, a : a + n], ref)
+    assert (labels[cu[len(picked)] :] == IGNORE_INDEX).all()
+    assert torch.equal(batch["loss_mask"][0], (labels != IGNORE_INDEX).float())
+    assert batch["sample_ids"] == [s.id for s in picked]
+    assert batch["pixel_values"].shape[0] == sum(s.pixel_values.shape[0] for s in picked)
+    assert packing_efficiency(batch) == sum(len(s) for s in picked) / max_length
+
+
+def test_block_diagonal_attention_equals_each_sample_alone(qwen_tokenizer_dir):
+    """Causal attention masked by cu_seqlens gives each sample the output it has alone."""
+    samples = _samples(qwen_tokenizer_dir, 3, seed=1)
+    max_length = sum(len(s) for s in samples) + 5
+    batch = pack(samples, max_length)
+    torch.manual_seed(0)
+    emb = torch.randn(160000, 8)
+    cu = batch["cu_seqlens"].tolist()
+    seg = torch.zeros(max_length, dtype=torch.long)
+    for k, (a, b) in enumerate(zip(cu, cu[1:])):
+        seg[a:b] = k
+    x = emb[batch["tokens"][0]]
+    mask = (seg[:, None] == seg[None, :]) & torch.ones(max_length, max_length, dtype=torch.bool).tril()
+    packed_out = torch.softmax((x @ x.T).masked_fill(~mask, float("-inf")), -1) @ x
+    for k, s in enumerate(samples):
+        xs = emb[s.input_ids]
+        causal = torch.ones(len(s), len(s), dtype=torch.bool).tril()
+        alone = torch.softmax((xs @ xs.T).masked_fill(~causal, float("-inf")), -1) @ xs
+        torch.testing.assert_close(packed_out[cu[k] : cu[k] + len(s)], alone)
+
+
+def test_overfull_pack_is_refused(qwen_tokenizer_dir):
+    samples = _samples(qwen_tokenizer_dir, 2)
+    with pytest.raises(ValueError, match="more than"):
+        pack(samples, len(samples[0]) + len(samples[1]) - 1)

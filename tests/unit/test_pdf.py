@@ -1,0 +1,149 @@
+"""megatron_vlm.data.pdf against pymupdf read independently and against the known content of the
+generated sample PDFs: page counts, text, blocks, tables, token counts, bad inputs, OCR."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from dataclasses import replace
+
+import pymupdf
+import pytest
+
+from megatron_vlm.data.pdf import PdfError, PdfSettings, process_pdf, reading_order
+from megatron_vlm.data.sample_pdfs import make_bad_inputs, make_corpus
+
+NO_OCR = PdfSettings(ocr=False)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pdfs")
+    specs = make_corpus(out, n_docs=2, pages=(4, 5), seed=3)
+    return [(spec, process_pdf(spec.path.read_bytes(), NO_OCR)) for spec in specs]
+
+
+def _words(text: str) -> Counter:
+    return Counter(w for w in text.split() if w != "|")
+
+
+def test_page_count_and_text_agree_with_pymupdf(corpus):
+    for spec, (pages, images) in corpus:
+        ref = pymupdf.open(spec.path)
+        assert len(pages) == len(images) == ref.page_count == len(spec.pages)
+        for page, ref_page, page_spec in zip(pages, ref, spec.pages):
+            assert page["index"] == ref_page.number
+            assert _words(page["text"]) == _words(ref_page.get_text("text")), f"{spec.path.name} page {page['index']}"
+            if page_spec.kind == "text":
+                assert _words(page["text"]) == Counter(page_spec.words())
+                for prefix, value in page_spec.facts:
+                    assert f"{prefix} {value}" in " ".join(page["text"].split())
+
+
+def test_blocks_match_the_known_layout(corpus):
+    for spec, (pages, _) in corpus:
+        for page, page_spec in zip(pages, spec.pages):
+            if page_spec.kind != "text":
+                continue
+            kinds = [b["kind"] for b in page["blocks"]]
+            assert [b["order"] for b in page["blocks"]] == list(range(len(kinds)))
+            assert [b["text"] for b in page["blocks"] if b["kind"] == "heading"] == page_spec.headings
+            lists = [b["text"].split("\n") for b in page["blocks"] if b["kind"] == "list"]
+            assert lists == [page_spec.list_items]
+            tables = [b for b in page["blocks"] if b["kind"] == "table"]
+            if page_spec.table is None:
+                assert not tables and "caption" not in kinds
+            else:
+                assert len(tables) == 1
+                assert tables[0]["cells"] == [page_spec.table.header, *page_spec.table.rows]
+                captions = [b for b in page["blocks"] if b["kind"] == "caption"]
+                assert [c["text"] for c in captions] == [page_spec.table.caption]
+                assert kinds.index("caption") + 1 == kinds.index("table")  # caption read just before its table
+            for b in page["blocks"]:
+                x0, y0, x1, y1 = b["bbox"]
+                assert 0 <= x0 < x1 <= page["width_pt"] and 0 <= y0 < y1 <= page["height_pt"]
+
+
+def test_token_counts_by_hand(corpus):
+    # US-Letter 612x792 pt at 144 DPI = 1224x1584 px -> 1232x1596 (multiples of 28) -> 44x57 = 2508 tokens.
+    # A4 595x842 pt -> 1190x1684 px -> round(42.5)=42, round(60.1)=60 -> 1176x1680 -> 42x60 = 2520 tokens.
+    hand = {(612.0, 792.0): (1584, 1224, [1, 114, 88], 2508), (595.0, 842.0): (1684, 1190, [1, 120, 84], 2520)}
+    seen = set()
+    for _, (pages, _) in corpus:
+        for page in pages:
+            h, w, grid, tokens = hand[(page["width_pt"], page["height_pt"])]
+            seen.add((page["width_pt"], page["height_pt"]))
+            assert (page["height_px"], page["width_px"], page["grid_thw"], page["tokens"]) == (h, w, grid, tokens)
+    assert len(seen) == 2
+    # Above max_pixels (28*28*1000): beta = sqrt(1224*1584/784000) = 1.5726,
+    # h = floor(1584/1.5726/28)*28 = 35*28, w = floor(1224/1.5726/28)*28 = 27*28 -> 945 tokens.
+    spec = next(s for s, _ in corpus if s.width_pt == 612.0)
+    pages, _ = process_pdf(spec.path.read_bytes(), replace(NO_OCR, max_pixels=28 * 28 * 1000))
+    assert pages[0]["tokens"] == 35 * 27 and pages[0]["grid_thw"] == [1, 70, 54]
+
+
+def test_images_are_the_pages_at_dpi(corpus):
+    from io import BytesIO
+
+    from PIL import Image
+
+    spec, (pages, images) = corpus[1]
+    ref = pymupdf.open(spec.path)
+    for page, image, ref_page in zip(pages, images, ref):
+        pix = ref_page.get_pixmap(dpi=144)
+        with Image.open(BytesIO(image)) as im:
+            assert im.format == "PNG" and im.size == (pix.width, pix.height) == (page["width_px"], page["height_px"])
+            assert im.tobytes() == pix.samples  # lossless: the very pixels pymupdf renders
+
+
+def test_every_bad_input_raises_with_its_reason(tmp_path):
+    expected = make_bad_inputs(tmp_path)
+    assert {"corrupt.pdf", "truncated.pdf", "encrypted.pdf", "zero-page.pdf", "giant-page.pdf", "not-a-pdf.pdf"} <= set(expected)
+    for name, word in expected.items():
+        with pytest.raises(PdfError, match=word):
+            process_pdf((tmp_path / name).read_bytes(), NO_OCR)
+
+
+def test_scanned_page_is_detected_and_marked(corpus):
+    spec, (pages, _) = corpus[0]
+    assert spec.pages[2].kind == "scan"
+    scan = pages[2]
+    assert scan["has_text_layer"] is False and scan["ocr"] == "missing" and scan["text"] == "" and scan["blocks"] == []
+    assert all(p["has_text_layer"] and p["ocr"] == "none" for i, p in enumerate(pages) if i != 2)
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed (apt-get install tesseract-ocr)")
+def test_scanned_page_is_ocred_with_tesseract(corpus):
+    spec, _ = corpus[0]
+    pages, _ = process_pdf(spec.path.read_bytes(), PdfSettings(ocr=True))
+    scan, truth = pages[2], spec.pages[2]
+    assert scan["ocr"] == "tesseract" and scan["has_text_layer"] is False
+    found = _words(scan["text"])
+    expected = Counter(truth.words())
+    recall = sum((found & expected).values()) / sum(expected.values())
+    assert recall > 0.9, recall
+    assert scan["blocks"][0]["kind"] == "heading" and scan["blocks"][0]["text"] == truth.headings[0]
+    assert all(value in scan["text"] for _, value in truth.facts)
+
+
+def test_reading_order_two_columns(tmp_path):
+    doc = pymupdf.open()
+    page = doc.new_page(width=612, height=792)
+    page.insert_text((72, 72), "Full width title over both columns of this page", fontsize=18, fontname="hebo")
+    for x, name in ((72, "left"), (330, "right")):
+        for k, y in enumerate((150, 400)):
+            page.insert_textbox(pymupdf.Rect(x, y, x + 220, y + 100), f"{name} column block {k} " + "word " * 30, fontsize=10)
+    page.insert_text((72, 700), "Full width footer sentence that spans both columns of the page.", fontsize=10)
+    pages, _ = process_pdf(doc.tobytes(), NO_OCR)
+    firsts = [" ".join(b["text"].split()[:4]) for b in pages[0]["blocks"]]
+    assert firsts == [
+        "Full width title over",
+        "left column block 0",
+        "left column block 1",
+        "right column block 0",
+        "right column block 1",
+        "Full width footer sentence",
+    ]
+    # the ordering function alone: a full-width block splits the bands
+    blocks = [{"bbox": [300, 10, 500, 20]}, {"bbox": [10, 50, 500, 60]}, {"bbox": [10, 10, 200, 20]}]
+    assert [b["bbox"][1] for b in reading_order(blocks, 600)] == [10, 10, 50]
