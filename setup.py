@@ -1,6 +1,6 @@
 """megatron-vlm: long-context vision-language training on Megatron-Core.
 
-Install for CPU development and CI:  pip install torch==2.13.0 && pip install -e ".[dev]"
+Install for CPU development and CI: bash tools/setup_env.sh (torch 2.14.1 + torchvision 0.29.1, then -e ".[dev]")
 On GPU clusters use the NGC PyTorch container (it carries Transformer Engine, apex, flash-attn
 and DALI); see Dockerfile. The `gpu` extra names those packages for other environments.
 """
@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.6,<=2.14.1",
+        "torchvision",
         "megatron-core>=0.16.1,<0.17; python_version<'3.12'",
         "megatron-core>=0.16.1; python_version>='3.12'",
         "transformers>=4.57,<6",

@@ -15,10 +15,15 @@ end of a sub-sequence's padded range, so the same batch also feeds
 
 Keeping the micro-batch length fixed (T/CP per rank): the loader's padding tail is its own last
 sub-sequence and carries no loss and no image tokens. When that is so, the tail is shortened
-by the padding the other sub-sequences needed, so the padded total stays T (T must be a
+by the padding the other sub-sequences needed, so the padded total stays T (rounded up to a
 multiple of 2*CP); nothing else changes, because attention never crosses a sub-sequence. When
 the last sub-sequence is a real sample (a full pack), the padded total is the sum of the P_i
-rounded up, and may exceed T by at most (n-1)*(2*CP-1) tokens.
+(rounded up), up to 2*CP-1 tokens per sub-sequence more than T: shapes then vary between
+micro-batches, which pipeline parallelism does not allow unless the loader leaves that room.
+
+The model (local attention) takes ``packed_seq_params(cu_seqlens_padded)``: one boundary tensor
+in which pad slots count as the last tokens of their sub-sequence; no real token attends to
+them, so real outputs and gradients are unchanged.
 
 Main entry: ``split_batch_for_cp(batch, cp_size, cp_rank)`` on the loader's micro-batch
 (docs/formats.md section 4). ``cp_partition`` is the index math behind it; ``unsplit`` puts
@@ -27,6 +32,7 @@ per-rank tensors back into the original token order.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -89,12 +95,17 @@ def local_global_positions(cu_seqlens_padded: torch.Tensor, cp_size: int) -> tor
     return torch.stack(rows)
 
 
-def cp_partition(cu_seqlens: torch.Tensor, cp_size: int, trim_last: bool = False) -> CPPartition:
+def cp_partition(
+    cu_seqlens: torch.Tensor, cp_size: int, trim_last: bool = False, local_multiple: int = 1
+) -> CPPartition:
     """Split plan for a packed sequence with boundaries ``cu_seqlens`` ([n+1], ending at T).
 
     ``trim_last``: the last sub-sequence is padding that may be shortened so the padded total
-    stays max(T, ...) = T rounded up to 2*CP (see the module docstring). Without it every
-    sub-sequence keeps all its tokens.
+    stays T (rounded up to a whole number of units, see below; module docstring). Without it
+    every sub-sequence keeps all its tokens.
+    ``local_multiple``: each rank's length T_pad/CP is made a multiple of it (the TP size when
+    sequence parallelism splits the rank's tokens further); the extra slots pad the last
+    sub-sequence.
     """
     if cp_size < 1:
         raise ValueError(f"cp_size must be >= 1, got {cp_size}")
@@ -105,14 +116,15 @@ def cp_partition(cu_seqlens: torch.Tensor, cp_size: int, trim_last: bool = False
     unit = 2 * cp_size
     lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
     padded = [-(-n // unit) * unit for n in lengths]
-    target = -(-total // unit) * unit
+    whole = math.lcm(unit, cp_size * local_multiple)  # T_pad is a multiple of this
+    target = -(-total // whole) * whole
     if trim_last and sum(padded[:-1]) <= target:
         padded[-1] = target - sum(padded[:-1])
         lengths[-1] = min(lengths[-1], padded[-1])
         if padded[-1] == 0:
             lengths, padded = lengths[:-1], padded[:-1]
-    elif sum(padded) < target:
-        padded[-1] += target - sum(padded)
+    else:
+        padded[-1] += max(target, -(-sum(padded) // whole) * whole) - sum(padded)
 
     actual_starts = bounds[:-1][: len(lengths)]
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
@@ -142,6 +154,7 @@ def split_batch_for_cp(
     pad_token_id: int = 0,
     image_token_id: int = IMAGE_TOKEN_ID,
     video_token_id: int = VIDEO_TOKEN_ID,
+    local_multiple: int = 1,
 ) -> dict:
     """Rank ``cp_rank``'s share of a loader micro-batch (docs/formats.md section 4).
 
@@ -158,7 +171,8 @@ def split_batch_for_cp(
     - ``cp_partition``: the :class:`CPPartition`, for :func:`unsplit`.
 
     ``pixel_values``, ``image_grid_thw`` and other keys pass through whole: the vision work is
-    shared out by :mod:`megatron_vlm.parallel.cp_vision`.
+    shared out by :mod:`megatron_vlm.parallel.cp_vision`. ``local_multiple``: see
+    :func:`cp_partition` (pass the TP size with sequence parallelism).
     """
     tokens = batch["tokens"]
     if tokens.shape[0] != 1:
@@ -170,7 +184,7 @@ def split_batch_for_cp(
         (batch["loss_mask"][0, last_start:] == 0).all()
         and not ((tail_tokens == image_token_id) | (tail_tokens == video_token_id)).any()
     )
-    part = cp_partition(cu_seqlens, cp_size, trim_last=tail_is_padding)
+    part = cp_partition(cu_seqlens, cp_size, trim_last=tail_is_padding, local_multiple=local_multiple)
     index = part.source_index[cp_rank]
 
     out = dict(batch)

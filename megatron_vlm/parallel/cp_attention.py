@@ -40,6 +40,7 @@ def cp_attention_thd(
     softmax_scale: float | None = None,
     causal: bool = True,
     attend: Callable | None = None,
+    rows_per_call: int = 4096,
 ) -> torch.Tensor:
     """Attention of this rank's queries over the whole packed sequence.
 
@@ -58,7 +59,8 @@ def cp_attention_thd(
     softmax scale). Each local query chunk then runs as one sub-sequence over its key prefix,
     its queries preceded by zero rows so the kernel sees a square causal problem: exact, one
     kernel call, but about (CP+1)/2 times the rank's share of attention FLOPs. Without it a
-    masked SDPA computes only the share, with ``softmax_scale`` (default 1/sqrt(D)).
+    masked SDPA computes only the share, with ``softmax_scale`` (default 1/sqrt(D)),
+    ``rows_per_call`` queries per call.
     """
     cp, rank = group_size(group), group_rank(group)
     if cu_seqlens_padded is None:
@@ -66,7 +68,10 @@ def cp_attention_thd(
     cu_pad = [int(x) for x in cu_seqlens_padded.tolist()]
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     if cu_pad[-1] != cp * q.shape[0]:
-        raise ValueError(f"cu_seqlens_padded ends at {cu_pad[-1]}, expected cp*T_loc = {cp * q.shape[0]}")
+        raise ValueError(
+            f"padded boundaries end at {cu_pad[-1]}, expected CP*T_loc = {cp}*{q.shape[0]}: under context "
+            "parallelism pass the split's global cu_seqlens_padded (split_batch_for_cp)"
+        )
     heads_q, heads_kv = q.shape[1], k.shape[1]
     if heads_q % heads_kv:
         raise ValueError(f"{heads_q} query heads are not a multiple of {heads_kv} key/value heads")
@@ -85,7 +90,7 @@ def cp_attention_thd(
             blocks.append((start // cp + half * chunk, n_real, chunk - n_real, start, n_keys, c * chunk))
     if attend is None:
         scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-        outs = [_masked_block(q, k_global, v_global, b, causal, scale) for b in blocks if b[1]]
+        outs = [_masked_block(q, k_global, v_global, b, causal, scale, rows_per_call) for b in blocks if b[1]]
     else:
         outs = _kernel_blocks(q, k_global, v_global, [b for b in blocks if b[1]], causal, attend)
     pieces, it = [], iter(outs)
@@ -97,14 +102,21 @@ def cp_attention_thd(
     return torch.cat(pieces)
 
 
-def _masked_block(q, k_global, v_global, block, causal, scale):
+def _masked_block(q, k_global, v_global, block, causal, scale, rows_per_call: int = 4096):
+    """One block's real queries over their keys, ``rows_per_call`` queries at a time so the
+    mask and logits stay bounded for long chunks; each call sees only the keys it needs."""
     row, n_real, _, key_start, n_keys, q_offset = block
-    keys = slice(key_start, key_start + n_keys)
-    mask = None
-    if causal:
-        q_off = torch.arange(q_offset, q_offset + n_real, device=q.device)
-        mask = torch.arange(n_keys, device=q.device)[None, :] <= q_off[:, None]
-    return _attend(q[row : row + n_real], k_global[keys], v_global[keys], mask, scale)
+    outs = []
+    for first in range(0, n_real, rows_per_call):
+        n = min(rows_per_call, n_real - first)
+        mask, keys = None, n_keys
+        if causal:
+            q_off = torch.arange(q_offset + first, q_offset + first + n, device=q.device)
+            keys = q_offset + first + n
+            mask = torch.arange(keys, device=q.device)[None, :] <= q_off[:, None]
+        kv = slice(key_start, key_start + keys)
+        outs.append(_attend(q[row + first : row + first + n], k_global[kv], v_global[kv], mask, scale))
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
 def _kernel_blocks(q, k_global, v_global, blocks, causal, attend):

@@ -18,14 +18,17 @@ _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.re
 
 
 def group_size(group) -> int:
+    """World size of ``group`` (1 without torch.distributed)."""
     return dist.get_world_size(group) if dist.is_initialized() else 1
 
 
 def group_rank(group) -> int:
+    """This process's rank in ``group`` (0 without torch.distributed)."""
     return dist.get_rank(group) if dist.is_initialized() else 0
 
 
-def _gather_rows(x: torch.Tensor, group) -> torch.Tensor:
+def gather_rows(x: torch.Tensor, group) -> torch.Tensor:
+    """Plain (no autograd) all-gather along dim 0, in rank order."""
     world = group_size(group)
     out = torch.empty((world * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
     _all_gather_single(out, x.contiguous(), group=group)
@@ -43,7 +46,7 @@ class _AllGatherCP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
-        return _gather_rows(x, group)
+        return gather_rows(x, group)
 
     @staticmethod
     def backward(ctx, grad):
@@ -64,7 +67,7 @@ class _AllGatherVarlen(torch.autograd.Function):
         longest = max(max(sizes), 1)  # a zero-row collective is not portable
         padded = x.new_zeros((longest, *x.shape[1:]))
         padded[: x.shape[0]] = x
-        gathered = _gather_rows(padded, group).view(len(sizes), longest, *x.shape[1:])
+        gathered = gather_rows(padded, group).view(len(sizes), longest, *x.shape[1:])
         return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
 
     @staticmethod

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from megatron_vlm.parallel.cp_comm import all_gather_varlen, group_rank, group_size
+from megatron_vlm.parallel.cp_comm import all_gather_varlen, gather_rows, group_rank, group_size
 
 
 def assign_images_to_ranks(patch_counts: Sequence[int], cp_size: int) -> list[int]:
@@ -96,3 +96,59 @@ def place_embeddings(
     if slots.numel() != rows.numel():
         raise ValueError(f"{slots.numel()} local slots of token {token_id} but {rows.numel()} embedding rows")
     return embeds.index_put((slots,), full.index_select(0, rows.to(full.device)).to(embeds.dtype))
+
+
+def local_token_rows(local_tokens: torch.Tensor, token_id: int, cu_seqlens_padded: torch.Tensor, group=None):
+    """For this rank's ``token_id`` slots (local order), their rows in the token-ordered
+    embedding matrix of the whole sequence, found from inside the model: each rank counts the
+    tokens in its two chunks of every sub-sequence, the counts are all-gathered over the CP
+    group, and a prefix sum in global chunk order gives where each chunk's rows start.
+
+    ``local_tokens`` [T_loc]; ``cu_seqlens_padded`` [n+1] GLOBAL padded boundaries. Equals the
+    ``image_token_rows`` of :func:`split_batch_for_cp`, without needing the full batch.
+    """
+    cp, rank = group_size(group), group_rank(group)
+    bounds = (cu_seqlens_padded.long() // cp).tolist()
+    is_tok = local_tokens == token_id
+    halves = []  # (start, length) of each local half-chunk, in local order
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        halves += [(a, (b - a) // 2), (a + (b - a) // 2, (b - a) // 2)]
+    counts = torch.tensor([int(is_tok[a : a + n].sum()) for a, n in halves], dtype=torch.long)
+    if cp > 1:
+        everyone = gather_rows(counts.to(local_tokens.device), group).cpu().view(cp, -1, 2)  # [rank, seq, half]
+    else:
+        everyone = counts.view(1, -1, 2)
+    # global chunk c of a sub-sequence lives on rank c (first half) or 2cp-1-c (second half)
+    owner = [(c, 0) if c < cp else (2 * cp - 1 - c, 1) for c in range(2 * cp)]
+    in_order = torch.stack([everyone[r, :, h] for r, h in owner], dim=1).reshape(-1)  # [n * 2cp]
+    starts = (in_order.cumsum(0) - in_order).view(-1, 2 * cp)  # [sub-sequence, chunk]
+    rows = []
+    for i in range(len(bounds) - 1):
+        for h, c in enumerate((rank, 2 * cp - 1 - rank)):
+            n = int(everyone[rank, i, h])
+            rows.append(torch.arange(int(starts[i, c]), int(starts[i, c]) + n))
+    return torch.cat(rows).to(local_tokens.device) if rows else torch.zeros(0, dtype=torch.long)
+
+
+def place_vision_cp(
+    embeds: torch.Tensor,
+    local_tokens: torch.Tensor,
+    token_id: int,
+    encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    pixel_values: torch.Tensor,
+    grid_thw: torch.Tensor,
+    cu_seqlens_padded: torch.Tensor,
+    group=None,
+    spatial_merge_size: int = 2,
+) -> torch.Tensor:
+    """The model's vision step under CP, in one call: encode this rank's share of the images
+    (:func:`encode_images_cp`), exchange, and place the rows this rank's ``token_id`` slots
+    need. ``embeds`` [T_loc, H] and ``local_tokens`` [T_loc] are this rank's; the rest is the
+    whole micro-batch's. Every vision parameter gets a gradient on every rank (zero where the
+    rank encoded nothing)."""
+    params = list(encode.parameters()) if isinstance(encode, torch.nn.Module) else None
+    full = encode_images_cp(
+        encode, pixel_values, grid_thw, embeds.shape[-1], embeds.dtype, group, spatial_merge_size, params
+    )
+    rows = local_token_rows(local_tokens, token_id, cu_seqlens_padded, group)
+    return place_embeddings(embeds, local_tokens, token_id, full, rows)

@@ -52,14 +52,15 @@ def square_kernel(q, k, v, cu_seqlens, causal):
 
 
 MODES = [("float32", 1e-5, "masked"), ("bfloat16", 3e-2, "masked"), ("float32", 1e-5, "kernel"),
-         ("float32", 1e-5, "padded_only")]  # fmt: skip
+         ("float32", 1e-5, "padded_only"), ("float32", 1e-5, "masked_2_rows")]  # fmt: skip
+MODES_3 = [("float32", 1e-5, "masked"), ("float32", 1e-5, "kernel")]
 
 
-def _rank_fn():
+def _rank_fn(modes):
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
-    return {(d, m): _run_cases(d, m) for d, _, m in MODES}
+    return {(d, m): _run_cases(d, m) for d, _, m in modes}
 
 
 def _run_cases(dtype_name: str, mode: str):
@@ -88,7 +89,8 @@ def _run_cases(dtype_name: str, mode: str):
             out = cp_attention_thd(q, k, v, part.cu_seqlens_padded)
         else:
             attend = square_kernel if mode == "kernel" else None
-            out = cp_attention_thd(q, k, v, part.cu_seqlens, part.cu_seqlens_padded, attend=attend)
+            rows = 2 if mode == "masked_2_rows" else 4096  # queries per SDPA call
+            out = cp_attention_thd(q, k, v, part.cu_seqlens, part.cu_seqlens_padded, attend=attend, rows_per_call=rows)
         out.backward(dout)
         # numpy: tensors would travel by shared-memory handles that die with the rank
         results.append([t.detach().double().numpy() for t in (out, q.grad, k.grad, v.grad)])
@@ -97,15 +99,27 @@ def _run_cases(dtype_name: str, mode: str):
 
 @pytest.fixture(scope="module")
 def two_rank_results():
-    return run_distributed(_rank_fn, 2, timeout_s=180)
+    return run_distributed(_rank_fn, 2, MODES, timeout_s=180)
 
 
 @pytest.mark.parametrize("dtype_name,tol,mode", MODES)
 def test_cp_attention_matches_single_rank(two_rank_results, dtype_name, tol, mode):
-    per_rank = [r[(dtype_name, mode)] for r in two_rank_results]
+    _check([r[(dtype_name, mode)] for r in two_rank_results], tol, mode)
+
+
+@pytest.mark.slow
+def test_cp3_attention_matches_single_rank():
+    """Three ranks: every rank's chunk pair (0|5, 1|4, 2|3) differs from the CP=2 ones."""
+    per_rank = run_distributed(_rank_fn, 3, MODES_3, timeout_s=180)
+    for dtype_name, tol, mode in MODES_3:
+        _check([r[(dtype_name, mode)] for r in per_rank], tol, mode)
+
+
+def _check(per_rank, tol, mode):
+    cp = len(per_rank)
     for case_i, (bounds, trim) in enumerate(CASES):
         cu = torch.tensor(bounds, dtype=torch.int32)
-        part = cp_partition(cu, 2, trim_last=trim)
+        part = cp_partition(cu, cp, trim_last=trim)
         kept = int(part.cu_seqlens[-1])
         q, k, v, dout = _inputs(bounds[-1], case_i)
         for t in (q, k, v):
@@ -115,11 +129,11 @@ def test_cp_attention_matches_single_rank(two_rank_results, dtype_name, tol, mod
         ref.backward(dout[:kept])
         expected = [ref.detach(), q.grad[:kept], k.grad[:kept], v.grad[:kept]]
         for j, name in enumerate(("out", "dq", "dk", "dv")):
-            per = [torch.from_numpy(per_rank[r][case_i][j]) for r in range(2)]
+            per = [torch.from_numpy(per_rank[r][case_i][j]) for r in range(cp)]
             got = unsplit(per, part)[:kept]
             torch.testing.assert_close(got, expected[j], atol=tol, rtol=tol, msg=f"case {bounds}: {name}")
             # pad slots produce nothing and receive nothing
-            for r in range(2):
+            for r in range(cp):
                 pad = part.source_index[r] < 0
                 if mode == "padded_only" and name == "out":
                     continue

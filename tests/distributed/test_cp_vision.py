@@ -74,6 +74,9 @@ def _local_loss(encoder, embedding, shard, group=None):
 def _rank_fn():
     import torch.distributed as dist
 
+    from megatron_vlm.parallel.context_parallel import gather_from_cp
+    from megatron_vlm.parallel.cp_vision import local_token_rows
+
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     out = []
@@ -85,7 +88,10 @@ def _rank_fn():
         hidden, loss = _local_loss(encoder, embedding, shard)
         loss.backward()
         grads = {n: p.grad.numpy() for n, p in [*encoder.named_parameters(), ("emb", embedding.weight)]}
-        out.append((hidden.detach().numpy(), grads, encoder.seen_patch_rows, shard["cp_source_index"].numpy()))
+        rows = local_token_rows(shard["tokens"][0], IMG, shard["cu_seqlens_padded"])  # the in-model way
+        gathered = gather_from_cp(hidden.detach(), shard["cp_partition"])  # every rank: full order
+        out.append((hidden.detach().numpy(), grads, encoder.seen_patch_rows, shard["cp_source_index"].numpy(),
+                    rows.numpy(), shard["image_token_rows"].numpy(), gathered.numpy()))  # fmt: skip
     return out
 
 
@@ -120,9 +126,14 @@ def test_vision_cp_matches_single_rank():
 
         hidden = unsplit([torch.from_numpy(per_rank[r][case][0]) for r in range(2)], part)
         torch.testing.assert_close(hidden[:kept], ref_hidden[:kept], atol=1e-6, rtol=1e-6)
+        for r in range(2):
+            torch.testing.assert_close(torch.from_numpy(per_rank[r][case][6])[:kept], ref_hidden[:kept])
         for name, ref in ref_grads.items():
             total = sum(torch.from_numpy(per_rank[r][case][1][name]) for r in range(2))
             torch.testing.assert_close(total, ref, atol=1e-5, rtol=1e-5, msg=name)
+
+        for r in range(2):  # rows found from inside the model equal the split's
+            assert per_rank[r][case][4].tolist() == per_rank[r][case][5].tolist()
 
         patches = [t * h * w for t, h, w in grids]
         seen = [per_rank[r][case][2] for r in range(2)]

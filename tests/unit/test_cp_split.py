@@ -74,6 +74,16 @@ def test_partition_properties(cp, bounds):
                     assert (real_half.diff() == 1).all()
 
 
+def test_local_length_multiple_for_sequence_parallel():
+    # CP=2 with TP=3 sequence parallelism: T_pad must be a multiple of lcm(4, 6) = 12.
+    part = cp_partition(torch.tensor([0, 5, 8, 16]), 2, trim_last=True, local_multiple=3)
+    assert part.cu_seqlens_padded.tolist() == [0, 8, 12, 24]  # tail padded 8 -> 12, nothing trimmed
+    assert part.cu_seqlens.tolist() == [0, 5, 8, 16]
+    assert part.local_len == 12
+    part = cp_partition(torch.tensor([0, 5, 11]), 2, local_multiple=3)
+    assert part.cu_seqlens_padded.tolist() == [0, 8, 24]  # 8 + 12 = 20 -> 24
+
+
 def test_load_balance_chunks_are_mirrored():
     part = cp_partition(torch.tensor([0, 32]), cp_size=4)
     # 8 chunks of 4: rank r holds chunk r and chunk 7-r

@@ -23,13 +23,14 @@ import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt import GPTModel
 from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_vlm.models.common.attention import packed_seq_params as make_packed_seq_params
 from megatron_vlm.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from megatron_vlm.models.qwen2_5_vl.rope import MRopeEmbedding
-from megatron_vlm.models.qwen2_5_vl.specs import layer_spec
+from megatron_vlm.models.qwen2_5_vl.specs import block_spec
 from megatron_vlm.models.qwen2_5_vl.vision import VisionTransformer
 
 
@@ -109,6 +110,7 @@ class Qwen2_5_VLModel(MegatronModule):
             post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True) if _pp_initialized() else True
         self.cfg = cfg
         self.spec = spec
+        self.model_type = ModelType.encoder_or_decoder  # read by Megatron's pipeline schedules
         self.pre_process, self.post_process = pre_process, post_process
         self.vision = None
         if pre_process:
@@ -117,7 +119,7 @@ class Qwen2_5_VLModel(MegatronModule):
         t = cfg.text
         self.language_model = GPTModel(
             config=text_config,
-            transformer_layer_spec=layer_spec(spec, vision=False, attention_backend=attention_backend),
+            transformer_layer_spec=block_spec(text_config, spec, attention_backend),
             vocab_size=t.vocab_size,
             max_sequence_length=t.max_position_embeddings,
             pre_process=pre_process,
@@ -126,6 +128,7 @@ class Qwen2_5_VLModel(MegatronModule):
             share_embeddings_and_output_weights=t.tie_word_embeddings,
             position_embedding_type="mrope",
             rotary_base=t.rope_theta,
+            scatter_embedding_sequence_parallel=False,  # we place vision embeddings first, then scatter
         )
         # Angles per token from the given ids, never Megatron's per-CP-rank slicing (see rope.py).
         self.language_model.rotary_pos_emb = MRopeEmbedding(t.head_dim, t.rope_theta, t.mrope_section, t.rope_scaling)
@@ -137,14 +140,26 @@ class Qwen2_5_VLModel(MegatronModule):
     def shared_embedding_or_output_weight(self):
         return self.language_model.shared_embedding_or_output_weight()
 
-    def embed(self, input_ids, pixel_values=None, image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None):
-        """Token embeddings [T, B, H] (sequence-first, not yet SP-scattered) with vision embeddings placed."""
+    def embed(
+        self, input_ids, pixel_values=None, image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None,
+        image_token_rows=None, video_token_rows=None,
+    ):
+        """Token embeddings [T, B, H] (sequence-first, not yet SP-scattered) with vision embeddings placed.
+
+        Under context parallelism ``input_ids`` are this rank's tokens, each CP rank encodes a share
+        of the images (megatron_vlm.parallel.cp_vision), and ``*_token_rows`` (from
+        ``split_batch_for_cp``) say which embedding row each local pad token takes.
+        """
         emb = self.language_model.embedding.word_embeddings(input_ids)  # [B, T, H], all-reduced over TP
-        for pixels, grids, token in (
-            (pixel_values, image_grid_thw, self.cfg.image_token_id),
-            (pixel_values_videos, video_grid_thw, self.cfg.video_token_id),
+        cp = self.config.context_parallel_size > 1
+        for pixels, grids, token, rows in (
+            (pixel_values, image_grid_thw, self.cfg.image_token_id, image_token_rows),
+            (pixel_values_videos, video_grid_thw, self.cfg.video_token_id, video_token_rows),
         ):
             if pixels is None:
+                continue
+            if cp:
+                emb = self._place_cp(emb, input_ids, pixels, grids, token, rows)
                 continue
             vis = self.vision(pixels, grids).to(emb.dtype)
             mask = input_ids == token
@@ -152,6 +167,18 @@ class Qwen2_5_VLModel(MegatronModule):
                 raise ValueError(f"{int(mask.sum())} pad tokens (id {token}) but the vision tower made {vis.shape[0]}")
             emb = emb.masked_scatter(mask.unsqueeze(-1), vis)
         return emb.transpose(0, 1).contiguous()
+
+    def _place_cp(self, emb, input_ids, pixels, grids, token, rows):
+        from megatron_vlm.parallel.cp_vision import encode_images_cp, place_embeddings
+
+        if rows is None or emb.shape[0] != 1:
+            raise ValueError("context parallelism needs one packed sequence and its image/video token rows")
+        full = encode_images_cp(
+            self.vision, pixels, grids, self.cfg.vision.out_hidden_size, dtype=emb.dtype,
+            group=parallel_state.get_context_parallel_group(),
+            spatial_merge_size=self.cfg.vision.spatial_merge_size, encoder_params=list(self.vision.parameters()),
+        )
+        return place_embeddings(emb[0], input_ids[0], token, full, rows).unsqueeze(0)
 
     def forward(
         self,
@@ -164,15 +191,24 @@ class Qwen2_5_VLModel(MegatronModule):
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
         packed_seq_params: PackedSeqParams | None = None,
+        image_token_rows: torch.Tensor | None = None,
+        video_token_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [B, T, V] (full vocabulary) without ``labels``, else per-token loss [B, T]."""
+        """Logits [B, T, V] (full vocabulary) without ``labels``, else per-token loss [B, T].
+
+        Under context parallelism ``packed_seq_params`` holds the GLOBAL padded boundaries
+        (``cu_seqlens_padded`` of ``split_batch_for_cp``) and the ``*_token_rows`` are required.
+        """
         if position_ids.dim() == 2:
             position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
         if packed_seq_params is not None and packed_seq_params.qkv_format != "sbhd":
             packed_seq_params = make_packed_seq_params(packed_seq_params.cu_seqlens_q)
         decoder_input = None
         if self.pre_process:
-            decoder_input = self.embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+            decoder_input = self.embed(
+                input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
+                image_token_rows, video_token_rows,
+            )
             if self.config.sequence_parallel:
                 decoder_input = tensor_parallel.scatter_to_sequence_parallel_region(decoder_input)
         out = self.language_model(
@@ -185,6 +221,22 @@ class Qwen2_5_VLModel(MegatronModule):
             runtime_gather_output=labels is None,
         )
         return out
+
+
+def forward_batch(model: Qwen2_5_VLModel, batch: dict, with_loss: bool = True) -> torch.Tensor:
+    """Run the model on a loader micro-batch (docs/formats.md section 4), CP-split or not.
+
+    Returns the per-token loss [1, T] (``with_loss``) or the logits [1, T, V].
+    """
+    cu = batch.get("cu_seqlens_padded", batch["cu_seqlens"])  # CP: global padded boundaries
+    return model(
+        batch["tokens"], batch["position_ids"],
+        labels=batch["labels"].clamp(min=0) if with_loss else None,  # -100 targets carry loss_mask 0
+        pixel_values=batch.get("pixel_values"), image_grid_thw=batch.get("image_grid_thw"),
+        pixel_values_videos=batch.get("pixel_values_videos"), video_grid_thw=batch.get("video_grid_thw"),
+        packed_seq_params=make_packed_seq_params(cu),
+        image_token_rows=batch.get("image_token_rows"), video_token_rows=batch.get("video_token_rows"),
+    )
 
 
 def _pp_initialized() -> bool:

@@ -28,15 +28,32 @@ SPECS = ("local", "te")
 
 
 def local_norm():
-    """The RMSNorm of the local spec (sequence-parallel capable when the shared one is present)."""
-    try:
-        from megatron_vlm.models.common.rmsnorm import RMSNorm
+    """The RMSNorm of the local spec (HF's arithmetic; works under sequence parallelism)."""
+    from megatron_vlm.models.common.rmsnorm import RMSNorm
 
-        return RMSNorm
-    except ImportError:  # until models/common/rmsnorm.py lands: Megatron's torch wrapper (no SP)
-        from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    return RMSNorm
 
-        return WrappedTorchNorm
+
+def final_norm(kind: str = "local"):
+    """The norm after the last LLM layer (TENorm for ``te``)."""
+    if kind == "te":
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        return TENorm
+    return local_norm()
+
+
+def block_spec(config, kind: str = "local", attention_backend: str = "auto", vp_stage: int | None = None):
+    """The LLM's TransformerBlock spec for this pipeline stage: its layers and the final norm.
+
+    (Given only a layer spec, GPTModel would build Megatron's default final norm, which refuses
+    sequence parallelism on the local spec.)
+    """
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    layer = layer_spec(kind, vision=False, attention_backend=attention_backend)
+    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=final_norm(kind))
 
 
 def layer_spec(kind: str = "local", vision: bool = False, attention_backend: str = "auto") -> ModuleSpec:

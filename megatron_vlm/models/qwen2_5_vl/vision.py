@@ -108,6 +108,23 @@ class VisionTransformer(MegatronModule):
         )
         self.merger = PatchMerger(merger_config, vision.hidden_size, vision.spatial_merge_size, spec)
 
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None) -> dict:
+        """Each ViT layer's own sharded state dict (TP axes, fused-GLU factories), under
+        ``decoder.layers.<i>.``; the plain container modules would otherwise save every tensor as
+        replicated, which is wrong at TP > 1."""
+        from megatron.core import parallel_state
+        from megatron.core.transformer.utils import sharded_state_dict_default
+
+        tp_group = parallel_state.get_tensor_model_parallel_group()  # replicas are told apart by TP rank
+        out = {}
+        for name, child in self.named_children():
+            if name == "decoder":
+                for i, layer in enumerate(self.decoder.layers):
+                    out.update(layer.sharded_state_dict(f"{prefix}decoder.layers.{i}.", sharded_offsets, metadata))
+            else:
+                out.update(sharded_state_dict_default(child, f"{prefix}{name}.", sharded_offsets, metadata, tp_group))
+        return out
+
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Embeddings [P / merge^2, out_hidden] for patches [P, patch_dim] of the images in ``grid_thw``."""
         v = self.vision

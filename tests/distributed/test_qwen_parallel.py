@@ -1,0 +1,234 @@
+"""Qwen2.5-VL at TP=2 (+SP), PP=2 (first stage with fewer LLM layers), TP2xPP2, CP=2, TP2xCP2 on gloo CPU ranks:
+logits, loss and gathered gradients equal HF's on a packed batch of multi-image samples.
+
+Each rank loads its shard of one HF state dict mapped by the name map (no re-seeding), runs
+Megatron's pipeline schedule forward-only (logits) and forward-backward (loss, grads); the
+parent compares with HF run sample by sample. Tolerance as in tests/unit/test_qwen_model.py,
+plus 1e-5 relative on gradients (sums over ~100 tokens in a different order).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.dist_utils import run_distributed
+
+LLM_LAYERS = 4
+
+
+def _config():
+    from tests.qwen_utils import tiny_config
+
+    return tiny_config(num_hidden_layers=LLM_LAYERS)
+
+
+def _batch():
+    """Three samples (images in two, one image spanning several windows) packed as the loader does:
+    a padding tail as the last sub-sequence, T a multiple of 8, labels -100 off the loss."""
+    from megatron_vlm.models.qwen2_5_vl.position_ids import packed_mrope_position_ids
+    from tests.qwen_utils import IMAGE, VIDEO
+    from tests.unit.test_qwen_model import sample
+
+    samples = [sample([[1, 4, 6], [1, 10, 18]], seed=11), sample([], seed=12, text=7), sample([[1, 6, 4]], seed=13)]
+    ids = torch.cat([s[0] for s in samples])
+    lengths = [len(s[0]) for s in samples]
+    tail = -len(ids) % 8 or 8
+    ids = torch.cat([ids, torch.zeros(tail, dtype=torch.long)])
+    lengths.append(tail)
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    labels = torch.roll(ids, -1)
+    loss_mask = torch.zeros(len(ids))
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()[:3]):
+        loss_mask[start : end - 1] = (ids[start + 1 : end] < 240).float()  # text targets inside each sample
+    labels[loss_mask == 0] = -100
+    grids = torch.cat([s[1] for s in samples if s[1] is not None])
+    pixels = torch.cat([s[2] for s in samples if s[2] is not None])
+    pos = packed_mrope_position_ids(ids, cu, grids, image_token_id=IMAGE, video_token_id=VIDEO)
+    batch = dict(
+        tokens=ids[None], labels=labels[None], loss_mask=loss_mask[None], position_ids=pos[:, None],
+        cu_seqlens=cu, pixel_values=pixels, image_grid_thw=grids,
+    )
+    return samples, batch
+
+
+def _rank_main(layouts: list, full_numpy: dict) -> list[dict]:
+    """Run every layout in turn on these 4 ranks (one spawn: importing Megatron dominates the cost)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    out = []
+    for layout in layouts:
+        out.append(_one_layout(*layout, full_numpy))
+        parallel_state.destroy_model_parallel()
+        dist.barrier()
+    return out
+
+
+def _one_layout(tp: int, pp: int, cp: int, sp: bool, first_stage_layers, full_numpy: dict) -> dict:
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel, forward_batch
+    from megatron_vlm.models.qwen2_5_vl.weights import load_full_state_dict, local_to_full
+    from megatron_vlm.parallel import ParallelLayout, initialize
+    from megatron_vlm.parallel.context_parallel import split_batch_for_cp
+    from tests.qwen_utils import IMAGE, VIDEO
+
+    initialize(ParallelLayout(tp=tp, pp=pp, cp=cp, sequence_parallel=sp))
+    overrides = dict(sequence_parallel=sp, pipeline_dtype=torch.float32)
+    if first_stage_layers is not None:
+        overrides["num_layers_in_first_pipeline_stage"] = first_stage_layers
+    model = Qwen2_5_VLModel(_config(), attention_backend="torch", **overrides)
+    load_full_state_dict(model, {n: torch.from_numpy(a) for n, a in full_numpy.items()})
+    _, batch = _batch()
+    targets = batch["loss_mask"].sum()  # of the whole batch: CP ranks' losses then simply add up
+    source = torch.arange(batch["tokens"].shape[1])
+    if cp > 1:
+        batch = split_batch_for_cp(
+            batch, cp, parallel_state.get_context_parallel_rank(), image_token_id=IMAGE, video_token_id=VIDEO
+        )
+        source = batch["cp_source_index"]
+    mode = {}
+
+    def forward_step(data_iterator, model):
+        out = forward_batch(model, batch, with_loss=not mode["logits"])
+
+        def loss_func(output, non_loss_data=False):
+            if non_loss_data:
+                return output.detach()
+            loss = (output[0] * batch["loss_mask"][0]).sum() / targets
+            return loss, torch.tensor(1), {"loss": loss.detach()}
+
+        return out, loss_func
+
+    run = get_forward_backward_func()
+    common = dict(forward_step_func=forward_step, data_iterator=iter([None]), model=[model], num_microbatches=1,
+                  seq_length=batch["tokens"].shape[1], micro_batch_size=1)
+    mode["logits"] = True
+    with torch.no_grad():
+        logits = run(**common, forward_only=True, collect_non_loss_data=True)
+    mode["logits"] = False
+    losses = run(**common, forward_only=False)
+    # What finalize_model_grads does: sum norm grads over TP under SP, and all grads over CP.
+    for p in model.parameters():
+        if sp and getattr(p, "sequence_parallel", False) and p.grad is not None:
+            torch.distributed.all_reduce(p.grad, group=parallel_state.get_tensor_model_parallel_group())
+        if cp > 1 and p.grad is not None:
+            torch.distributed.all_reduce(p.grad, group=parallel_state.get_context_parallel_group())
+    grads = local_to_full(model, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    last = parallel_state.is_pipeline_last_stage()
+    result = dict(
+        logits=logits[0][0] if last else None,
+        source=source,
+        loss=losses[0]["loss"] if last else None,
+        grads=grads,
+        layers=len(model.language_model.decoder.layers),
+        cp_rank=parallel_state.get_context_parallel_rank(),
+    )
+    # numpy, not tensors: torch shares tensors through file descriptors that die with this process
+    return {
+        k: {n: g.numpy() for n, g in v.items()} if isinstance(v, dict) else v.numpy() if torch.is_tensor(v) else v
+        for k, v in result.items()
+    }
+
+
+def _hf_reference():
+    """HF logits per sample, the masked mean loss over the packed batch, and HF grads in Megatron names."""
+    from megatron_vlm.checkpoint.hf_names import hf_to_mcore
+    from tests.qwen_utils import IMAGE, VIDEO, hf_model
+
+    cfg = _config()
+    hf = hf_model(cfg)
+    samples, b = _batch()
+    labels, mask = b["labels"][0].clamp(min=0), b["loss_mask"][0]
+    logits, total = [], 0.0
+    for (ids, grid, pixels), start in zip(samples, b["cu_seqlens"].tolist()):
+        kwargs = {}
+        if grid is not None:
+            mm = ((ids == IMAGE) * 1 + (ids == VIDEO) * 2).int()[None]
+            kwargs = dict(pixel_values=pixels, image_grid_thw=grid, mm_token_type_ids=mm)
+        out = hf(input_ids=ids[None], **kwargs).logits[0]
+        logits.append(out.detach())
+        end = start + len(ids)
+        ce = torch.nn.functional.cross_entropy(out, labels[start:end], reduction="none")
+        total = total + (ce * mask[start:end]).sum()
+    loss = total / mask.sum()
+    loss.backward()
+    full = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in hf.state_dict(keep_vars=True).items()}
+    grads = hf_to_mcore(full, cfg)
+    weights = {n: t.detach().numpy() for n, t in hf_to_mcore(hf.state_dict(), cfg).items()}
+    return torch.cat(logits), loss.detach(), grads, weights
+
+
+LAYOUTS = {  # tp, pp, cp, sequence parallel, LLM layers on the first stage
+    "tp2": (2, 1, 1, False, None),
+    "tp2-sp": (2, 1, 1, True, None),
+    "pp2-first-stage-1-layer": (1, 2, 1, False, 1),
+    "tp2xpp2-sp": (2, 2, 1, True, None),
+    "cp2": (1, 1, 2, False, None),
+    "tp2-sp-cp2": (2, 1, 2, True, None),
+}
+WORLD = 4
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _hf_reference()
+
+
+@pytest.fixture(scope="module")
+def parallel_results(reference):
+    weights = reference[3]
+    per_rank = run_distributed(_rank_main, WORLD, list(LAYOUTS.values()), weights, timeout_s=900)
+    out = {}
+    for i, name in enumerate(LAYOUTS):
+        out[name] = [_from_numpy(rank[i]) for rank in per_rank]
+    return out
+
+
+def _from_numpy(r: dict) -> dict:
+    return {
+        k: ({n: torch.from_numpy(g) for n, g in v.items()} if isinstance(v, dict) else torch.from_numpy(v) if v is not None and not isinstance(v, int) else v)
+        for k, v in r.items()
+    }
+
+
+def test_an_image_straddles_a_cp_chunk_edge():
+    from megatron_vlm.parallel.context_parallel import cp_partition
+    from tests.qwen_utils import IMAGE
+
+    _, batch = _batch()
+    owner = torch.full((batch["tokens"].shape[1],), -1)
+    for rank, index in enumerate(cp_partition(batch["cu_seqlens"], 2, trim_last=True).source_index):
+        owner[index[index >= 0]] = rank
+    image_owners = owner[batch["tokens"][0] == IMAGE]
+    assert set(image_owners.tolist()) == {0, 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_parallel_layout_equals_hf(reference, parallel_results, layout):
+    logits, loss, grads, _ = reference
+    tp, pp, cp, sp, first = LAYOUTS[layout]
+    results = parallel_results[layout]
+    n = len(logits)
+    last = [r for r in results if r["loss"] is not None]
+    assert len(last) == WORLD // pp  # every TP, CP and DP rank of the last stage
+    for dp_replica in range(len(last) // (tp * cp)):
+        ranks = last[dp_replica * tp * cp : (dp_replica + 1) * tp * cp]
+        full = torch.zeros(max(int(r["source"].max()) + 1 for r in ranks), logits.shape[-1])
+        for r in ranks:
+            keep = r["source"] >= 0
+            full[r["source"][keep]] = r["logits"][keep]
+        torch.testing.assert_close(full[:n], logits, rtol=0, atol=2e-5)
+        by_cp = {r["cp_rank"]: r["loss"] for r in ranks}
+        torch.testing.assert_close(sum(by_cp.values()), loss, rtol=1e-5, atol=1e-6)
+    if first is not None:
+        assert results[0]["layers"] == first and results[-1]["layers"] == LLM_LAYERS - first
+    covered = set()
+    for rank, r in enumerate(results):
+        for name, g in r["grads"].items():
+            torch.testing.assert_close(g, grads[name], rtol=1e-5, atol=1e-6, msg=f"rank {rank}: {name}")
+        covered |= set(r["grads"])
+    assert covered == set(grads)
