@@ -186,17 +186,13 @@ class Qwen25VLProvider:
         return model
 
     def forward(self, model, batch: dict) -> torch.Tensor:
-        from megatron_vlm.models.common.attention import packed_seq_params
+        from megatron_vlm.models.qwen2_5_vl.model import forward_batch
 
-        boundaries = batch.get("cu_seqlens_padded", batch["cu_seqlens"])  # CP: the split's padded layout
-        pixels = batch["pixel_values"] if batch["pixel_values"].numel() else None
-        if pixels is not None:
-            pixels = pixels.to(next(model.parameters()).dtype)
-        return model(
-            batch["tokens"], batch["position_ids"], labels=batch["labels"].clamp(min=0),
-            pixel_values=pixels, image_grid_thw=batch["image_grid_thw"] if pixels is not None else None,
-            packed_seq_params=packed_seq_params(boundaries),
-        )
+        if batch["pixel_values"].numel():
+            batch = dict(batch, pixel_values=batch["pixel_values"].to(next(model.parameters()).dtype))
+        else:  # text-only micro-batch
+            batch = dict(batch, pixel_values=None, image_grid_thw=None)
+        return forward_batch(model, batch)
 
     def load_hf(self, chunks, path: str) -> None:
         """Read the HF safetensors, map names (checkpoint.hf_names) and copy each rank's shard in."""
