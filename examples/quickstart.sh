@@ -19,7 +19,7 @@ mkdir -p "$RUN"
 step() { echo; echo "=== [quickstart] $* ($(date +%T))"; }
 
 step "1/6 sample PDFs -> $RUN/pdfs"
-python -m megatron_vlm.data.sample_pdfs "$RUN/pdfs" --docs 6 --pages 6 10 --seed 0
+python -m megatron_vlm.data.sample_pdfs "$RUN/pdfs" --docs 6 --pages 8 10 --seed 0
 
 step "2/6 pool (36 DPI keeps the debug sequences short) -> $RUN/pool"
 python tools/preprocess_data.py pool --input "$RUN/pdfs" --output "$RUN/pool" --dpi 36 --no-ocr
