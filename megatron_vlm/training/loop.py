@@ -207,6 +207,8 @@ def _train(recipe: Recipe) -> TrainResult:
             save(step)
 
     logger.close()
+    if hasattr(loader, "close"):  # the shard loader's worker processes
+        loader.close()
     return result
 
 
