@@ -417,7 +417,7 @@ def mcore_to_hf(
         cfg = _qwen_config_from_recipe(recipe)
         max_positions = (tree.get("data") or {}).get("max_seq_length")
         if template is None:
-            tok = Path((tree.get("model") or {}).get("tokenizer", ""))
+            tok = Path((tree.get("model") or {}).get("tokenizer", "") or (tree.get("data") or {}).get("tokenizer", ""))
             template_dir = tok if tok.is_dir() else template_dir
     elif template is not None:
         cfg = _qwen_config_from_hf(template, str(template_dir))
