@@ -34,6 +34,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from megatron_vlm.models.qwen2_5_vl.config import FLAVORS as MODEL_FLAVORS
+from megatron_vlm.models.qwen2_5_vl.config import flavor as model_flavor
+
 GB = 1024**3
 
 
@@ -60,27 +63,12 @@ class Shapes:
         return self.hidden_size // self.num_heads
 
 
-# Published Qwen2.5-VL shapes (HF config.json of Qwen/Qwen2.5-VL-*-Instruct); the model package's
-# flavors are used instead when they are importable (see shapes_for).
-_TABLE = {
-    "debug": Shapes(152064, 64, 96, 2, 4, 2, False, 2, 32, 48, 2),
-    "3B": Shapes(151936, 2048, 11008, 36, 16, 2, True, 32, 1280, 3420, 16),
-    "7B": Shapes(152064, 3584, 18944, 28, 28, 4, False, 32, 1280, 3420, 16),
-    "32B": Shapes(152064, 5120, 27648, 64, 40, 8, False, 32, 1280, 3456, 16),
-    "72B": Shapes(152064, 8192, 29568, 80, 64, 8, False, 32, 1280, 3456, 16),
-}
-FLAVORS = tuple(_TABLE)
+FLAVORS = tuple(MODEL_FLAVORS)
 
 
 def shapes_for(flavor: str) -> Shapes:
-    """Shapes of a named flavor: from megatron_vlm.models.qwen2_5_vl.config when present, else the table."""
-    if flavor not in _TABLE:
-        raise ValueError(f"unknown flavor {flavor!r}; choose from {', '.join(FLAVORS)}")
-    try:
-        from megatron_vlm.models.qwen2_5_vl.config import flavor as model_flavor
-    except ImportError:
-        return _TABLE[flavor]
-    cfg = model_flavor(flavor)
+    """Shapes of a named flavor, from the model's own flavor registry (models/qwen2_5_vl/config.py)."""
+    cfg = model_flavor(flavor)  # raises ValueError naming the known flavors
     t, v = cfg.text, cfg.vision
     return Shapes(
         t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads,
