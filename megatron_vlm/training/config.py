@@ -43,8 +43,6 @@ class ModelConfig:
     """Activation recompute: `none`, `selective` (core attention) or `full` (whole layers)."""
     first_stage_layers: int | None = None
     """LLM layers on the first pipeline stage (it also holds the ViT); None splits evenly."""
-    tokenizer: str = "../shared/reference/qwen2_5_vl_tokenizer"
-    """HF tokenizer directory (relative paths from the working directory, normally the repo root)."""
 
 
 @dataclass
