@@ -169,3 +169,19 @@ def test_image_of_the_wrong_size_is_skipped(shards, qwen_tokenizer_dir, tmp_path
     got = [sid for batch in loader for sid in batch["sample_ids"] if sid != "padding"]
     assert dict(loader.skipped) == {"image-size-mismatch": 1}
     assert len(got) == index["totals"]["samples"] - 1
+
+
+def test_pad_multiple_for_context_parallel(shards, qwen_tokenizer_dir):
+    """pad_multiple = 2*CP: every sub-sequence splits into equal CP chunks; the samples are unchanged."""
+    shard_dir, index = shards
+    built = _all_records(shard_dir, index)
+    loader = PackedLoader(shard_dir, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, pad_multiple=8, epochs=1)
+    n = 0
+    for batch in loader:
+        cu = batch["cu_seqlens"].tolist()
+        assert all((b - a) % 8 == 0 for a, b in zip(cu, cu[1:]))
+        for k, sid in enumerate(batch["sample_ids"]):
+            if sid != "padding":
+                assert batch["sample_num_tokens"][k] == built[sid]["num_tokens"] <= cu[k + 1] - cu[k] < built[sid]["num_tokens"] + 8
+                n += 1
+    assert n == len(built)
