@@ -204,6 +204,8 @@ class Qwen2_5_VLModel(MegatronModule):
         Under context parallelism ``packed_seq_params`` holds the GLOBAL padded boundaries
         (``cu_seqlens_padded`` of ``split_batch_for_cp``); its ``*_token_rows`` save an all-gather.
         """
+        if attention_mask is not None:
+            raise ValueError("attention_mask is not used: causal within each packed sub-sequence (packed_seq_params)")
         if position_ids.dim() == 2:
             position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
         if packed_seq_params is not None and packed_seq_params.qkv_format != "sbhd":
