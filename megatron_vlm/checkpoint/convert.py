@@ -382,7 +382,8 @@ def _export_config(cfg, template: dict | None, max_positions: int | None, dtype)
     config.update(to_hf_config(cfg))
     if max_positions is not None:
         config["max_position_embeddings"] = max(int(config.get("max_position_embeddings", 0)), int(max_positions))
-    config["torch_dtype"] = str(dtype).replace("torch.", "")
+    # transformers 5 reads "dtype", older versions "torch_dtype": write both, so no stale one wins.
+    config["dtype"] = config["torch_dtype"] = str(dtype).replace("torch.", "")
     return config
 
 
@@ -416,7 +417,7 @@ def mcore_to_hf(
         cfg = _qwen_config_from_recipe(recipe)
         max_positions = (tree.get("data") or {}).get("max_seq_length")
         if template is None:
-            tok = Path((tree.get("model") or {}).get("tokenizer", ""))
+            tok = Path((tree.get("model") or {}).get("tokenizer", "") or (tree.get("data") or {}).get("tokenizer", ""))
             template_dir = tok if tok.is_dir() else template_dir
     elif template is not None:
         cfg = _qwen_config_from_hf(template, str(template_dir))

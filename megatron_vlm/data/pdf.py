@@ -30,6 +30,7 @@ from megatron_vlm.data import image_rule
 
 MIN_TEXT_CHARS = 16  # fewer characters than this and large images: a scanned page
 MIN_IMAGE_COVER = 0.3  # share of the page covered by images for a page to count as scanned
+BODY_SAMPLE = 64  # pages whose fonts decide the body size
 LIST_RE = re.compile(r"^\s*(?:[\u2022\u00b7\u25aa\u25e6\u2013\u2014*-]|\(?\d{1,3}[.)]|\(?[a-z][.)])\s+")
 CAPTION_RE = re.compile(r"^\s*(?:Table|Figure|Fig\.|Chart|Exhibit|Plate)\s+[\dA-Z]+[.:\s]", re.IGNORECASE)
 
@@ -183,12 +184,19 @@ def _line_text(spans: list[dict]) -> str:
     return " ".join("".join(s["text"] for s in spans).split())
 
 
-def _inside(bbox, rect: pymupdf.Rect) -> bool:
-    r = pymupdf.Rect(bbox)
-    return r.intersect(rect).get_area() > 0.5 * r.get_area()
+def _inside(bbox, rect) -> bool:
+    """More than half of bbox's area lies in rect (both (x0, y0, x1, y1))."""
+    w = min(bbox[2], rect[2]) - max(bbox[0], rect[0])
+    h = min(bbox[3], rect[3]) - max(bbox[1], rect[1])
+    area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1])
+    return w > 0 and h > 0 and w * h > 0.5 * area
 
 
-def _text_groups(text_dict: dict, table_rects: list[pymupdf.Rect]) -> list[dict]:
+def _union(a: list[float], b) -> list[float]:
+    return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+
+
+def _text_groups(text_dict: dict, table_rects: list[tuple]) -> list[dict]:
     """Style-homogeneous groups of lines (text, bbox, size, bold), table words removed."""
     groups = []
     for block in text_dict["blocks"]:
@@ -205,10 +213,10 @@ def _text_groups(text_dict: dict, table_rects: list[pymupdf.Rect]) -> list[dict]
             style = _line_style(spans)
             starts_item = bool(LIST_RE.match(text))
             if current is None or not _same_style(current["style"], style) or (starts_item and not current["list"]):
-                current = {"lines": [], "style": style, "bbox": pymupdf.Rect(line["bbox"]), "list": starts_item}
+                current = {"lines": [], "style": style, "bbox": list(line["bbox"]), "list": starts_item}
                 groups.append(current)
             current["lines"].append(text)
-            current["bbox"] |= pymupdf.Rect(line["bbox"])
+            current["bbox"] = _union(current["bbox"], line["bbox"])
     return groups
 
 
@@ -282,10 +290,11 @@ def reading_order(blocks: list[dict], page_width: float) -> list[dict]:
 def page_blocks(page: pymupdf.Page, text_dict: dict, body: float, tables: list | None = None) -> list[dict]:
     """Layout blocks of one page in reading order (see the module docstring)."""
     tables = find_grid_tables(page) if tables is None else tables
-    rects = [pymupdf.Rect(xs[0], ys[0], xs[-1], ys[-1]) for ys, xs in tables]
+    rects = [(xs[0], ys[0], xs[-1], ys[-1]) for ys, xs in tables]
     blocks = []
     if tables:
-        words = page.get_text("words", textpage=text_dict.get("_textpage"))
+        tp = text_dict.get("_textpage")
+        words = tp.extractWORDS() if tp is not None else page.get_text("words")
         blocks += [_table_block(t, words) for t in tables]
     for g in _text_groups(text_dict, rects):
         text = " ".join(g["lines"]) if not g["list"] else "\n".join(g["lines"])
@@ -301,18 +310,53 @@ def _image_cover(page: pymupdf.Page) -> float:
 
 
 def _encode(pix: pymupdf.Pixmap, settings: PdfSettings) -> bytes:
-    if settings.image_format == "png":
-        return pix.tobytes("png")
-    from PIL import Image  # libjpeg-turbo through PIL is several times faster than pymupdf's jpg writer
+    """PNG (zlib level 1) or JPEG through PIL; a page with no colour is stored as 8-bit grey.
 
-    mode = {1: "L", 3: "RGB"}[pix.n]
+    Grey is exact (only when R == G == B everywhere) and encodes ~3x faster than RGB; PIL's PNG at
+    level 1 is ~1.5x faster than pymupdf's writer. Readers convert to RGB, so pixels are unchanged.
+    """
+    import numpy as np
+    from PIL import Image
+
+    a = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, pix.n)
+    if pix.n == 1 or ((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()):
+        image = Image.fromarray(np.ascontiguousarray(a[..., 0]))
+    else:
+        image = Image.fromarray(a[..., :3])
     buf = io.BytesIO()
-    Image.frombuffer(mode, (pix.width, pix.height), pix.samples_mv, "raw", mode, 0, 1).save(buf, "JPEG", quality=settings.jpg_quality)
+    if settings.image_format == "png":
+        image.save(buf, "PNG", compress_level=1)
+    else:
+        image.save(buf, "JPEG", quality=settings.jpg_quality)
     return buf.getvalue()
 
 
-def process_pdf(data: bytes, settings: PdfSettings = PdfSettings()) -> tuple[list[dict], list[bytes]]:
-    """Pages (formats.md section 1, page dicts) and their encoded images, or PdfError."""
+def _page_text(page: pymupdf.Page, settings: PdfSettings) -> tuple[dict, bool, str]:
+    """(text dict, has a text layer, ocr mark); a scanned page is OCRed here when possible."""
+    tp = page.get_textpage(flags=pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES)
+    td = tp.extractDICT()
+    td["_textpage"] = tp  # reused for table words
+    chars = sum(len(s["text"].strip()) for b in td["blocks"] for ln in b.get("lines", ()) for s in ln["spans"])
+    mark = "none"
+    if chars < MIN_TEXT_CHARS and _image_cover(page) >= MIN_IMAGE_COVER:
+        mark = "missing"
+        if settings.ocr and tesseract_data():
+            try:
+                tp = page.get_textpage_ocr(language=settings.ocr_language, dpi=settings.ocr_dpi, full=True, tessdata=tesseract_data())
+                td = tp.extractDICT()
+                td["_textpage"] = tp
+                mark = "tesseract"
+            except Exception:
+                mark = "missing"
+    return td, chars > 0, mark
+
+
+def process_pdf(data: bytes, settings: PdfSettings = PdfSettings(), sink=None) -> tuple[list[dict], list[bytes]]:
+    """Pages (formats.md section 1, page dicts) and their encoded images, or PdfError.
+
+    With `sink`, each page's image is handed to sink(index, image) as soon as it is encoded and
+    not kept (the returned image list is empty), so a long document never sits in memory.
+    """
     pymupdf.TOOLS.mupdf_display_errors(False)
     doc = open_pdf(data, settings)
     try:
@@ -331,28 +375,17 @@ def process_pdf(data: bytes, settings: PdfSettings = PdfSettings()) -> tuple[lis
                 raise PdfError(f"page {i}: {e}") from None
             sizes.append((w_pt, h_pt, grid))
 
-        text_dicts, ocr_marks = [], []
-        for page in doc:
-            td = page.get_text("dict", flags=pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES)
-            chars = sum(len(s["text"].strip()) for b in td["blocks"] for ln in b.get("lines", ()) for s in ln["spans"])
-            mark = "none"
-            if chars < MIN_TEXT_CHARS and _image_cover(page) >= MIN_IMAGE_COVER:
-                mark = "missing"
-                if settings.ocr and tesseract_data():
-                    try:
-                        tp = page.get_textpage_ocr(language=settings.ocr_language, dpi=settings.ocr_dpi, full=True, tessdata=tesseract_data())
-                        td = page.get_text("dict", textpage=tp)
-                        td["_textpage"] = tp
-                        mark = "tesseract"
-                    except Exception:
-                        mark = "missing"
-            text_dicts.append((td, chars > 0, mark))
-            ocr_marks.append(mark)
-        body = body_font_size([td for td, _, _ in text_dicts])
+        # The body font size (for headings) comes from the first BODY_SAMPLE pages; their text is
+        # kept for the main pass, later pages are read as they come, so memory stays bounded.
+        head = [_page_text(doc[i], settings) for i in range(min(BODY_SAMPLE, doc.page_count))]
+        body = body_font_size([td for td, _, _ in head])
 
         pages, images = [], []
         for i, page in enumerate(doc):
-            td, has_text, mark = text_dicts[i]
+            if i < len(head):
+                (td, has_text, mark), head[i] = head[i], None
+            else:
+                td, has_text, mark = _page_text(page, settings)
             w_pt, h_pt, _ = sizes[i]
             try:
                 pix = page.get_pixmap(dpi=settings.dpi, alpha=False)
@@ -373,7 +406,10 @@ def process_pdf(data: bytes, settings: PdfSettings = PdfSettings()) -> tuple[lis
                 "text": "\n\n".join(b["text"] for b in blocks),
                 "blocks": blocks,
             })
-            images.append(image)
+            if sink is None:
+                images.append(image)
+            else:
+                sink(i, image)
         return pages, images
     finally:
         doc.close()

@@ -24,6 +24,7 @@ How a run goes, and why:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ import multiprocessing as mp
 import os
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -60,11 +62,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def _dumps(obj) -> str:
+def dumps_sorted(obj) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -155,29 +157,41 @@ def process_chunk(job: dict) -> list[dict]:
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for source, path, sha in job["docs"]:
             doc_id = sha[:16]
+            spool = tempfile.SpooledTemporaryFile(max_size=256 << 20, dir=tar_path.parent)
+            spans = []
+
+            def sink(index: int, image: bytes, spool=spool, spans=spans) -> None:
+                spans.append((index, spool.tell(), len(image)))
+                spool.write(image)
+
             try:
                 data = Path(path).read_bytes()
                 if hashlib.sha256(data).hexdigest() != sha:
                     raise PdfError("file changed while the pool was running")
-                pages, images = process_pdf(data, settings)
+                pages, _ = process_pdf(data, settings, sink=sink)
+                del data
             except PdfError as e:
                 rows.append(_row(source, sha, "error", str(e)))
                 _count(1, 0)
+                spool.close()
                 continue
             except Exception as e:  # a bug or a MuPDF crash on one file must not stop the run
                 rows.append(_row(source, sha, "error", f"internal error: {type(e).__name__}: {str(e)[:200]}"))
                 _count(1, 0)
+                spool.close()
                 continue
             ext = "png" if settings.image_format == "png" else "jpg"
             doc = {"id": doc_id, "source": source, "sha256": sha, "num_pages": len(pages), "dpi": settings.dpi, "pages": pages}
-            _add_member(tar, f"{doc_id}.json", _dumps(doc).encode())
-            for page, image in zip(pages, images):
-                _add_member(tar, f"{doc_id}.p{page['index']:04d}.{ext}", image)
+            _add_member(tar, f"{doc_id}.json", dumps_sorted(doc).encode())
+            for index, offset, size in spans:
+                spool.seek(offset)
+                _add_member(tar, f"{doc_id}.p{index:04d}.{ext}", spool.read(size))
+            spool.close()
             tokens = sum(p["tokens"] for p in pages)
             rows.append(_row(source, sha, "ok", pages=len(pages), tokens=tokens, shard=job["shard"]))
             _count(1, len(pages))
     os.replace(tmp, tar_path)
-    _write_atomic(part_path, _dumps({"fingerprint": job["fingerprint"], "rows": rows}).encode())
+    write_atomic(part_path, dumps_sorted({"fingerprint": job["fingerprint"], "rows": rows}).encode())
     return rows
 
 
@@ -200,7 +214,7 @@ def _check_settings(out: Path, settings: dict) -> None:
         if diff:
             raise ValueError(f"{out} was built with other settings ({', '.join(f'{k}={old.get(k)}' for k in diff)}); use a new --output")
     else:
-        _write_atomic(path, (_dumps(settings) + "\n").encode())
+        write_atomic(path, (dumps_sorted(settings) + "\n").encode())
 
 
 class Progress:
@@ -230,11 +244,17 @@ def run(args) -> dict:
         dpi=args.dpi, image_format=args.image_format, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
         max_page_pixels=args.max_page_pixels, max_pages=args.max_pages, ocr=not args.no_ocr, ocr_language=args.ocr_language,
     )
-    inputs = [(s, p) for s, p in list_inputs(args.input) if shard_of(s, args.num_shards) == args.shard_index]
+    everything = list_inputs(args.input)
+    if not everything:
+        raise ValueError(f"no inputs: {args.input} holds no *.pdf files (or the list is empty)")
+    inputs = [(s, p) for s, p in everything if shard_of(s, args.num_shards) == args.shard_index]
     out = Path(args.output)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     (out / "parts").mkdir(exist_ok=True)
     _check_settings(out, {"version": POOL_VERSION, "num_shards": args.num_shards, "docs_per_tar": args.docs_per_tar, **asdict(settings)})
+    # Manifests of an earlier run stop claiming anything until this run has finished.
+    for old in (out / f"manifest-{args.shard_index:05d}.jsonl", out / "manifest.jsonl"):
+        old.unlink(missing_ok=True)
     prefix = f"pool-{args.shard_index:05d}-"
     for stale in [*(out / "shards").glob(prefix + "*.tmp.*"), *(out / "parts").glob(prefix + "*.tmp.*")]:
         stale.unlink()
@@ -281,8 +301,14 @@ def run(args) -> dict:
                   f"{skipped} already done, {len(jobs)} tars to write, {workers} workers", file=sys.stderr, flush=True)
         progress = Progress(sum(len(j["docs"]) for j in jobs), args.quiet)
         if pool:
-            for chunk_rows in pool.imap_unordered(process_chunk, jobs):
-                done_rows += chunk_rows
+            results = pool.imap_unordered(process_chunk, jobs)
+            for _ in jobs:
+                while True:  # wake up now and then to report progress inside long chunks
+                    try:
+                        done_rows += results.next(timeout=progress.every)
+                        break
+                    except mp.TimeoutError:
+                        progress.update(counters[0].value, counters[1].value)
                 progress.update(counters[0].value, counters[1].value)
         else:
             _init_worker(counters)
@@ -292,6 +318,10 @@ def run(args) -> dict:
             _init_worker(None)
         if jobs:
             progress.update(counters[0].value, counters[1].value, force=True)
+    except BaseException:
+        if pool:
+            pool.terminate()  # a crash or Ctrl-C stops the workers; their temporary files are never renamed
+        raise
     finally:
         if pool:
             pool.close()
@@ -299,12 +329,28 @@ def run(args) -> dict:
 
     rows = sorted(rows + done_rows, key=lambda r: r["source"])
     manifest = out / f"manifest-{args.shard_index:05d}.jsonl"
-    _write_atomic(manifest, "".join(_dumps(r) + "\n" for r in rows).encode())
+    write_atomic(manifest, "".join(dumps_sorted(r) + "\n" for r in rows).encode())
     merged = merge_manifests(out, args.num_shards)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "duplicate")}
     counts.update(pages=sum(r["pages"] or 0 for r in rows if r["status"] == "ok"), tokens=sum(r["tokens"] or 0 for r in rows if r["status"] == "ok"))
     counts.update(inputs=len(rows), tars=n_tar, manifest=str(manifest), merged=str(merged) if merged else None)
     return counts
+
+
+def build_pool(input_path: str | Path, output: str | Path, quiet: bool = True, **options) -> dict:
+    """The pool stage from Python (tests, notebooks); options are the CLI flags, e.g. workers=2, no_ocr=True.
+
+        from megatron_vlm.data.sample_pdfs import make_corpus
+        make_corpus("pdfs", n_docs=4, pages=(10, 14)); build_pool("pdfs", "pool", no_ocr=True)
+    """
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--input", str(input_path), "--output", str(output)])
+    for key, value in {**options, "quiet": quiet}.items():
+        if not hasattr(args, key):
+            raise TypeError(f"build_pool() got an unknown option {key!r}")
+        setattr(args, key, value)
+    return run(args)
 
 
 def merge_manifests(out: Path, num_shards: int) -> Path | None:
@@ -323,7 +369,7 @@ def merge_manifests(out: Path, num_shards: int) -> Path | None:
         elif r["status"] != "duplicate" or r["duplicate_of"] != first[sha]:
             rows[i] = _row(r["source"], sha, "duplicate", duplicate_of=first[sha])
     path = out / "manifest.jsonl"
-    _write_atomic(path, "".join(_dumps(r) + "\n" for r in rows).encode())
+    write_atomic(path, "".join(dumps_sorted(r) + "\n" for r in rows).encode())
     return path
 
 

@@ -137,6 +137,7 @@ def _draw_page(page: pymupdf.Page, spec: PageSpec) -> None:
         text_block(t.caption, BODY_SIZE - 1, "helv", 6)
         row_h, col_w = 20.0, width / len(t.header)
         top = y - BODY_SIZE
+        page.draw_rect(pymupdf.Rect(MARGIN, top, MARGIN + width, top + row_h), color=None, fill=(0.85, 0.9, 1.0))  # a coloured header
         for r, row in enumerate([t.header, *t.rows]):
             for c, cell in enumerate(row):
                 page.insert_text((MARGIN + c * col_w + 5, top + r * row_h + 14), cell, fontsize=BODY_SIZE, fontname="hebo" if r == 0 else "helv")

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from megatron_vlm.training.config import Recipe, recipe_to_yaml
 
 LATEST = "latest"
-OPTIM_META = {"distrib_optim_sharding_type": "fully_reshardable"}
+OPTIM_META = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
 def iter_dir(ckpt_dir: str | Path, step: int) -> Path:
@@ -135,15 +135,18 @@ def load_checkpoint(path: Path, chunks: list, optimizer, loader, dp_rank: int) -
     """Resume from checkpoint ``path``: model, optimizer, RNG and loader. Returns its train_state."""
     from megatron.core import dist_checkpointing
 
-    from megatron_vlm.training.optimizer import cuda_type_names
+    from megatron_vlm.training.optimizer import cuda_type_names, init_empty_state, restore_adam_steps
 
     train_state = json.loads((path / "train_state.json").read_text())
+    init_empty_state(optimizer)
     same_world = train_state.get("world_size") == dist.get_world_size()
     with cuda_type_names():
         state = _sharded_state(chunks, optimizer, rng=same_world, loading=True)
         loaded = dist_checkpointing.load(state, str(path))
         _load_model(chunks, loaded)
-        optimizer.load_state_dict(loaded["optimizer"])
+        with torch.no_grad():  # fp32 master shards are views of the (grad-requiring) params
+            optimizer.load_state_dict(loaded["optimizer"])
+        restore_adam_steps(optimizer)
     if same_world:
         _set_rng_state(loaded["rng"])
     loader_file = path / "loader" / f"dp-{dp_rank:05d}.json"

@@ -73,10 +73,12 @@ class ForwardStep:
 
     def __call__(self, data_iterator, model):
         batch = next(data_iterator)
-        cu = batch["cu_seqlens"].long()
-        real = [i for i, task in enumerate(batch["sample_tasks"]) if task != "padding"]
-        self.sample_ids += [batch["sample_ids"][i] for i in real]
-        self.seq_lengths += [int(cu[i + 1] - cu[i]) for i in real]
+        if not batch.get("_recorded"):  # interleaved pipelines hand every chunk the same batch object
+            batch["_recorded"] = True
+            cu = batch["cu_seqlens"].long()
+            real = [i for i, task in enumerate(batch["sample_tasks"]) if task != "padding"]
+            self.sample_ids += [batch["sample_ids"][i] for i in real]
+            self.seq_lengths += [int(cu[i + 1] - cu[i]) for i in real]
         batch = prepare_batch(batch, self.cp_size, self.cp_rank, self.device)
         output = self.provider.forward(model, batch)
         return output, partial(loss_func, batch["loss_mask"], batch["task_index"])

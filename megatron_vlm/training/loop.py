@@ -18,6 +18,7 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -149,7 +150,7 @@ def _train(recipe: Recipe) -> TrainResult:
         started = time.monotonic()
         lr = learning_rate(step, lr=recipe.train.lr, min_lr=recipe.train.min_lr, warmup_steps=recipe.train.warmup_steps,
                            total_steps=budget.total_steps, schedule=recipe.train.lr_schedule)
-        set_learning_rate(optimizer, lr)
+        set_learning_rate(optimizer, lr, recipe.train.weight_decay)
         for chunk in chunks:
             chunk.zero_grad_buffer()
         optimizer.zero_grad()
@@ -206,6 +207,8 @@ def _train(recipe: Recipe) -> TrainResult:
             save(step)
 
     logger.close()
+    if hasattr(loader, "close"):  # the shard loader's worker processes
+        loader.close()
     return result
 
 
@@ -215,17 +218,17 @@ def build_model(provider, recipe: Recipe) -> tuple[list, object]:
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.transformer.module import Float16Module
 
-    config = provider.transformer_config(recipe)
     vpp = recipe.parallel.vpp
     chunks = []
     for vp_stage in range(vpp or 1):
         stage = vp_stage if vpp else None
         chunk = provider.build(
-            recipe, config,
+            recipe,
             pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
             post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
             vp_stage=stage,
         )
+        config = chunk.config
         if torch.cuda.is_available():
             chunk.cuda(torch.cuda.current_device())
         if config.bf16:
@@ -239,21 +242,26 @@ def build_model(provider, recipe: Recipe) -> tuple[list, object]:
 
 def build_data(recipe: Recipe, provider, dp_rank: int, dp_size: int):
     """This data-parallel rank's micro-batch stream (docs/formats.md section 4), with state_dict()."""
-    source = recipe.train.data_source
+    source, data = recipe.train.data_source, recipe.data
     if source == "synthetic":
         from megatron_vlm.training.synthetic import SyntheticPackedBatches
 
-        return SyntheticPackedBatches(seq_length=recipe.data.max_seq_length, vocab_size=provider.vocab_size(recipe),
-                                      dp_rank=dp_rank, dp_size=dp_size, seed=recipe.data.seed)
-    if source == "shards":
-        raise RecipeError("train.data_source=shards needs megatron_vlm.data.loader, which is not wired in yet")
-    raise RecipeError(f"train.data_source must be shards or synthetic, got {source!r}")
+        return SyntheticPackedBatches(seq_length=data.max_seq_length, vocab_size=provider.vocab_size(recipe),
+                                      dp_rank=dp_rank, dp_size=dp_size, seed=data.seed)
+    if source != "shards":
+        raise RecipeError(f"train.data_source must be shards or synthetic, got {source!r}")
+    if not data.tokenizer or not (Path(data.tokenizer) / "tokenizer.json").is_file():
+        raise RecipeError(f"data.tokenizer={data.tokenizer!r} is not a tokenizer directory (no tokenizer.json); "
+                          "point it at the Qwen2.5-VL tokenizer, e.g. ../shared/reference/qwen2_5_vl_tokenizer")
+    if not (Path(data.shards) / "index.json").is_file():
+        raise RecipeError(f"data.shards={data.shards!r} has no index.json (run `preprocess_data.py build` first)")
+    from megatron_vlm.data.loader import PackedLoader
+
+    return PackedLoader.from_recipe(data, dp_rank, dp_size)
 
 
 def init_weights(path: str, provider, chunks: list, optimizer) -> None:
     """Start from an HF directory (converted on the fly) or a Megatron checkpoint."""
-    from pathlib import Path
-
     if (Path(path) / "config.json").is_file():
         provider.load_hf(chunks, path)
     else:

@@ -2,19 +2,21 @@
 
 A provider has three methods; the loop knows nothing else about the model:
 
-- ``build(recipe, config, pre_process, post_process, vp_stage)`` -> one Megatron module (a chunk)
+- ``build(recipe, pre_process, post_process, vp_stage)`` -> one Megatron module (a chunk; its
+  ``.config`` is the TransformerConfig the schedules and DDP use)
 - ``forward(model, batch)`` -> per-token loss [1, T] on the last stage (output tensor elsewhere)
 - ``load_hf(chunks, path)`` -> load an HF checkpoint directory into the chunks (conversion on the fly)
 
 ``gpt`` is Megatron's GPTModel with mRoPE on packed text (tests and trainer development);
-``qwen2_5_vl`` is the real model. ``transformer_config(recipe, ...)`` turns the recipe's precision,
-layout and recompute options into Megatron's TransformerConfig for either.
+``qwen2_5_vl`` is the real model. ``parallel_and_precision_kwargs(recipe)`` turns the recipe's precision,
+layout and recompute options into TransformerConfig arguments for either.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -109,11 +111,12 @@ class GptProvider:
             **parallel_and_precision_kwargs(recipe),
         )
 
-    def build(self, recipe: Recipe, config, pre_process: bool, post_process: bool, vp_stage: int | None):
+    def build(self, recipe: Recipe, pre_process: bool, post_process: bool, vp_stage: int | None):
         from megatron.core.models.gpt import GPTModel
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
         s = self.shape(recipe)
+        config = self.transformer_config(recipe)
         if torch.cuda.is_available() and te_available():
             from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
@@ -139,31 +142,78 @@ class GptProvider:
 
 
 class Qwen25VLProvider:
-    """Qwen2.5-VL on Megatron-Core (megatron_vlm.models.qwen2_5_vl)."""
+    """Qwen2.5-VL on Megatron-Core (megatron_vlm.models.qwen2_5_vl), fed the loader's packed batches."""
 
-    def _module(self):
+    def model_config(self, recipe: Recipe):
+        from megatron_vlm.models.qwen2_5_vl.config import flavor
+
         try:
-            import megatron_vlm.models.qwen2_5_vl as qwen
-        except ImportError as err:  # pragma: no cover - depends on what is merged
-            raise RecipeError(f"model.kind=qwen2_5_vl is not available: {err}") from None
-        if not hasattr(qwen, "Qwen2_5_VLModel"):
-            raise RecipeError("model.kind=qwen2_5_vl: megatron_vlm.models.qwen2_5_vl has no Qwen2_5_VLModel yet")
-        return qwen
+            cfg = flavor(recipe.model.flavor)
+        except ValueError as err:
+            raise RecipeError(f"model.flavor: {err}") from None
+        text = {}
+        if recipe.model.num_layers:
+            text["num_hidden_layers"] = recipe.model.num_layers
+        if recipe.model.rope_theta:
+            text["rope_theta"] = recipe.model.rope_theta
+        return cfg.replace(text=text) if text else cfg
 
     def vocab_size(self, recipe: Recipe) -> int:
-        raise NotImplementedError
+        return self.model_config(recipe).text.vocab_size
 
-    def transformer_config(self, recipe: Recipe):
-        raise RecipeError("model.kind=qwen2_5_vl is not wired into the trainer yet")
+    def build(self, recipe: Recipe, pre_process: bool, post_process: bool, vp_stage: int | None):
+        from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
 
-    def build(self, recipe, config, pre_process, post_process, vp_stage):
-        raise RecipeError("model.kind=qwen2_5_vl is not wired into the trainer yet")
+        if recipe.parallel.vpp:
+            raise RecipeError("parallel.vpp (interleaved pipeline) is not supported for qwen2_5_vl yet")
+        overrides = parallel_and_precision_kwargs(recipe)
+        for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
+                    "virtual_pipeline_model_parallel_size"):
+            overrides.pop(key)  # the model reads the layout from parallel_state
+        spec = "te" if torch.cuda.is_available() and te_available() else "local"
+        model = Qwen2_5_VLModel(self.model_config(recipe), spec=spec, pre_process=pre_process,
+                                post_process=post_process, **overrides)
+        if not hasattr(model, "model_type"):  # Megatron's schedules read it off the model
+            from megatron.core.enums import ModelType
 
-    def forward(self, model, batch):
-        raise NotImplementedError
+            model.model_type = ModelType.encoder_or_decoder
+        for name, param in model.named_parameters():
+            if not name.startswith("vision."):
+                continue
+            in_merger = ".merger." in f".{name}"
+            if (in_merger and recipe.model.freeze_merger) or (not in_merger and recipe.model.freeze_vision):
+                param.requires_grad_(False)
+        return model
 
-    def load_hf(self, chunks, path):
-        raise NotImplementedError
+    def forward(self, model, batch: dict) -> torch.Tensor:
+        from megatron_vlm.models.qwen2_5_vl.model import forward_batch
+
+        if batch["pixel_values"].numel():
+            batch = dict(batch, pixel_values=batch["pixel_values"].to(next(model.parameters()).dtype))
+        else:  # text-only micro-batch
+            batch = dict(batch, pixel_values=None, image_grid_thw=None)
+        return forward_batch(model, batch)
+
+    def load_hf(self, chunks, path: str) -> None:
+        """Read the HF safetensors, map names (checkpoint.hf_names) and copy each rank's shard in."""
+        from megatron_vlm.checkpoint.hf_io import HFReader
+        from megatron_vlm.checkpoint.hf_names import hf_to_mcore
+        from megatron_vlm.models.qwen2_5_vl.config import from_hf_config
+        from megatron_vlm.models.qwen2_5_vl.weights import load_full_state_dict
+
+        inner = [_unwrap(c) for c in chunks]
+        cfg = from_hf_config(str(Path(path) / "config.json"))
+        hf_state = dict(HFReader(path).iter_by_file())
+        full = hf_to_mcore(hf_state, cfg, spec=inner[0].spec)
+        with torch.no_grad():
+            for model in inner:
+                load_full_state_dict(model, full)
+
+
+def _unwrap(module):
+    while hasattr(module, "module"):
+        module = module.module
+    return module
 
 
 PROVIDERS = {"gpt": GptProvider(), "qwen2_5_vl": Qwen25VLProvider()}

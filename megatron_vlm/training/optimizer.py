@@ -64,9 +64,12 @@ def build_optimizer(chunks: list, recipe: Recipe):
         return get_megatron_optimizer(config, chunks)
 
 
-def set_learning_rate(optimizer, lr: float) -> None:
+def set_learning_rate(optimizer, lr: float, weight_decay: float) -> None:
+    """Apply this step's LR and weight decay, honouring Megatron's per-group multipliers
+    (biases and norms have ``wd_mult`` 0)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+        group["weight_decay"] = weight_decay * group.get("wd_mult", 1.0)
 
 
 def optimizer_step(optimizer):
@@ -86,3 +89,41 @@ def grads_are_finite(chunks: list) -> bool:
         bad = bad.cuda()
     torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
     return bool(bad.item() == 0)
+
+
+def init_empty_state(optimizer) -> None:
+    """Give a fresh Adam its (zero) state so a checkpoint can be loaded into it in place.
+
+    Megatron's distributed optimizer builds its load template from its current state, which a
+    fresh torch Adam does not have yet (no ``step``, no moments).
+    """
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(sub, "optimizer", None)
+        if inner is None or sub.config.optimizer != "adam":
+            continue
+        for group in inner.param_groups:
+            for param in group["params"]:
+                state = inner.state[param]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(param.data)
+                    state["exp_avg_sq"] = torch.zeros_like(param.data)
+
+
+def restore_adam_steps(optimizer) -> None:
+    """After a load, give every parameter its own Adam ``step`` tensor, set to the saved step.
+
+    Megatron's load on the torch-Adam fallback (no Apex/TE) keeps the saved step only in the param
+    groups and leaves the per-parameter ``step`` tensors stale or shared (torch's foreach Adam would
+    then add 1 to a shared one once per parameter); either way the bias correction of every later
+    step is wrong. Found by the bitwise resume test.
+    """
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(sub, "optimizer", None)
+        for group in getattr(inner, "param_groups", []):
+            for param in group["params"]:
+                state = inner.state.get(param, {})
+                if "step" in group and "step" in state:
+                    state["step"] = torch.tensor(float(group["step"]))
+                elif isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].clone()

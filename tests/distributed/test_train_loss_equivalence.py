@@ -40,8 +40,8 @@ def _megatron_vs_reference(world: int) -> dict:
     recipe = _recipe(world)
     initialize(ParallelLayout(), seed=7)
     provider = get_provider(recipe)
-    chunks, config = build_model(provider, recipe)
-    reference = provider.build(recipe, config, True, True, None)
+    chunks, _ = build_model(provider, recipe)
+    reference = provider.build(recipe, True, True, None)
     reference.load_state_dict(chunks[0].module.state_dict())
 
     dp = ps.get_data_parallel_world_size()

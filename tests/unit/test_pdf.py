@@ -89,11 +89,15 @@ def test_images_are_the_pages_at_dpi(corpus):
 
     spec, (pages, images) = corpus[1]
     ref = pymupdf.open(spec.path)
+    modes = set()
     for page, image, ref_page in zip(pages, images, ref):
         pix = ref_page.get_pixmap(dpi=144)
         with Image.open(BytesIO(image)) as im:
             assert im.format == "PNG" and im.size == (pix.width, pix.height) == (page["width_px"], page["height_px"])
-            assert im.tobytes() == pix.samples  # lossless: the very pixels pymupdf renders
+            modes.add(im.mode)
+            assert im.mode == ("RGB" if spec.pages[page["index"]].table else "L")  # grey unless the coloured table header
+            assert im.convert("RGB").tobytes() == pix.samples  # lossless: the very pixels pymupdf renders
+    assert modes == {"L", "RGB"}
 
 
 def test_every_bad_input_raises_with_its_reason(tmp_path):

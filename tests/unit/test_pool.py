@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pymupdf
@@ -13,6 +17,8 @@ import pytest
 
 from megatron_vlm.data import pool
 from megatron_vlm.data.sample_pdfs import make_bad_inputs, make_corpus
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_pool(inp, out, *extra) -> int:
@@ -32,6 +38,7 @@ def inputs(tmp_path_factory):
     bad = make_bad_inputs(root / "bad")
     shutil.copy(specs[1].path, root / "copy-of-doc-001.pdf")
     (root / "notes.txt").write_text("not an input: only *.pdf files in a directory are")
+    (root / "broken-link.pdf").symlink_to(root / "no-such-file.pdf")
     return root, specs, bad
 
 
@@ -46,10 +53,13 @@ def test_manifest_has_one_row_per_input(inputs, built):
     root, specs, bad = inputs
     rows = pool.read_manifest(built)
     assert [r["source"] for r in rows] == sorted(p.relative_to(root).as_posix() for p in root.rglob("*.pdf"))
+    assert len(rows) == len(specs) + len(bad) + 2  # + the copy and the broken link
     by_source = {r["source"]: r for r in rows}
     for name, word in bad.items():
         row = by_source[f"bad/{name}"]
         assert row["status"] == "error" and word in row["reason"] and row["shard"] is None
+    assert by_source["broken-link.pdf"]["status"] == "error" and by_source["broken-link.pdf"]["reason"].startswith("cannot read: FileNotFoundError")
+    assert by_source["broken-link.pdf"]["sha256"] is None
     dup = by_source["doc-001.pdf"]  # "copy-of-doc-001.pdf" sorts first, so it is the one kept
     assert dup["status"] == "duplicate" and dup["duplicate_of"] == "copy-of-doc-001.pdf"
     assert sum(r["status"] == "ok" for r in rows) == len(specs)
@@ -98,7 +108,7 @@ def test_rerun_skips_done_work_and_redoes_partial(inputs, built, tmp_path, capsy
     pool.add_arguments(parser)
     args = parser.parse_args(["--input", str(inputs[0]), "--output", str(out), "--no-ocr", "--docs-per-tar", "2"])
     assert pool.main(args) == 0
-    unique = sum(r["status"] != "duplicate" for r in pool.read_manifest(built))
+    unique = sum(r["status"] != "duplicate" and r["sha256"] is not None for r in pool.read_manifest(built))
     assert f"{unique - 2} already done, 1 tars to write" in capsys.readouterr().err  # the chunk of 2 docs is redone
     assert tree(out) == before
 
@@ -124,7 +134,28 @@ def test_bad_arguments_exit_nonzero_with_one_line(tmp_path, capsys):
     assert run_pool(tmp_path / "missing", tmp_path / "out") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("[pool] error:") and "\n" not in err
+    (tmp_path / "empty").mkdir()
+    assert run_pool(tmp_path / "empty", tmp_path / "out") == 2
+    assert "no inputs" in capsys.readouterr().err
     make_corpus(tmp_path / "in", n_docs=1, pages=(1, 1))
     assert run_pool(tmp_path / "in", tmp_path / "out") == 0
     assert run_pool(tmp_path / "in", tmp_path / "out", "--dpi", "72") == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_to_the_same_pool(tmp_path):
+    make_corpus(tmp_path / "in", n_docs=6, pages=(2, 3), seed=8, scanned=False)
+    fresh = tmp_path / "fresh"
+    assert run_pool(tmp_path / "in", fresh, "--docs-per-tar", "1") == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "tools" / "preprocess_data.py"), "pool", "--input", str(tmp_path / "in"), "--output", str(out),
+           "--no-ocr", "--quiet", "--docs-per-tar", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("parts/*.json"))) < 2:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.jsonl").exists()  # killed before the end: nothing claims to be complete
+    assert run_pool(tmp_path / "in", out, "--docs-per-tar", "1") == 0
+    assert tree(out) == tree(fresh)

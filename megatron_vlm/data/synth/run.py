@@ -1,0 +1,188 @@
+"""The `synth` stage: a document pool -> validated long-document QA records (docs/formats.md section 2).
+
+    python tools/preprocess_data.py synth --pool POOL_DIR --output QA_DIR --teacher template
+    python tools/preprocess_data.py synth --pool POOL_DIR --output QA_DIR --teacher openai \\
+        --teacher-url http://localhost:8000/v1 --teacher-model Qwen/Qwen2.5-VL-72B-Instruct [--send-ocr-text]
+
+Each pool document is cut into segments (--segment-pages MIN MAX, default 8 15); for each segment
+and task, extract-single / extract-multi / reasoning come from the teacher and ocr-full /
+ocr-needle from the pool's text. Every candidate is validated (validation.py). Outputs, each
+written aside and renamed: records-SSSSS.jsonl (kept records, sorted by id), failures-SSSSS.jsonl
+(jobs with no candidate and why), and summary.json (summary-SSSSS.json when --num-shards > 1).
+The same pool, arguments and seed give byte-identical outputs with the template teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from megatron_vlm.data.pool import dumps_sorted, iter_documents, read_manifest, shard_of, write_atomic
+from megatron_vlm.data.synth import tasks as T
+from megatron_vlm.data.synth.teachers import Answer, Job, make_teacher
+from megatron_vlm.data.synth.validation import Validator
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--pool", required=True, help="pool directory (preprocess_data.py pool)")
+    parser.add_argument("--output", required=True, help="QA directory")
+    parser.add_argument("--teacher", choices=["template", "openai"], default="template")
+    parser.add_argument("--tasks", nargs="+", choices=T.ALL_TASKS, default=list(T.ALL_TASKS))
+    parser.add_argument("--segment-pages", type=int, nargs=2, default=(8, 15), metavar=("MIN", "MAX"))
+    parser.add_argument("--per-segment", type=int, default=1, help="QA pairs asked per segment and task")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--shard-index", type=int, default=0, help="this task's share of the documents")
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--max-docs", type=int, default=None, help="stop after this many documents (for trials)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--batch-jobs", type=int, default=64, help="most teacher jobs in flight (and page images held) at once")
+    g = parser.add_argument_group("openai teacher")
+    g.add_argument("--teacher-url", help="base URL of an OpenAI-compatible API, e.g. http://host:8000/v1")
+    g.add_argument("--teacher-model", help="model name to ask for")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (never printed)")
+    g.add_argument("--concurrency", type=int, default=8)
+    g.add_argument("--max-retries", type=int, default=5, help="retries per request on 429/5xx/timeouts/connection errors")
+    g.add_argument("--request-timeout", type=float, default=300.0, help="seconds")
+    g.add_argument("--max-reasks", type=int, default=2, help="times a malformed or off-schema reply is asked again")
+    g.add_argument("--send-ocr-text", action="store_true", help="send each page's OCR text with its image")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--max-tokens", type=int, default=1024)
+    g.add_argument("--cache-dir", help="request cache (default QA_DIR/cache); a rerun re-sends nothing answered")
+
+
+def _record(answer: Answer, teacher_name: str, prompt_version: str) -> dict:
+    job = answer.job
+    first, last = job.segment
+    return {
+        "id": f"{job.doc['id']}-{first:04d}-{last:04d}-{job.task}-{job.index}",
+        "doc_id": job.doc["id"],
+        "task": job.task,
+        "segment": [first, last],
+        **answer.qa,
+        "teacher": teacher_name,
+        "prompt_version": prompt_version,
+    }
+
+
+def run(args) -> dict:
+    lo, hi = args.segment_pages
+    if not 1 <= lo <= hi:
+        raise ValueError(f"--segment-pages {lo} {hi}: need 1 <= MIN <= MAX")
+    if not 0 <= args.shard_index < args.num_shards:
+        raise ValueError(f"--shard-index {args.shard_index} must be in [0, --num-shards {args.num_shards})")
+    rows = [r for r in read_manifest(args.pool) if r["status"] == "ok" and shard_of(r["id"], args.num_shards) == args.shard_index]
+    ids = sorted(r["id"] for r in rows)[: args.max_docs]
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = make_teacher(args)
+    teacher_name = getattr(teacher, "record_name", teacher.name)
+    teacher_tasks = [t for t in args.tasks if t in T.TEACHER_TASKS]
+
+    validator = Validator()
+    records, failures = [], []
+    failed: Counter = Counter()
+    counts = Counter(docs=0, docs_too_short=0, segments=0, candidates=0)
+    window: deque[Future] = deque()  # teacher jobs in flight, oldest first
+
+    def keep(answer: Answer, name: str, version: str) -> None:
+        job = answer.job
+        ident = {"doc_id": job.doc["id"], "segment": list(job.segment), "task": job.task, "index": job.index}
+        if answer.qa is None:
+            failed[answer.failure] += 1
+            failures.append({**ident, "reason": answer.failure})
+            return
+        counts["candidates"] += 1
+        record = _record(answer, name, version)
+        if validator.check(record, job.doc) is None:
+            records.append(record)
+
+    def drain(limit: int) -> None:
+        """Take answers oldest first (so validation order is fixed) until at most `limit` are in flight."""
+        while len(window) > limit:
+            keep(window.popleft().result(), teacher_name, teacher.prompt_version)
+
+    executor = ThreadPoolExecutor(getattr(teacher, "concurrency", 1))
+    try:
+        start, last_print = time.monotonic(), 0.0
+        for doc, images in iter_documents(args.pool, images=teacher.name == "openai", ids=set(ids)):
+            counts["docs"] += 1
+            segments = T.choose_segments(doc["num_pages"], lo, hi, random.Random(f"{args.seed}:{doc['id']}"))
+            counts["segments"] += len(segments)
+            counts["docs_too_short"] += not segments
+            for segment in segments:
+                for task in args.tasks:
+                    for k in range(args.per_segment):
+                        seg_images = {p: images[p] for p in range(*segment) if p in images}
+                        job = Job(doc, segment, task, k, args.seed, seg_images)
+                        if task in teacher_tasks:
+                            window.append(executor.submit(teacher.answer_one, job))
+                            drain(args.batch_jobs)
+                            continue
+                        rng = random.Random(f"{args.seed}:{doc['id']}:{segment}:{task}:{k}")
+                        qa = T.ocr_full(doc, segment) if task == "ocr-full" else T.ocr_needle(doc, segment, rng)
+                        keep(Answer(job, qa=qa, failure=None if qa else f"{task}: segment has no text"), "pool-text", "text-v1")
+            now = time.monotonic()
+            if now - last_print > 5 and not args.quiet:
+                last_print, rate = now, counts["docs"] / max(now - start, 1e-9)
+                eta = time.strftime("%H:%M:%S", time.gmtime((len(ids) - counts["docs"]) / rate))
+                print(f"[synth] {counts['docs']}/{len(ids)} docs, {len(records)} records, {rate:.2f} docs/s, ETA {eta}", file=sys.stderr, flush=True)
+        drain(0)
+    finally:
+        executor.shutdown(cancel_futures=True)
+
+    records.sort(key=lambda r: r["id"])
+    suffix = f"{args.shard_index:05d}"
+    records_path, failures_path = out / f"records-{suffix}.jsonl", out / f"failures-{suffix}.jsonl"
+    write_atomic(records_path, "".join(dumps_sorted(r) + "\n" for r in records).encode())
+    write_atomic(failures_path, "".join(dumps_sorted(f) + "\n" for f in sorted(failures, key=lambda f: (f["doc_id"], f["segment"], f["task"], f["index"]))).encode())
+    summary = {
+        "pool": str(Path(args.pool)),
+        "teacher": teacher_name,
+        "prompt_version": teacher.prompt_version,
+        "seed": args.seed,
+        "segment_pages": [lo, hi],
+        "tasks": list(args.tasks),
+        **dict(counts),
+        "records": dict(sorted(Counter(r["task"] for r in records).items())),
+        "records_total": len(records),
+        "rejected": dict(sorted(validator.rejected.items())),
+        "failed": dict(sorted(failed.items())),
+        "teacher_usage": teacher.usage() if hasattr(teacher, "usage") else {},
+    }
+    summary_path = out / ("summary.json" if args.num_shards == 1 else f"summary-{suffix}.json")
+    write_atomic(summary_path, (json.dumps(summary, sort_keys=True, indent=1) + "\n").encode())
+    summary["paths"] = [str(records_path), str(failures_path), str(summary_path)]
+    return summary
+
+
+def synthesize(pool_dir: str | Path, output: str | Path, quiet: bool = True, **options) -> dict:
+    """The synth stage from Python; options are the CLI flags, e.g. teacher="template", segment_pages=(3, 5)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--pool", str(pool_dir), "--output", str(output)])
+    for key, value in {**options, "quiet": quiet}.items():
+        if not hasattr(args, key):
+            raise TypeError(f"synthesize() got an unknown option {key!r}")
+        setattr(args, key, value)
+    return run(args)
+
+
+def main(args) -> int:
+    try:
+        s = run(args)
+    except ValueError as e:
+        print(f"[synth] error: {e}", file=sys.stderr)
+        return 2
+    rejected = sum(s["rejected"].values())
+    print(
+        f"[synth] {s['docs']} docs ({s['docs_too_short']} too short), {s['segments']} segments, {s['candidates']} candidates -> "
+        f"{s['records_total']} records {s['records']}; {rejected} rejected {s['rejected']}; {sum(s['failed'].values())} failed; "
+        f"teacher {s['teacher']}; wrote {', '.join(s['paths'])}"
+    )
+    return 0

@@ -1,0 +1,63 @@
+"""SIGTERM during training saves a loadable checkpoint and exits 0; a bad recipe exits 1 with one line.
+
+Runs the real command (`python -m megatron_vlm.train`, one process, gloo) as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.dist_utils import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _command(ckpt: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "megatron_vlm.train", "--config", str(REPO / "examples/recipes/gpt_tiny.yaml"),
+            f"checkpoint.dir={ckpt}", "checkpoint.save_interval=0", "train.tokens=1000000", *extra]
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
+                PYTHONWARNINGS="ignore")
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+    proc = subprocess.Popen(_command(tmp_path), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:
+        lines.append(line)
+        if "step 3/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.monotonic() < deadline, "".join(lines[-20:])
+    rest, _ = proc.communicate(timeout=240)
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output[-3000:]
+    assert "signal received" in output
+    latest = (tmp_path / "latest").read_text().strip()
+    state = json.loads((tmp_path / latest / "train_state.json").read_text())
+    assert state["step"] >= 3 and latest == f"iter_{state['step']:07d}"
+
+    # loadable: a new run resumes from it and trains one more step
+    done = subprocess.run(_command(tmp_path, f"train.max_steps={state['step'] + 1}"), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"resumed from {tmp_path / latest}" in done.stdout
+    assert f"step {state['step'] + 1}/" in done.stdout
+
+
+def test_bad_recipe_exits_one_with_one_line(tmp_path):
+    done = subprocess.run(_command(tmp_path, "train.lrr=1"), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("megatron_vlm.train: error:")]
+    assert len(errors) == 1 and "train.lrr" in errors[0]
