@@ -17,10 +17,10 @@ from tests.dist_utils import run_distributed
 LLM_LAYERS = 4
 
 
-def _config():
+def _config(tied: bool = False):
     from tests.qwen_utils import tiny_config
 
-    return tiny_config(num_hidden_layers=LLM_LAYERS)
+    return tiny_config(tied=tied, num_hidden_layers=LLM_LAYERS)
 
 
 def _batch():
@@ -59,13 +59,13 @@ def _rank_main(layouts: list, full_numpy: dict) -> list[dict]:
 
     out = []
     for layout in layouts:
-        out.append(_one_layout(*layout, full_numpy))
+        out.append(_one_layout(*layout, full_numpy[layout[-1]]))
         parallel_state.destroy_model_parallel()
         dist.barrier()
     return out
 
 
-def _one_layout(tp: int, pp: int, cp: int, sp: bool, first_stage_layers, full_numpy: dict) -> dict:
+def _one_layout(tp: int, pp: int, cp: int, sp: bool, first_stage_layers, tied: bool, full_numpy: dict) -> dict:
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -79,7 +79,7 @@ def _one_layout(tp: int, pp: int, cp: int, sp: bool, first_stage_layers, full_nu
     overrides = dict(sequence_parallel=sp, pipeline_dtype=torch.float32)
     if first_stage_layers is not None:
         overrides["num_layers_in_first_pipeline_stage"] = first_stage_layers
-    model = Qwen2_5_VLModel(_config(), attention_backend="torch", **overrides)
+    model = Qwen2_5_VLModel(_config(tied), attention_backend="torch", **overrides)
     load_full_state_dict(model, {n: torch.from_numpy(a) for n, a in full_numpy.items()})
     _, batch = _batch()
     targets = batch["loss_mask"].sum()  # of the whole batch: CP ranks' losses then simply add up
@@ -110,7 +110,11 @@ def _one_layout(tp: int, pp: int, cp: int, sp: bool, first_stage_layers, full_nu
         logits = run(**common, forward_only=True, collect_non_loss_data=True)
     mode["logits"] = False
     losses = run(**common, forward_only=False)
-    # What finalize_model_grads does: sum norm grads over TP under SP, and all grads over CP.
+    # What finalize_model_grads does: sum norm grads over TP under SP, all grads over CP, and the
+    # tied embedding's grads over the first and last stage.
+    if tied and pp > 1 and parallel_state.is_rank_in_embedding_group():
+        weight = model.shared_embedding_or_output_weight()
+        torch.distributed.all_reduce(weight.grad, group=parallel_state.get_embedding_group())
     for p in model.parameters():
         if sp and getattr(p, "sequence_parallel", False) and p.grad is not None:
             torch.distributed.all_reduce(p.grad, group=parallel_state.get_tensor_model_parallel_group())
@@ -133,12 +137,12 @@ def _one_layout(tp: int, pp: int, cp: int, sp: bool, first_stage_layers, full_nu
     }
 
 
-def _hf_reference():
+def _hf_reference(tied: bool = False):
     """HF logits per sample, the masked mean loss over the packed batch, and HF grads in Megatron names."""
     from megatron_vlm.checkpoint.hf_names import hf_to_mcore
     from tests.qwen_utils import IMAGE, VIDEO, hf_model
 
-    cfg = _config()
+    cfg = _config(tied)
     hf = hf_model(cfg)
     samples, b = _batch()
     labels, mask = b["labels"][0].clamp(min=0), b["loss_mask"][0]
@@ -168,19 +172,22 @@ LAYOUTS = {  # tp, pp, cp, sequence parallel, LLM layers on the first stage
     "tp2xpp2-sp": (2, 2, 1, True, None),
     "cp2": (1, 1, 2, False, None),
     "tp2-sp-cp2": (2, 1, 2, True, None),
+    "tp2xpp2-sp-tied": (2, 2, 1, True, None),
 }
+TIED = {"tp2xpp2-sp-tied"}
 WORLD = 4
 
 
 @pytest.fixture(scope="module")
 def reference():
-    return _hf_reference()
+    return {False: _hf_reference(False), True: _hf_reference(True)}
 
 
 @pytest.fixture(scope="module")
 def parallel_results(reference):
-    weights = reference[3]
-    per_rank = run_distributed(_rank_main, WORLD, list(LAYOUTS.values()), weights, timeout_s=900)
+    weights = {tied: ref[3] for tied, ref in reference.items()}
+    layouts = [(*layout, name in TIED) for name, layout in LAYOUTS.items()]
+    per_rank = run_distributed(_rank_main, WORLD, layouts, weights, timeout_s=900)
     out = {}
     for i, name in enumerate(LAYOUTS):
         out[name] = [_from_numpy(rank[i]) for rank in per_rank]
@@ -209,7 +216,7 @@ def test_an_image_straddles_a_cp_chunk_edge():
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_parallel_layout_equals_hf(reference, parallel_results, layout):
-    logits, loss, grads, _ = reference
+    logits, loss, grads, _ = reference[layout in TIED]
     tp, pp, cp, sp, first = LAYOUTS[layout]
     results = parallel_results[layout]
     n = len(logits)

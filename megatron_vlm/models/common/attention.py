@@ -144,8 +144,8 @@ class CoreAttention(MegatronModule):
             raise ValueError("attention_bias is not supported")
         mask_type = attn_mask_type or self.attn_mask_type
         causal = mask_type in (AttnMaskType.causal, AttnMaskType.padding_causal)
-        if attention_mask is not None and not causal and mask_type != AttnMaskType.no_mask:
-            raise ValueError(f"explicit attention masks are not supported (mask type {mask_type})")
+        if attention_mask is not None:
+            raise ValueError("explicit attention masks are not supported: pass packed_seq_params for packing")
         cu = packed_seq_params.cu_seqlens_q if packed_seq_params is not None else None
         thd = query.dim() == 3
         if thd:

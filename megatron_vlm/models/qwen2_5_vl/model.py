@@ -98,10 +98,13 @@ class Qwen2_5_VLModel(MegatronModule):
         attention_backend: str = "auto",
         pre_process: bool | None = None,
         post_process: bool | None = None,
+        vp_stage: int | None = None,
         **config_overrides,
     ):
         """``config_overrides`` go to the LLM's TransformerConfig (e.g. ``sequence_parallel=True``,
-        ``params_dtype=torch.bfloat16, bf16=True``, ``num_layers_in_first_pipeline_stage=2``)."""
+        ``params_dtype=torch.bfloat16, bf16=True``, ``num_layers_in_first_pipeline_stage=2``).
+        ``vp_stage``: this chunk's virtual pipeline stage (interleaved schedule); pass
+        ``pre_process``/``post_process`` for it too."""
         text_config = text_transformer_config(cfg, **config_overrides)
         super().__init__(config=text_config)
         if pre_process is None:
@@ -119,7 +122,7 @@ class Qwen2_5_VLModel(MegatronModule):
         t = cfg.text
         self.language_model = GPTModel(
             config=text_config,
-            transformer_layer_spec=block_spec(text_config, spec, attention_backend),
+            transformer_layer_spec=block_spec(text_config, spec, attention_backend, vp_stage=vp_stage),
             vocab_size=t.vocab_size,
             max_sequence_length=t.max_position_embeddings,
             pre_process=pre_process,
@@ -129,6 +132,7 @@ class Qwen2_5_VLModel(MegatronModule):
             position_embedding_type="mrope",
             rotary_base=t.rope_theta,
             scatter_embedding_sequence_parallel=False,  # we place vision embeddings first, then scatter
+            vp_stage=vp_stage,
         )
         # Angles per token from the given ids, never Megatron's per-CP-rank slicing (see rope.py).
         self.language_model.rotary_pos_emb = MRopeEmbedding(t.head_dim, t.rope_theta, t.mrope_section, t.rope_scaling)
@@ -204,6 +208,8 @@ class Qwen2_5_VLModel(MegatronModule):
         Under context parallelism ``packed_seq_params`` holds the GLOBAL padded boundaries
         (``cu_seqlens_padded`` of ``split_batch_for_cp``); its ``*_token_rows`` save an all-gather.
         """
+        if attention_mask is not None:
+            raise ValueError("attention_mask is not used: causal within each packed sub-sequence (packed_seq_params)")
         if position_ids.dim() == 2:
             position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
         if packed_seq_params is not None and packed_seq_params.qkv_format != "sbhd":
