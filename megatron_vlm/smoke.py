@@ -7,6 +7,8 @@ Placeholder for the README's main command until the LongPT trainer lands.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 
@@ -14,6 +16,10 @@ from megatron_vlm.parallel import ParallelLayout, destroy, initialize
 
 
 def main(steps: int = 5) -> None:
+    # Megatron's "no TE/apex, falling back" notes and torch's collective-rename notices are
+    # expected on CPU; keep the job's output to what it did.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.core")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     initialize(ParallelLayout(tp=2, sequence_parallel=True))
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer import TransformerConfig

@@ -1,16 +1,18 @@
 """Run a function on N gloo ranks on CPU, for tests.
 
-``run_distributed(fn, world_size, *args)`` spawns ``world_size`` processes with a free port,
+``run_distributed(fn, world_size, *args)`` spawns ``world_size`` processes (forked from a
+fork server that has torch and Megatron-Core already imported) with a free port,
 sets the torchrun environment variables, calls ``fn(*args)`` in each, and returns the list of
-per-rank return values (which must pickle). A failure on any rank raises ``RankFailed`` with that
+per-rank return values (which must pickle; tensors come back by value). A failure on any rank raises ``RankFailed`` with that
 rank's traceback; a run over ``timeout_s`` kills every rank and fails. ``fn`` must be importable
-(a module-level function), because the ranks are spawned, not forked.
+(a module-level function), because the fork server does not share the caller's memory.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import socket
 import sys
 import traceback
@@ -31,8 +33,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(fn, args, rank, world_size, port, queue, env):
+def _worker(fn, args, rank, world_size, port, queue, env, cwd):
+    # The fork server started earlier: take the caller's environment and directory as of now.
+    os.environ.clear()
     os.environ.update(env)
+    os.chdir(cwd)
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -49,7 +54,9 @@ def _worker(fn, args, rank, world_size, port, queue, env):
 
         torch.set_num_threads(1)
         result = fn(*args)
-        queue.put((rank, True, result))
+        # Plain pickle, by value: torch's queue pickler would share tensors through file
+        # descriptors that vanish when this process exits before the parent reads them.
+        queue.put((rank, True, pickle.dumps(result)))
     except BaseException:  # noqa: BLE001 - the parent reports it
         queue.put((rank, False, traceback.format_exc()))
     finally:
@@ -62,13 +69,41 @@ def _worker(fn, args, rank, world_size, port, queue, env):
             pass
 
 
+# Imported once by the fork server; every rank then forks from it instead of importing torch and
+# Megatron-Core afresh (~10 s of CPU per rank on the CI machine). The server has run no torch op,
+# so forking it is safe, unlike forking the pytest process.
+PRELOAD = [
+    "torch",
+    "torch.distributed",
+    "megatron.core.parallel_state",
+    "megatron.core.tensor_parallel",
+    "megatron.core.models.gpt",
+    "megatron.core.distributed",
+    "megatron.core.pipeline_parallel",
+    "megatron.core.dist_checkpointing",
+    "tests.dist_utils",
+]
+_CTX = None
+
+
+def _context():
+    global _CTX
+    if _CTX is None:
+        _CTX = mp.get_context("forkserver")
+        if REPO not in sys.path:
+            sys.path.insert(0, REPO)
+        _CTX.set_forkserver_preload(PRELOAD)
+    return _CTX
+
+
 def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout_s: float = 300.0, env=None) -> list:
     """Run ``fn(*args)`` on ``world_size`` gloo ranks; return per-rank results in rank order."""
-    ctx = mp.get_context("spawn")
+    ctx = _context()
+    child_env = {**os.environ, **(env or {})}
     queue = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_worker, args=(fn, args, r, world_size, port, queue, dict(env or {})), daemon=False)
+        ctx.Process(target=_worker, args=(fn, args, r, world_size, port, queue, child_env, os.getcwd()), daemon=False)
         for r in range(world_size)
     ]
     for p in procs:
@@ -96,7 +131,7 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout_s: f
                     raise RankFailed(f"rank(s) {missing} died with exit code(s) {codes}") from None
                 continue
             if ok:
-                results[rank] = payload
+                results[rank] = pickle.loads(payload)
             else:
                 failures[rank] = payload
                 break  # one failure is enough; the others may hang on a collective

@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash tools/setup_env.sh
 # shellcheck disable=SC1091
 source "${VENV:-.venv}/bin/activate"
-ruff check megatron_vlm tools tests benchmarks examples
+ruff check .
 python -m pytest tests -q "$@"

@@ -42,7 +42,8 @@ def write_pool(pool_dir: Path, page_counts: list[int], page_px=(1584, 1224), ima
     image_px = image_px or page_px
     tiny = _png(*image_px, 0) if image_px != page_px else None
     for t in range(0, len(page_counts), docs_per_tar):
-        with tarfile.open(pool_dir / "shards" / f"pool-00000-{t // docs_per_tar:05d}.tar", "w") as tf:
+        shard = f"shards/pool-00000-{t // docs_per_tar:05d}.tar"
+        with tarfile.open(pool_dir / shard, "w") as tf:
             for d in range(t, min(t + docs_per_tar, len(page_counts))):
                 doc_id = f"{d:016x}"
                 ids.append(doc_id)
@@ -55,7 +56,8 @@ def write_pool(pool_dir: Path, page_counts: list[int], page_px=(1584, 1224), ima
                 _add(tf, f"{doc_id}.json", json.dumps(doc).encode())
                 for i in range(page_counts[d]):
                     _add(tf, f"{doc_id}.p{i:04d}.png", tiny or _png(*image_px, d * 1000 + i))
-                manifest.append({"id": doc_id, "status": "ok", "pages": page_counts[d]})
+                manifest.append({"id": doc_id, "source": f"doc{d}.pdf", "sha256": doc_id * 4, "status": "ok", "reason": None,
+                                 "pages": page_counts[d], "tokens": None, "shard": shard, "duplicate_of": None})
     (pool_dir / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
     return ids
 

@@ -17,16 +17,17 @@ echo "[setup] creating $VENV with $($PY --version)"
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# --no-compile: byte-compiling all of torch/transformers costs minutes of CPU; Python compiles what it imports.
 # torch first and pinned. torch 2.14.1 + torchvision 0.29.1 lie on this machine's local disk (a CUDA
 # build that runs on CPU too). torchvision is needed because transformers' AutoProcessor for Qwen2.5-VL
 # loads a video processor that imports it, and PyPI's torchvision does not import beside the CPU-only
 # torch 2.13.0 build. An open torch range would pull several GB from the registry instead.
 if ! python -c "import torch, torchvision" 2>/dev/null; then
   echo "[setup] installing torch 2.14.1 + torchvision 0.29.1 (a few minutes; ~6 GB)"
-  python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored" || true
+  python -m pip install -q --no-compile "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored" || true
 fi
 echo "[setup] installing megatron-vlm and its dependencies"
-python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+python -m pip install -q --no-compile -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 python -c "import megatron.core, megatron_vlm, fitz, webdataset" || { echo "[setup] install failed" >&2; exit 1; }
 # Optional OCR for scanned pages (pool stage): install when we can, never fail for lack of it.
 if ! command -v tesseract >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

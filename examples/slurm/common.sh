@@ -57,7 +57,6 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 export NVTE_FWD_LAYERNORM_SM_MARGIN="${NVTE_FWD_LAYERNORM_SM_MARGIN:-16}"
 export NVTE_BWD_LAYERNORM_SM_MARGIN="${NVTE_BWD_LAYERNORM_SM_MARGIN:-16}"
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
-export WANDB_MODE="${WANDB_MODE:-$([[ -n "${WANDB_API_KEY:-}" ]] && echo online || echo offline)}"
 
 # srun options for the container (empty without CONTAINER_IMAGE). The repository is mounted at
 # the same path inside, so paths in recipes and on the command line mean the same thing there.

@@ -15,6 +15,11 @@ python_bin="${PYTHON:-python}"
 
 case "$mode" in
     torchrun)
+        # Slurm's --signal=USR1@T reaches every process of the step. The trainer ranks save a
+        # checkpoint on it and exit 0; torchrun itself must not die of it (its default action),
+        # or srun would kill the ranks mid-save. An ignored signal stays ignored across exec, and
+        # the trainer installs its own handler.
+        trap '' USR1
         exec "$python_bin" -m torch.distributed.run \
             --nnodes "${SLURM_NNODES:-${NNODES:-1}}" \
             --node-rank "${SLURM_NODEID:-0}" \

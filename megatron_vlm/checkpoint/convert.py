@@ -382,7 +382,8 @@ def _export_config(cfg, template: dict | None, max_positions: int | None, dtype)
     config.update(to_hf_config(cfg))
     if max_positions is not None:
         config["max_position_embeddings"] = max(int(config.get("max_position_embeddings", 0)), int(max_positions))
-    config["torch_dtype"] = str(dtype).replace("torch.", "")
+    # transformers 5 reads "dtype", older versions "torch_dtype": write both, so no stale one wins.
+    config["dtype"] = config["torch_dtype"] = str(dtype).replace("torch.", "")
     return config
 
 

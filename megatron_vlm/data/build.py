@@ -63,18 +63,27 @@ def _sha256(path: Path) -> str:
 
 
 def read_pool(pool_dir: Path) -> tuple[dict, dict]:
-    """(documents by id: their page json, page image locations by (doc id, page index))."""
-    tars = sorted((pool_dir / "shards").glob("*.tar"))
-    if not tars:
-        raise FileNotFoundError(f"no pool shards in {pool_dir / 'shards'}")
+    """(documents by id: page count and sizes, page image locations by (doc id, page index)).
+
+    Only the manifest's `ok` rows, each from the shard the manifest names (docs/formats.md s.1).
+    """
+    from megatron_vlm.data.pool import read_manifest
+
+    wanted: dict[str, set[str]] = {}
+    for row in read_manifest(pool_dir):
+        if row["status"] == "ok":
+            wanted.setdefault(row["shard"], set()).add(row["id"])
+    if not wanted:
+        raise ValueError(f"the pool at {pool_dir} has no usable documents")
     docs: dict[str, dict] = {}
     images: dict[tuple[str, int], tuple[str, int, int, str]] = {}
-    for tar_path in tars:
+    for shard in sorted(wanted):
+        tar_path = pool_dir / shard
         with tarfile.open(tar_path, "r:") as tf:
             for m in tf:
-                if not m.isfile():
-                    continue
                 key, _, ext = Path(m.name).name.partition(".")
+                if not m.isfile() or key not in wanted[shard]:
+                    continue
                 if ext == "json":
                     doc = json.loads(tf.extractfile(m).read())
                     docs[key] = {"num_pages": doc["num_pages"], "sizes": [(p["height_px"], p["width_px"]) for p in doc["pages"]]}
@@ -99,7 +108,9 @@ def _key(record_id: str) -> str:
 def make_candidates(recipe, tokenizer, docs, images, records, drops: Counter, examples: dict) -> tuple[list, dict]:
     """Document candidates after truncation, and per record id what is needed to write it."""
     cands, info = [], {}
-    for rec in records:
+    for n, rec in enumerate(records):
+        if n and n % 20000 == 0:
+            print(f"build: counted {n}/{len(records)} records", flush=True)
         rid = _key(rec.get("id", ""))
         try:
             if not rid or rec.get("task") not in recipe.task_shares() or "question" not in rec or "answer" not in rec:
@@ -130,7 +141,7 @@ def make_candidates(recipe, tokenizer, docs, images, records, drops: Counter, ex
             continue
         c = mixture.Candidate(rid, rec["task"], count(pages), pages, doc["num_pages"])
         cands.append(c)
-        info[rid] = {"doc_id": rec["doc_id"], "question": q, "answer": a, "grids": [list(_grid(doc["sizes"][p], recipe)) for p in pages]}
+        info[rid] = {"record_id": str(rec["id"]), "doc_id": rec["doc_id"], "question": q, "answer": a, "grids": [list(_grid(doc["sizes"][p], recipe)) for p in pages]}
     return cands, info
 
 
@@ -161,7 +172,7 @@ def make_short_candidates(recipe, tokenizer, drops: Counter) -> tuple[list, dict
             continue
         rid = _key(f"short-{s.id}")
         cands.append(mixture.Candidate(rid, SHORT_TASK, n, list(range(len(s.images))), len(s.images)))
-        info[rid] = {"doc_id": "", "question": s.question, "answer": s.answer, "grids": grids, "short": s}
+        info[rid] = {"record_id": str(s.id), "doc_id": "", "question": s.question, "answer": s.answer, "grids": grids, "short": s}
     return cands, info
 
 
@@ -269,7 +280,7 @@ def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path) -> di
 def _write_instance(tf, key: str, c, meta: dict, images: dict) -> None:
     record = {
         "id": key,
-        "record_id": c.record_id,
+        "record_id": meta["record_id"],
         "doc_id": meta["doc_id"],
         "task": c.task,
         "pages": c.pages,

@@ -147,6 +147,10 @@ def eligible(recipe: DataRecipe, c: Candidate) -> str | None:
         lo, hi = recipe.pages_range
         if not lo <= c.doc_pages <= hi:
             return f"outside-pages-range-{lo}-{hi}"
+    if recipe.length_distribution == "custom":
+        ranges = [tuple(int(x) for x in str(r).split("-")) for r, w in recipe.length_histogram.items() if w > 0]
+        if not any(lo <= c.num_tokens < hi for lo, hi in ranges):
+            return "outside-length-histogram"
     return None
 
 

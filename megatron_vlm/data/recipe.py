@@ -75,9 +75,9 @@ class DataRecipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DataRecipe:
-        import yaml
+        from megatron_vlm.recipe_include import read_recipe_tree
 
-        doc = yaml.safe_load(Path(path).read_text()) or {}
+        doc = read_recipe_tree(path)  # follows `base:` includes and fills ${name} (examples/recipes/README.md)
         return cls.from_dict(doc.get("data", doc) if isinstance(doc, dict) else {})
 
     def to_dict(self) -> dict:

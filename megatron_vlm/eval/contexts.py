@@ -10,8 +10,9 @@ count is fixed (e.g. 32K ... 512K) and whose evidence sits at a chosen depth. Ho
 3. The non-anchor budget F = budget - anchor cost is split: depth x F before the anchor and the
    rest after it. Each side is filled first with the document's own neighbouring pages (nearest
    first), then with pages of other documents (whole runs of each, in page order, documents in a
-   seeded random order), a page at a time while the next page still fits. So the total is within
-   one page of the budget, and the tokens before the anchor are within one page of depth x F.
+   seeded random order; no document is split around the anchor), a page at a time while the next
+   page still fits. So the total is within one page of the budget, and the tokens before the
+   anchor are within one page of depth x F.
 
 Order in the context: distractors | document pages before | anchor | document pages after | distractors.
 Held-out only: documents in the exclusion set (e.g. every doc_id of a training shard set) are
@@ -95,13 +96,11 @@ class Context:
 # sources
 
 
-def _tar_reader(tar_path: Path, member: str) -> Callable[[], bytes]:
+def _span_reader(path: Path, offset: int, size: int) -> Callable[[], bytes]:
     def read() -> bytes:
-        with tarfile.open(tar_path) as tf:
-            f = tf.extractfile(member)
-            if f is None:
-                raise FileNotFoundError(f"{member} not in {tar_path}")
-            return f.read()
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
 
     return read
 
@@ -111,35 +110,50 @@ def _file_reader(path: Path) -> Callable[[], bytes]:
 
 
 def read_pool(pool_dir: str | Path) -> dict[str, Document]:
-    """Every document of a pool (docs/formats.md section 1), pages costed with the pool's pixel limits."""
+    """Every ``ok`` document of a pool (docs/formats.md section 1), pages costed with the pool's pixel limits.
+
+    Uses the pool stage's manifest and settings readers; page images are not loaded, only located
+    (byte offsets inside the tars), and read when an eval set is written.
+    """
+    from megatron_vlm.data import pool as pool_stage
+
     pool_dir = Path(pool_dir)
-    settings_path = pool_dir / "pool.json"
-    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    settings = pool_stage.read_settings(pool_dir)
     min_px = settings.get("min_pixels", image_rule.MIN_PIXELS)
     max_px = settings.get("max_pixels", image_rule.MAX_PIXELS)
-    tars = sorted((pool_dir / "shards").glob("*.tar"))
-    if not tars:
-        raise FileNotFoundError(f"no pool shards in {pool_dir / 'shards'}")
+    wanted: dict[str, set[str]] = {}
+    for row in pool_stage.read_manifest(pool_dir):
+        if row["status"] == "ok":
+            wanted.setdefault(row["shard"], set()).add(row["id"])
     docs: dict[str, Document] = {}
-    for tar_path in tars:
+    for shard in sorted(wanted):
+        tar_path = pool_dir / shard
+        metas, spans = [], {}
         with tarfile.open(tar_path) as tf:
-            members = tf.getmembers()
-            images = {m.name for m in members if m.name.endswith((".png", ".jpg"))}
-            for m in members:
-                if not m.name.endswith(".json"):
+            for m in tf:
+                key = m.name.split(".", 1)[0]
+                if key not in wanted[shard]:
                     continue
-                meta = json.loads(tf.extractfile(m).read())
-                doc_id = meta["id"]
-                pages = []
-                for p in meta["pages"]:
-                    stem = f"{doc_id}.p{p['index']:04d}"
-                    name = next((f"{stem}.{e}" for e in ("png", "jpg") if f"{stem}.{e}" in images), None)
-                    if name is None:
-                        raise FileNotFoundError(f"{stem}.png|jpg missing from {tar_path}")
-                    grid = image_rule.image_grid_thw(p["height_px"], p["width_px"], min_px, max_px)
-                    tokens = image_rule.image_token_count(p["height_px"], p["width_px"], min_px, max_px)
-                    pages.append(Page(doc_id, p["index"], tokens, grid, name.rsplit(".", 1)[1], _tar_reader(tar_path, name)))
-                docs[doc_id] = Document(doc_id, sorted(pages, key=lambda q: q.index))
+                if m.name.endswith(".json"):
+                    metas.append(json.loads(tf.extractfile(m).read()))
+                else:
+                    spans[m.name] = (m.offset_data, m.size)
+        for meta in metas:
+            doc_id = meta["id"]
+            pages = []
+            for p in meta["pages"]:
+                stem = f"{doc_id}.p{p['index']:04d}"
+                name = next((f"{stem}.{e}" for e in ("png", "jpg") if f"{stem}.{e}" in spans), None)
+                if name is None:
+                    raise FileNotFoundError(f"{stem}.png|jpg missing from {tar_path}")
+                grid = image_rule.image_grid_thw(p["height_px"], p["width_px"], min_px, max_px)
+                tokens = image_rule.image_token_count(p["height_px"], p["width_px"], min_px, max_px)
+                pages.append(
+                    Page(doc_id, p["index"], tokens, grid, name.rsplit(".", 1)[1], _span_reader(tar_path, *spans[name]))
+                )
+            docs[doc_id] = Document(doc_id, sorted(pages, key=lambda q: q.index))
+    if not docs:
+        raise ValueError(f"no ok documents in the pool at {pool_dir}")
     return docs
 
 
@@ -157,8 +171,16 @@ def read_qa_records(qa_dir: str | Path) -> list[Question]:
             r = json.loads(line)
             seg = tuple(r["segment"]) if r.get("segment") else None
             out.append(
-                Question(r["id"], r["doc_id"], r["task"], r["question"], r["answer"], r["answer_format"],
-                         list(r.get("evidence_pages") or []), seg)
+                Question(
+                    r["id"],
+                    r["doc_id"],
+                    r["task"],
+                    r["question"],
+                    r["answer"],
+                    r["answer_format"],
+                    list(r.get("evidence_pages") or []),
+                    seg,
+                )
             )
     return out
 
@@ -170,8 +192,14 @@ def image_page(path: Path, doc_id: str, index: int) -> Page:
     with Image.open(path) as im:
         width, height = im.size
     ext = "jpg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
-    return Page(doc_id, index, image_rule.image_token_count(height, width), image_rule.image_grid_thw(height, width),
-                ext, _file_reader(path))
+    return Page(
+        doc_id,
+        index,
+        image_rule.image_token_count(height, width),
+        image_rule.image_grid_thw(height, width),
+        ext,
+        _file_reader(path),
+    )
 
 
 def read_document_jsonl(path: str | Path) -> tuple[dict[str, Document], list[Question]]:
@@ -199,8 +227,17 @@ def read_document_jsonl(path: str | Path) -> tuple[dict[str, Document], list[Que
                 pages.append(image_page(image, doc_id, i))
             docs[doc_id] = Document(doc_id, pages)
         evidence = [i for i, p in enumerate(r["pages"]) if isinstance(p, dict) and p.get("evidence")]
-        questions.append(Question(str(r["id"]), doc_id, r.get("task", "unknown"), r["question"], r["answer"],
-                                  r["answer_format"], evidence or list(r.get("evidence_pages") or [])))
+        questions.append(
+            Question(
+                str(r["id"]),
+                doc_id,
+                r.get("task", "unknown"),
+                r["question"],
+                r["answer"],
+                r["answer_format"],
+                evidence or list(r.get("evidence_pages") or []),
+            )
+        )
     return docs, questions
 
 
@@ -245,10 +282,52 @@ def anchor_span(question: Question, doc: Document) -> tuple[int, int]:
     return 0, len(doc.pages)
 
 
-def _fill(pages: Sequence[Page], start: int, budget: int) -> tuple[list[Page], int, int]:
+class _LazyPages:
+    """Pages of the distractor documents, documents in a seeded random order, pages in page order.
+
+    Materialised only as far as they are indexed: the order is a lazy Fisher-Yates shuffle, so a
+    context costs what it uses, not the size of the pool. Skips the document ``skip_id``.
+    """
+
+    def __init__(self, docs: Sequence[Document], rng: random.Random, skip_id: str):
+        self._docs, self._rng, self._skip = docs, rng, skip_id
+        self._drawn, self._swapped, self._pages = 0, {}, []
+
+    def _next_doc(self) -> Document | None:
+        n = len(self._docs)
+        while self._drawn < n:
+            i = self._drawn
+            j = self._rng.randrange(i, n)
+            vi, vj = self._swapped.get(i, i), self._swapped.get(j, j)
+            self._swapped[j] = vi
+            self._drawn += 1
+            doc = self._docs[vj]
+            if doc.doc_id != self._skip and doc.pages:
+                return doc
+        return None
+
+    def _grow(self, n: int) -> bool:
+        while len(self._pages) < n:
+            doc = self._next_doc()
+            if doc is None:
+                return False
+            self._pages.extend(doc.pages)
+        return True
+
+    def __getitem__(self, i: int) -> Page:
+        self._grow(i + 1)
+        return self._pages[i]
+
+    def has(self, i: int) -> bool:
+        """Whether there is a page at position ``i``."""
+        return self._grow(i + 1)
+
+
+def _fill(pages: Sequence[Page] | _LazyPages, start: int, budget: int) -> tuple[list[Page], int, int]:
     """Take pages from ``pages[start:]`` while the next one fits in ``budget``: (taken, tokens, next start)."""
+    has = pages.has if isinstance(pages, _LazyPages) else (lambda k: k < len(pages))
     taken, used, i = [], 0, start
-    while i < len(pages) and used + pages[i].cost <= budget:
+    while has(i) and used + pages[i].cost <= budget:
         taken.append(pages[i])
         used += pages[i].cost
         i += 1
@@ -276,13 +355,14 @@ def build_context(
     anchor = doc.pages[first:last]
     anchor_tokens = sum(p.cost for p in anchor)
     if anchor_tokens > budget:
-        raise ValueError(f"question {question.id}: evidence span of {anchor_tokens} tokens exceeds the {budget}-token budget")
+        raise ValueError(
+            f"question {question.id}: evidence span of {anchor_tokens} tokens exceeds the {budget}-token budget"
+        )
     rest = budget - anchor_tokens
     before_budget = round(depth * rest)
 
-    others = [d for d in distractors if d.doc_id != doc.doc_id]
-    random.Random(f"{seed}:{question.id}:{target_tokens}:{depth}").shuffle(others)
-    stream = [p for d in others for p in d.pages]
+    rng = random.Random(f"{seed}:{question.id}:{target_tokens}:{depth}")
+    stream = _LazyPages(distractors, rng, doc.doc_id)
 
     own_before = doc.pages[:first][::-1]  # nearest first
     before_doc, used_before, n = _fill(own_before, 0, before_budget)
@@ -290,6 +370,10 @@ def build_context(
     if n == len(own_before):  # the document ran out first: pad with other documents
         before_distractors, used, i = _fill(stream, 0, before_budget - used_before)
         used_before += used
+
+    # the after side starts with a fresh distractor document, not the rest of one split around the anchor
+    while i > 0 and stream.has(i) and stream[i].doc_id == stream[i - 1].doc_id:
+        i += 1
 
     own_after = doc.pages[last:]
     after_doc, used_after, n = _fill(own_after, 0, rest - used_before)
@@ -300,7 +384,7 @@ def build_context(
 
     pages = before_distractors + before_doc[::-1] + anchor + after_doc + after_distractors
     gap = rest - used_before - used_after
-    if i == len(stream) and pages and gap >= max(p.cost for p in pages):
+    if not stream.has(i) and pages and gap >= max(p.cost for p in pages):
         raise ValueError(f"question {question.id}: distractor pages ran out {gap} tokens short of {budget}")
     start = len(before_distractors) + len(before_doc)
     evidence = set(question.evidence_pages)

@@ -1,8 +1,8 @@
 """Eval sets on disk (docs/eval_format.md): build them from a pool + QA records or from eval JSONL, read them back.
 
-    EVAL_DIR/eval.jsonl     one item per line: a question over fixed-length context pages
-    EVAL_DIR/images/        page images, each written once and shared by the items that use it
-    EVAL_DIR/eval.json      settings: sources, lengths, depths, seed, counts, items skipped and why
+EVAL_DIR/eval.jsonl     one item per line: a question over fixed-length context pages
+EVAL_DIR/images/        page images, each written once and shared by the items that use it
+EVAL_DIR/eval.json      settings: sources, lengths, depths, seed, counts, items skipped and why
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ def build_eval_set(
         kept = kept[:max_questions]
     jobs = [(q, length, depth) for q in kept for length in lengths for depth in depths]
     summary = {
-        "sources": sources or {}, "lengths": list(lengths), "depths": list(depths), "questions": len(kept),
+        "sources": sources or {},
+        "lengths": list(lengths),
+        "depths": list(depths),
+        "questions": len(kept),
         "excluded_docs": len(exclude),
         "questions_on_excluded_docs": sum(1 for q in questions if q.doc_id in docs and q.doc_id in exclude),
         "questions_on_unknown_docs": sum(1 for q in questions if q.doc_id not in docs),
@@ -97,23 +100,46 @@ def write_eval_set(
             if page.name not in written:
                 (tmp / "images" / page.name).write_bytes(page.read_bytes())
                 written.add(page.name)
-            pages.append({
-                "image": f"images/{page.name}", "doc_id": page.doc_id, "page": page.index,
-                "tokens": page.tokens, "grid_thw": list(page.grid_thw),
-                "evidence": pos in ctx.evidence_positions,
-            })
-        items.append({
-            "id": item_id(q.id, length, depth), "qa_id": q.id, "doc_id": q.doc_id, "task": q.task,
-            "question": q.question, "answer": q.answer, "answer_format": q.answer_format,
-            "target_tokens": length, "depth": depth, "achieved_depth": round(ctx.depth, 4),
-            "anchor": list(ctx.anchor), "context_tokens": ctx.tokens, "prompt_tokens": p_tokens,
-            "prompt_tokens_exact": count_prompt_tokens is not None,
-            "num_tokens": ctx.tokens + p_tokens, "pages": pages,
-        })
+            pages.append(
+                {
+                    "image": f"images/{page.name}",
+                    "doc_id": page.doc_id,
+                    "page": page.index,
+                    "tokens": page.tokens,
+                    "grid_thw": list(page.grid_thw),
+                    "evidence": pos in ctx.evidence_positions,
+                }
+            )
+        items.append(
+            {
+                "id": item_id(q.id, length, depth),
+                "qa_id": q.id,
+                "doc_id": q.doc_id,
+                "task": q.task,
+                "question": q.question,
+                "answer": q.answer,
+                "answer_format": q.answer_format,
+                "target_tokens": length,
+                "depth": depth,
+                "achieved_depth": round(ctx.depth, 4),
+                "anchor": list(ctx.anchor),
+                "context_tokens": ctx.tokens,
+                "prompt_tokens": p_tokens,
+                "prompt_tokens_exact": count_prompt_tokens is not None,
+                "num_tokens": ctx.tokens + p_tokens,
+                "pages": pages,
+            }
+        )
         if len(items) % 20 == 0:
             log(f"  built {len(items)}/{len(jobs)} items, {len(written)} page images")
-    summary = {**(summary or {}), "version": FORMAT_VERSION, "seed": seed, "items": len(items),
-               "images": len(written), "skipped": dict(sorted(skipped.items()))}
+    summary = {
+        **(summary or {}),
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "items": len(items),
+        "images": len(written),
+        "skipped": dict(sorted(skipped.items())),
+    }
     write_jsonl_atomic(tmp / "eval.jsonl", items)
     write_json_atomic(tmp / "eval.json", summary)
     os.replace(tmp, output)
@@ -125,7 +151,10 @@ def _page_from_image(path: Path) -> dict:
 
     with Image.open(path) as im:
         width, height = im.size
-    return {"tokens": image_rule.image_token_count(height, width), "grid_thw": list(image_rule.image_grid_thw(height, width))}
+    return {
+        "tokens": image_rule.image_token_count(height, width),
+        "grid_thw": list(image_rule.image_grid_thw(height, width)),
+    }
 
 
 def read_eval_set(path: str | os.PathLike) -> list[dict]:
@@ -142,7 +171,9 @@ def read_eval_set(path: str | os.PathLike) -> list[dict]:
         if missing:
             raise ValueError(f"{file}: item {n} lacks {', '.join(missing)}")
         if item["answer_format"] not in ANSWER_FORMATS:
-            raise ValueError(f"{file}: item {n} has answer_format {item['answer_format']!r}, not one of {ANSWER_FORMATS}")
+            raise ValueError(
+                f"{file}: item {n} has answer_format {item['answer_format']!r}, not one of {ANSWER_FORMATS}"
+            )
         pages = []
         for p in item["pages"]:
             p = dict(p) if isinstance(p, dict) else {"image": p}

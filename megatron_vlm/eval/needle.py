@@ -33,10 +33,13 @@ def needle_fact(rng: random.Random) -> tuple[str, str, int]:
     )
 
 
-def render_needle_page(fact: str, dpi: float, size_pt: tuple[float, float] = US_LETTER_PT) -> bytes:
-    """PNG bytes of a page with ``fact`` written in its middle (pymupdf), rendered at ``dpi``."""
+def render_needle_page(fact: str, dpi: int, size_pt: tuple[float, float] = US_LETTER_PT) -> bytes:
+    """PNG bytes of a page with ``fact`` written in its middle (pymupdf), rendered at ``dpi`` (an integer)."""
     import pymupdf
 
+    if dpi != int(dpi):
+        raise ValueError(f"dpi must be a whole number, got {dpi}")
+    dpi = int(dpi)  # pymupdf's get_pixmap rejects a float dpi
     width, height = size_pt
     doc = pymupdf.open()
     page = doc.new_page(width=width, height=height)
@@ -49,7 +52,7 @@ def render_needle_page(fact: str, dpi: float, size_pt: tuple[float, float] = US_
 
 
 def needle_documents(
-    lengths: Sequence[int], depths: Sequence[float], trials: int, dpi: float, seed: int = 0
+    lengths: Sequence[int], depths: Sequence[float], trials: int, dpi: int, seed: int = 0
 ) -> tuple[dict[str, Document], list[tuple[Question, int, float]]]:
     """One needle document and question per (length, depth, trial)."""
     docs, questions = {}, []
@@ -73,7 +76,7 @@ def build_needle_set(
     lengths: Sequence[int],
     depths: Sequence[float],
     trials: int = 1,
-    dpi: float = 144,
+    dpi: int = 144,
     exclude: set[str] = frozenset(),
     seed: int = 0,
     count_prompt_tokens=None,
@@ -82,8 +85,14 @@ def build_needle_set(
     """Write an eval set (docs/eval_format.md) of needle questions, one per grid point and trial."""
     needles, jobs = needle_documents(lengths, depths, trials, dpi, seed)
     haystack = [d for k, d in haystack.items() if k not in exclude]
-    summary = {"task": "needle", "lengths": list(lengths), "depths": list(depths), "trials": trials, "dpi": dpi,
-               "excluded_docs": len(exclude)}
+    summary = {
+        "task": "needle",
+        "lengths": list(lengths),
+        "depths": list(depths),
+        "trials": trials,
+        "dpi": dpi,
+        "excluded_docs": len(exclude),
+    }
     return write_eval_set(output, jobs, needles, haystack, seed, count_prompt_tokens, summary, log)
 
 
@@ -124,8 +133,15 @@ def plot_heatmap(scored: Iterable[dict], path: str | os.PathLike, title: str = "
     for i in range(len(depths)):
         for j in range(len(lengths)):
             value = grid[i, j]
-            ax.text(j, i, "-" if np.isnan(value) else f"{value:.0f}", ha="center", va="center", fontsize=9,
-                    color="white" if not np.isnan(value) and (value > 85 or value < 15) else "black")
+            ax.text(
+                j,
+                i,
+                "-" if np.isnan(value) else f"{value:.0f}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if not np.isnan(value) and (value > 85 or value < 15) else "black",
+            )
     bar = fig.colorbar(image, ax=ax)
     bar.set_label("accuracy (%)")
     overall = np.nanmean(grid)

@@ -26,9 +26,25 @@ def messages(question: str, images: list) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
-def prompt_tokens(question: str, tokenizer) -> int:
+def load_chat_template(tokenizer_dir) -> str | None:
+    """The multimodal chat template: chat_template.json (or .jinja) beside the tokenizer, if there is one.
+
+    Qwen2.5-VL ships its image-aware template there; tokenizer_config.json may hold the text-only one.
+    """
+    import json
+    from pathlib import Path
+
+    d = Path(tokenizer_dir)
+    if (d / "chat_template.json").is_file():
+        return json.loads((d / "chat_template.json").read_text())["chat_template"]
+    if (d / "chat_template.jinja").is_file():
+        return (d / "chat_template.jinja").read_text()
+    return None
+
+
+def prompt_tokens(question: str, tokenizer, chat_template: str | None = None) -> int:
     """Tokens of the chat-templated prompt with no images (generation prompt included)."""
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question_text(question)}], tokenize=False, add_generation_prompt=True
+        messages(question, []), tokenize=False, add_generation_prompt=True, chat_template=chat_template
     )
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])

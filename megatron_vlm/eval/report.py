@@ -17,23 +17,38 @@ ALL = "all"
 
 def _length_label(n) -> str:
     n = int(n)
+    if n == 0:
+        return "n/a"
     return f"{n // 1024}K" if n % 1024 == 0 and n >= 1024 else str(n)
+
+
+def evidence_kind(record: dict) -> str:
+    """MMLongBench's split: unanswerable (answer_format None), single-page, cross-page, or unknown."""
+    if record.get("answer_format") == "None":
+        return "unanswerable"
+    n = record.get("evidence_count")
+    if n is None:
+        return "unknown"
+    return "single-page" if n <= 1 else "cross-page"
 
 
 def build_report(scored: Iterable[dict], model: str | None = None) -> dict:
     """Summaries of scored records (each with ``score``, ``answer_format``, ``extracted``, ``task``, ``target_tokens``)."""
     scored = list(scored)
     by_length, by_task, by_both = defaultdict(list), defaultdict(list), defaultdict(lambda: defaultdict(list))
+    by_evidence = defaultdict(list)
     for r in scored:
         length, task = str(int(r.get("target_tokens") or 0)), r.get("task") or "unknown"
         by_length[length].append(r)
         by_task[task].append(r)
         by_both[length][task].append(r)
+        by_evidence[evidence_kind(r)].append(r)
     return {
         "model": model,
         "overall": summarize(scored),
         "by_length": {k: summarize(v) for k, v in sorted(by_length.items(), key=lambda kv: int(kv[0]))},
         "by_task": {k: summarize(v) for k, v in sorted(by_task.items())},
+        "by_evidence": {k: summarize(v) for k, v in sorted(by_evidence.items())},
         "by_length_task": {
             k: {t: summarize(v) for t, v in sorted(tasks.items())}
             for k, tasks in sorted(by_both.items(), key=lambda kv: int(kv[0]))
@@ -50,8 +65,13 @@ def report_markdown(report: dict) -> str:
     lengths = list(report["by_length"])
     tasks = list(report["by_task"])
     name = report.get("model") or "model"
-    lines = [f"## {name}", "", f"Overall accuracy {_pct(report['overall']['accuracy'])}, F1 "
-             f"{_pct(report['overall']['f1'])} over {report['overall']['n']} questions.", ""]
+    lines = [
+        f"## {name}",
+        "",
+        f"Overall accuracy {_pct(report['overall']['accuracy'])}, F1 "
+        f"{_pct(report['overall']['f1'])} over {report['overall']['n']} questions.",
+        "",
+    ]
     lines.append("| task | " + " | ".join(_length_label(n) for n in lengths) + " | all |")
     lines.append("|---|" + "---:|" * (len(lengths) + 1))
     for task in tasks:
@@ -60,8 +80,15 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {task} | " + " | ".join(row) + " |")
     row = [_pct(report["by_length"][n]["accuracy"]) for n in lengths] + [_pct(report["overall"]["accuracy"])]
     lines.append("| **all** | " + " | ".join(row) + " |")
-    lines.append("| n | " + " | ".join(str(report["by_length"][n]["n"]) for n in lengths)
-                 + f" | {report['overall']['n']} |")
+    lines.append(
+        "| n | " + " | ".join(str(report["by_length"][n]["n"]) for n in lengths) + f" | {report['overall']['n']} |"
+    )
+    evidence = report.get("by_evidence") or {}
+    if evidence:
+        lines += [
+            "",
+            "By evidence: " + ", ".join(f"{k} {_pct(v['accuracy'])} (n={v['n']})" for k, v in evidence.items()) + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -83,8 +110,10 @@ def compare_reports(base: dict, trained: dict) -> dict:
             "by_length": {n: _delta(base["by_length"].get(n), trained["by_length"].get(n)) for n in lengths},
             "by_task": {t: _delta(base["by_task"].get(t), trained["by_task"].get(t)) for t in tasks},
             "by_length_task": {
-                n: {t: _delta(base["by_length_task"].get(n, {}).get(t), trained["by_length_task"].get(n, {}).get(t))
-                    for t in tasks}
+                n: {
+                    t: _delta(base["by_length_task"].get(n, {}).get(t), trained["by_length_task"].get(n, {}).get(t))
+                    for t in tasks
+                }
                 for n in lengths
             },
         },
@@ -110,16 +139,27 @@ def compare_markdown(comparison: dict) -> str:
     tasks = list(delta["by_task"])
     lines = [f"## {t_name} vs {b_name}", "", "| context | " + f"{b_name} | {t_name} | delta |", "|---|---:|---:|---:|"]
     for n in lengths:
-        lines.append(f"| {_length_label(n)} | {_pct(acc(base, 'by_length', n))} | {_pct(acc(trained, 'by_length', n))}"
-                     f" | {_signed(delta['by_length'][n])} |")
-    lines.append(f"| **all** | {_pct(base['overall']['accuracy'])} | {_pct(trained['overall']['accuracy'])} | "
-                 f"{_signed(delta['overall'])} |")
+        lines.append(
+            f"| {_length_label(n)} | {_pct(acc(base, 'by_length', n))} | {_pct(acc(trained, 'by_length', n))}"
+            f" | {_signed(delta['by_length'][n])} |"
+        )
+    lines.append(
+        f"| **all** | {_pct(base['overall']['accuracy'])} | {_pct(trained['overall']['accuracy'])} | "
+        f"{_signed(delta['overall'])} |"
+    )
     lines += ["", "| task | " + f"{b_name} | {t_name} | delta |", "|---|---:|---:|---:|"]
     for t in tasks:
-        lines.append(f"| {t} | {_pct(acc(base, 'by_task', t))} | {_pct(acc(trained, 'by_task', t))} | "
-                     f"{_signed(delta['by_task'][t])} |")
-    lines += ["", f"Delta ({t_name} - {b_name}) per task and context length:", "",
-              "| task | " + " | ".join(_length_label(n) for n in lengths) + " |", "|---|" + "---:|" * len(lengths)]
+        lines.append(
+            f"| {t} | {_pct(acc(base, 'by_task', t))} | {_pct(acc(trained, 'by_task', t))} | "
+            f"{_signed(delta['by_task'][t])} |"
+        )
+    lines += [
+        "",
+        f"Delta ({t_name} - {b_name}) per task and context length:",
+        "",
+        "| task | " + " | ".join(_length_label(n) for n in lengths) + " |",
+        "|---|" + "---:|" * len(lengths),
+    ]
     for t in tasks:
         lines.append(f"| {t} | " + " | ".join(_signed(delta["by_length_task"][n][t]) for n in lengths) + " |")
     return "\n".join(lines) + "\n"

@@ -7,7 +7,8 @@ Two steps, both pure functions:
    a. If the output has a line starting ``Extracted answer:`` or ``Answer:`` (case-insensitive,
       markdown bold allowed), take the text after the LAST such marker up to the end of that line;
       otherwise take the whole output if it is one line, else its last non-empty line.
-   b. Strip markdown emphasis/backticks, surrounding quotes and a trailing period.
+   b. Strip markdown emphasis/backticks, a lead-in "(the) (final) answer is", surrounding quotes
+      and a trailing period.
    c. If it says the question cannot be answered (``NOT_ANSWERABLE_PATTERNS``) -> ``Not answerable``.
    d. Int/Float: the first number in the span (thousands commas dropped, a trailing % kept off).
       List: the span parsed as a JSON/Python list if it is one, else split on ``;`` / ``,`` / `` and ``.
@@ -60,6 +61,7 @@ F1_THRESHOLD = 0.5
 FLOAT_REL_TOL = 0.01
 
 _MARKER = re.compile(r"^\s*\**\s*(?:extracted answer|final answer|answer)\s*\**\s*:\s*\**\s*(.*)$", re.I | re.M)
+_LEAD_IN = re.compile(r"^(?:so,?\s+)?(?:the\s+)?(?:final\s+)?answer\s+is\s*:?\s*", re.I)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
@@ -80,6 +82,7 @@ def _answer_span(output: str) -> str:
         lines = [ln for ln in output.strip().splitlines() if ln.strip()]
         span = lines[-1] if lines else ""
     span = re.sub(r"[*`]+", "", span).strip()
+    span = _LEAD_IN.sub("", span).strip()
     span = span.strip("\"'").strip()
     if span.endswith(".") and not _NUMBER.fullmatch(span):
         span = span[:-1].rstrip()

@@ -221,7 +221,12 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"recipe not found: {path}")
-        tree = yaml.safe_load(path.read_text()) or {}
+        from megatron_vlm.recipe_include import RecipeIncludeError, read_recipe_tree
+
+        try:
+            tree = read_recipe_tree(path)  # follows `base:` includes and fills ${name} (examples/recipes/README.md)
+        except RecipeIncludeError as err:
+            raise RecipeError(str(err)) from None
     for override in overrides:
         _apply_override(tree, override)
     return _build(Recipe, tree, "")

@@ -60,6 +60,7 @@ def make_hf_dir(path: Path, tied: bool, layout: str, reference: Path) -> Path:
         writer.add(new, reader.get(name))
     writer.close()
     (path / "config.json").write_text((saved / "config.json").read_text())
+    copy_processor_files(saved, path)  # generation_config.json
     copy_processor_files(reference / "qwen2_5_vl_tokenizer", path)
     copy_processor_files(reference / "hf_configs" / "Qwen2.5-VL-7B-Instruct", path)
     return path

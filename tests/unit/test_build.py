@@ -9,12 +9,23 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from megatron_vlm.data import mixture, stats
 from megatron_vlm.data.build import build
 from megatron_vlm.data.recipe import DataRecipe
 from megatron_vlm.data.tokens import count_tokens, load_tokenizer
 from tests.shards_fixtures import write_pool, write_records
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensor ops thrash on a shared 2-core machine with torch's default threads.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 PAGE_TOKENS = 57 * 44  # a US-Letter page at 144 DPI: 1584x1224 -> 1596x1232 -> 57x44 tokens (DESIGN.md)
 
@@ -123,15 +134,22 @@ def test_deterministic_resumable_and_cli(tmp_path, qwen_tokenizer_dir):
     assert "wrote" in out.stdout and str(tmp_path / "a") in out.stdout
     first = _digest(tmp_path / "a")
     # Same inputs -> byte-identical shards; an interrupted build (index and a shard missing) resumes.
-    assert subprocess.run(cmd + ["--output", str(tmp_path / "b")], capture_output=True).returncode == 0
+    recipe = DataRecipe.from_yaml(recipe_path)
+    build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "b")
     assert _digest(tmp_path / "b") == first
     (tmp_path / "a" / "index.json").unlink()
     (tmp_path / "a" / "shard-000001.tar").unlink()
-    assert subprocess.run(cmd + ["--output", str(tmp_path / "a")], capture_output=True).returncode == 0
+    build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "a")
     assert _digest(tmp_path / "a") == first and (tmp_path / "a" / "index.json").is_file()
+    # A different recipe into the same directory is refused, not mixed in.
+    recipe.seed += 1
+    with pytest.raises(ValueError, match="different build"):
+        build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "a")
     # stats CLI prints the table and where the report went.
-    st = subprocess.run([sys.executable, "tools/preprocess_data.py", "stats", str(tmp_path / "a")], capture_output=True, text=True)
-    assert "| extract-single |" in st.stdout and "report written to" in st.stdout
+    from tools.preprocess_data import main as cli
+
+    assert cli(["stats", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "report" / "report.md").read_text().count("| yes |") >= 3
     # Bad input: one-line reason, non-zero.
     recipe_path.write_text("data:\n  length_distribution: wide\n")
     bad = subprocess.run(cmd + ["--output", str(tmp_path / "c")], capture_output=True, text=True)

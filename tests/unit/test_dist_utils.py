@@ -21,7 +21,7 @@ def _all_reduce_ranks(offset):
     t = torch.tensor([dist.get_rank() + 1.0])
     dist.all_reduce(t)
     return {"rank": dist.get_rank(), "world": dist.get_world_size(), "env_rank": int(os.environ["RANK"]),
-            "sum": t.item(), "offset": offset}
+            "sum": t.item(), "offset": offset, "tensor": torch.full((3,), float(dist.get_rank()))}
 
 
 def _fail_on_rank_one():
@@ -52,6 +52,8 @@ def test_returns_per_rank_results_in_rank_order():
     assert [r["env_rank"] for r in results] == [0, 1, 2]
     assert all(r["world"] == 3 and r["offset"] == 7 for r in results)
     assert all(r["sum"] == 1 + 2 + 3 for r in results)  # the ranks really talked to each other
+    # tensors come back by value (the ranks have exited by the time they are read)
+    assert [r["tensor"].tolist() for r in results] == [[0.0] * 3, [1.0] * 3, [2.0] * 3]
 
 
 def test_failure_on_one_rank_raises_with_its_traceback():
@@ -75,8 +77,8 @@ def _alive(pid: int) -> bool:
 
 def test_hang_hits_the_timeout_and_kills_every_rank(tmp_path):
     start = time.monotonic()
-    with pytest.raises(RankFailed, match="timed out after 20s"):
-        run_distributed(_hang, 2, str(tmp_path), timeout_s=20)
+    with pytest.raises(RankFailed, match="timed out after 8s"):
+        run_distributed(_hang, 2, str(tmp_path), timeout_s=8)
     assert time.monotonic() - start < 60
     pids = [int(p.read_text()) for p in sorted(tmp_path.glob("*.pid"))]
     assert len(pids) == 2

@@ -18,18 +18,45 @@ from megatron_vlm.eval.contexts import Question, build_context, read_exclusions,
 from megatron_vlm.eval.evalset import build_eval_set, read_eval_set
 from tests.unit.eval_pool import DOCS, add_member, write_pool
 
-REFERENCE_PREPROCESSOR = Path(__file__).resolve().parents[2].parent / "shared/reference/hf_configs/Qwen2.5-VL-7B-Instruct"
+REFERENCE_PREPROCESSOR = (
+    Path(__file__).resolve().parents[2].parent / "shared/reference/hf_configs/Qwen2.5-VL-7B-Instruct"
+)
+
 
 def write_qa(root: Path) -> Path:
     qa = root / "qa"
     qa.mkdir()
     rows = [
-        {"id": "q-single", "doc_id": "doc03", "task": "extract-single", "segment": [0, 9], "question": "What is on page 4?",
-         "answer": "blue", "answer_format": "Str", "evidence_pages": [4]},
-        {"id": "q-multi", "doc_id": "doc05", "task": "extract-multi", "segment": [0, 6], "question": "How many?",
-         "answer": 3, "answer_format": "Int", "evidence_pages": [1, 3]},
-        {"id": "q-train", "doc_id": "doc00", "task": "reasoning", "segment": [0, 6], "question": "Seen in training?",
-         "answer": 1.5, "answer_format": "Float", "evidence_pages": [2]},
+        {
+            "id": "q-single",
+            "doc_id": "doc03",
+            "task": "extract-single",
+            "segment": [0, 9],
+            "question": "What is on page 4?",
+            "answer": "blue",
+            "answer_format": "Str",
+            "evidence_pages": [4],
+        },
+        {
+            "id": "q-multi",
+            "doc_id": "doc05",
+            "task": "extract-multi",
+            "segment": [0, 6],
+            "question": "How many?",
+            "answer": 3,
+            "answer_format": "Int",
+            "evidence_pages": [1, 3],
+        },
+        {
+            "id": "q-train",
+            "doc_id": "doc00",
+            "task": "reasoning",
+            "segment": [0, 6],
+            "question": "Seen in training?",
+            "answer": 1.5,
+            "answer_format": "Float",
+            "evidence_pages": [2],
+        },
     ]
     (qa / "records-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return qa
@@ -68,8 +95,11 @@ def test_length_and_depth(pool_and_qa, target, depth):
     own = [i for i, p in enumerate(ctx.pages) if p.doc_id == "doc03"]
     assert own == list(range(own[0], own[-1] + 1))
     assert [ctx.pages[i].index for i in own] == sorted(ctx.pages[i].index for i in own)
-    # no page twice
+    # no page twice, and no distractor document on both sides of the question's document
     assert len({(p.doc_id, p.index) for p in ctx.pages}) == len(ctx.pages)
+    before_docs = {p.doc_id for p in ctx.pages[: own[0]]}
+    after_docs = {p.doc_id for p in ctx.pages[own[-1] + 1 :]}
+    assert not before_docs & after_docs
 
 
 def test_multi_page_evidence_span(pool_and_qa):
@@ -101,8 +131,9 @@ def test_eval_set_on_disk(pool_and_qa, tmp_path):
     exclusions.write_text("doc00\ndoc01\n")
     exclude = read_exclusions(exclusions)
     out = tmp_path / "evalset"
-    summary = build_eval_set(docs, questions, out, lengths=[2000, 3000], depths=[0.0, 0.5, 1.0], exclude=exclude,
-                             log=lambda *_: None)
+    summary = build_eval_set(
+        docs, questions, out, lengths=[2000, 3000], depths=[0.0, 0.5, 1.0], exclude=exclude, log=lambda *_: None
+    )
     assert summary["questions"] == 2 and summary["items"] == 12 and summary["questions_on_excluded_docs"] == 1
     assert not list(tmp_path.glob(".evalset.tmp*"))
     items = read_eval_set(out)
@@ -114,11 +145,21 @@ def test_eval_set_on_disk(pool_and_qa, tmp_path):
         assert item["context_tokens"] == sum(hand_cost(*DOCS[p["doc_id"]][p["page"]]) for p in item["pages"])
     # the same set re-read from the JSONL file alone, with token counts recomputed from the images
     stripped = tmp_path / "plain.jsonl"
-    stripped.write_text("".join(
-        json.dumps({"id": it["id"], "question": it["question"], "answer": it["answer"],
-                    "answer_format": it["answer_format"], "pages": [str(out / p["image"].split(str(out) + "/")[-1])
-                                                                     for p in it["pages"]]}) + "\n"
-        for it in items))
+    stripped.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": it["id"],
+                    "question": it["question"],
+                    "answer": it["answer"],
+                    "answer_format": it["answer_format"],
+                    "pages": [str(out / p["image"].split(str(out) + "/")[-1]) for p in it["pages"]],
+                }
+            )
+            + "\n"
+            for it in items
+        )
+    )
     again = read_eval_set(stripped)
     assert [[p["tokens"] for p in it["pages"]] for it in again] == [[p["tokens"] for p in it["pages"]] for it in items]
 
@@ -149,3 +190,50 @@ def test_exclusions_from_shard_dir(tmp_path):
     listed = tmp_path / "ids.json"
     listed.write_text('["x", "y"]')
     assert read_exclusions(listed) == {"x", "y"}
+
+
+def test_on_a_pool_from_the_pool_stage(tmp_path):
+    """Contexts over a pool written by the pool stage from generated PDFs (low DPI to stay fast)."""
+    import argparse
+
+    from megatron_vlm.data import pool as pool_stage
+    from megatron_vlm.data.sample_pdfs import make_corpus
+
+    make_corpus(tmp_path / "pdfs", n_docs=5, pages=(3, 4), seed=3, scanned=False)
+    parser = argparse.ArgumentParser()
+    pool_stage.add_arguments(parser)
+    out = tmp_path / "pool"
+    assert (
+        pool_stage.main(
+            parser.parse_args(
+                [
+                    "--input",
+                    str(tmp_path / "pdfs"),
+                    "--output",
+                    str(out),
+                    "--dpi",
+                    "36",
+                    "--no-ocr",
+                    "--quiet",
+                    "--docs-per-tar",
+                    "2",
+                ]
+            )
+        )
+        == 0
+    )
+    docs = read_pool(out)
+    by_id = {doc["id"]: doc for doc, _ in pool_stage.iter_documents(out)}
+    assert set(docs) == set(by_id)
+    for doc_id, doc in docs.items():
+        # our costing agrees with the pool stage's own per-page token counts and grids
+        assert [p.tokens for p in doc.pages] == [p["tokens"] for p in by_id[doc_id]["pages"]]
+        assert [list(p.grid_thw) for p in doc.pages] == [p["grid_thw"] for p in by_id[doc_id]["pages"]]
+    doc_id = sorted(docs)[0]
+    q = Question("q", doc_id, "extract-single", "?", "a", "Str", [1])
+    page_cost = max(p.cost for d in docs.values() for p in d.pages)
+    ctx = build_context(q, docs[doc_id], list(docs.values()), 10 * page_cost, 0.5)
+    assert 9 * page_cost < ctx.tokens <= 10 * page_cost
+    # the lazily read page bytes are the pool's PNG for that page
+    _, images = next((d, im) for d, im in pool_stage.iter_documents(out, images=True, ids={doc_id}))
+    assert ctx.pages[ctx.evidence_positions[0]].read_bytes() == images[1]

@@ -25,6 +25,14 @@ def test_needle_page_pixels_and_ink():
     assert 792 / 2 - 40 <= rows.min() and rows.max() <= 792 / 2 + 40  # ... only in the middle band
 
 
+def test_needle_page_float_dpi():
+    # regression: pymupdf's get_pixmap raises TypeError on a float dpi (the CLI used to pass 36.0)
+    page = Image.open(io.BytesIO(render_needle_page("x", dpi=36.0)))
+    assert page.size == (306, 396)
+    with pytest.raises(ValueError, match="whole number"):
+        render_needle_page("x", dpi=36.5)
+
+
 def test_needle_text_in_pdf():
     # pymupdf's own text extraction on the page we draw: the fact is there word for word.
     import pymupdf
@@ -39,8 +47,9 @@ def test_needle_text_in_pdf():
 def test_needle_set_grid(tmp_path):
     docs = read_pool(write_pool(tmp_path))
     lengths, depths = [1500, 3000], [0.0, 0.5, 1.0]
-    summary = build_needle_set(docs, tmp_path / "needle", lengths, depths, trials=2, dpi=36, exclude={"doc00"},
-                               log=lambda *_: None)
+    summary = build_needle_set(
+        docs, tmp_path / "needle", lengths, depths, trials=2, dpi=36, exclude={"doc00"}, log=lambda *_: None
+    )
     assert summary["items"] == 12
     items = read_eval_set(tmp_path / "needle")
     assert sorted({(it["target_tokens"], it["depth"]) for it in items}) == [(n, d) for n in lengths for d in depths]

@@ -7,16 +7,23 @@ import pytest
 from megatron_vlm.eval.report import build_report, compare_markdown, compare_reports, report_markdown
 
 
-def rec(length, task, score, fmt="Int", extracted="1"):
-    return {"target_tokens": length, "task": task, "score": score, "answer_format": fmt, "extracted": extracted}
+def rec(length, task, score, fmt="Int", extracted="1", evidence=1):
+    return {
+        "target_tokens": length,
+        "task": task,
+        "score": score,
+        "answer_format": fmt,
+        "extracted": extracted,
+        "evidence_count": evidence,
+    }
 
 
 BASE = [
     rec(32768, "extract-single", 1.0),
     rec(32768, "extract-single", 0.0),
-    rec(32768, "reasoning", 0.5, "Str", "x"),
+    rec(32768, "reasoning", 0.5, "Str", "x", evidence=3),
     rec(65536, "extract-single", 0.0),
-    rec(65536, "reasoning", 0.0, "None", "7"),
+    rec(65536, "reasoning", 0.0, "None", "7", evidence=0),
 ]
 TRAINED = [
     rec(32768, "extract-single", 1.0),
@@ -40,6 +47,11 @@ def test_report_numbers():
     assert "| task | 32K | 64K | all |" in md
     assert "| extract-single | 50.0 | 0.0 | 33.3 |" in md
     assert "| **all** | 50.0 | 0.0 | 30.0 |" in md
+    # MMLongBench's split: single-page (3 records, 1 hit), cross-page (1, 0.5), unanswerable (1, 0)
+    assert r["by_evidence"]["single-page"]["accuracy"] == pytest.approx(1 / 3)
+    assert r["by_evidence"]["cross-page"]["accuracy"] == 0.5
+    assert r["by_evidence"]["unanswerable"] == {"n": 1, "accuracy": 0.0, "f1": 0.0}
+    assert "cross-page 50.0 (n=1)" in md
 
 
 def test_compare_deltas():

@@ -97,7 +97,7 @@ def test_token_f1_hand_worked():
     "answer,prediction,expected",
     [
         (["Paris", "Rome"], ["rome", "paris"], 1.0),  # order-free, cleaned
-        ("['Paris', 'Rome']", "[\"Rome\", \"Paris\"]", 1.0),  # list literals in strings
+        ("['Paris', 'Rome']", '["Rome", "Paris"]', 1.0),  # list literals in strings
         (["Paris", "Rome"], ["Paris"], 0.0),  # length differs
         (["Paris", "Rome"], ["Paris", "Roma"], 0.75),  # min(1, ANLS(rome, roma) = 0.75)
         (["Paris", "Rome"], ["Paris", "Berlin"], 0.0),
@@ -130,7 +130,9 @@ def test_not_answerable():
         ("Answer: apples, pears and plums", "List", ["apples", "pears", "plums"]),
         ("Extracted answer: Not answerable", "Str", "Not answerable"),
         ("The pages do not say.\nAnswer: unanswerable", "Int", "Not answerable"),
-        ("Answer: \"Annual Report\"", "Str", "Annual Report"),
+        ('Answer: "Annual Report"', "Str", "Annual Report"),
+        ("Reading page 3.\nThe answer is blue.", "Str", "blue"),  # lead-in phrase dropped
+        ("So the final answer is: 42", "Int", "42"),
     ],
 )
 def test_extract_answer(output, fmt, expected):

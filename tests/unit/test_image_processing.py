@@ -15,10 +15,12 @@ from megatron_vlm.data.image_rule import image_token_count
 
 def _encoded(h: int, w: int, mode: str, fmt: str, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
-    channels = 3 if mode == "RGB" else 1
+    channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
     arr = rng.integers(0, 256, size=(h, w, channels), dtype=np.uint8)
     # Smooth structure plus noise, so resampling is exercised on both edges and flat areas.
     arr[: h // 2] //= 2
+    if mode == "RGBA":
+        arr[: h // 3, :, 3] = 0  # fully transparent band: HF composites it onto white
     img = Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode)
     buf = io.BytesIO()
     img.save(buf, format=fmt)
@@ -33,6 +35,8 @@ def _encoded(h: int, w: int, mode: str, fmt: str, seed: int) -> bytes:
         (57, 31, "L", "PNG", 12_845_056),  # below min_pixels: upscaled
         (900, 700, "RGB", "PNG", 200_000),  # above max_pixels: downscaled
         (56, 84, "RGB", "PNG", 12_845_056),  # already multiples of 28: no resize
+        (1584, 1224, "L", "PNG", 12_845_056),  # a grey page, as the pool writes colourless pages
+        (120, 90, "RGBA", "PNG", 12_845_056),  # transparency
     ],
 )
 def test_pixels_and_grid_equal_hf(h, w, mode, fmt, max_pixels):

@@ -265,3 +265,73 @@ def test_launch_local_two_processes(slurm_env):
     assert [r["rank"] for r in ranks] == [0, 1]
     assert {r["world_size"] for r in ranks} == {2} and {r["rank_sum"] for r in ranks} == {1}
     assert ranks[0]["argv"] == ["--config", str(slurm_env["recipe"]), "train.steps=3"]
+
+
+USR1_PROBE = """
+import os, signal, time
+got = []
+signal.signal(signal.SIGUSR1, lambda *_: got.append(1))
+rank = os.environ["RANK"]
+open(os.path.join(os.environ["PROBE_DIR"], f"rank{rank}.ready"), "w").close()
+deadline = time.time() + 60
+while not got and time.time() < deadline:
+    time.sleep(0.05)
+if got:
+    open(os.path.join(os.environ["PROBE_DIR"], f"rank{rank}.signalled"), "w").close()
+"""
+
+
+def _process_tree(root: int) -> list[int]:
+    """root and all its descendants, from /proc (what Slurm's proctrack tracks for a step)."""
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def test_torchrun_task_survives_usr1_and_ranks_get_it(tmp_path):
+    """Slurm signals every process of a step; torchrun must outlive USR1 while the ranks handle it."""
+    import signal
+    import time
+
+    probe = _executable(tmp_path / "usr1_probe.py", USR1_PROBE)
+    env = dict(os.environ, PYTHON=sys.executable, GPUS_PER_NODE="2", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(_free_port()), SLURM_NNODES="1", SLURM_NODEID="0", PROBE_DIR=str(tmp_path),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(["bash", str(SLURM / "task.sh"), "torchrun", str(probe)], env=env,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("rank*.ready"))) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert len(list(tmp_path.glob("rank*.ready"))) == 2, proc.stdout.read() if proc.poll() is not None else ""
+        for pid in _process_tree(proc.pid):  # slurmstepd signals every process of the step
+            os.kill(pid, signal.SIGUSR1)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    assert sorted(p.name for p in tmp_path.glob("rank*.signalled")) == ["rank0.signalled", "rank1.signalled"]
+
+
+def test_launchers_hold_no_hyperparameters():
+    """Recipes hold hyperparameters; the scripts pass the recipe and the user's overrides through."""
+    import re
+
+    forbidden = re.compile(
+        r"\b(model|parallel|data|train|checkpoint|logging)\.\w+=|--(lr|micro-batch-size|global-batch-size|seq-length"
+        r"|tensor-model-parallel-size|pipeline-model-parallel-size|context-parallel-size|rope-theta)\b"
+    )
+    for script in SCRIPTS:
+        code = "\n".join(line for line in script.read_text().splitlines() if not line.lstrip().startswith("#"))
+        assert not forbidden.search(code), f"{script.name}: {forbidden.search(code).group(0)}"

@@ -142,13 +142,14 @@ class Qwen2_5_VLModel(MegatronModule):
 
     def embed(
         self, input_ids, pixel_values=None, image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None,
-        image_token_rows=None, video_token_rows=None,
+        image_token_rows=None, video_token_rows=None, cu_seqlens=None,
     ):
         """Token embeddings [T, B, H] (sequence-first, not yet SP-scattered) with vision embeddings placed.
 
         Under context parallelism ``input_ids`` are this rank's tokens, each CP rank encodes a share
         of the images (megatron_vlm.parallel.cp_vision), and ``*_token_rows`` (from
-        ``split_batch_for_cp``) say which embedding row each local pad token takes.
+        ``split_batch_for_cp``) say which embedding row each local pad token takes; without them
+        the rows are worked out from the GLOBAL padded ``cu_seqlens`` (one all-gather of token ids).
         """
         emb = self.language_model.embedding.word_embeddings(input_ids)  # [B, T, H], all-reduced over TP
         cp = self.config.context_parallel_size > 1
@@ -159,7 +160,7 @@ class Qwen2_5_VLModel(MegatronModule):
             if pixels is None:
                 continue
             if cp:
-                emb = self._place_cp(emb, input_ids, pixels, grids, token, rows)
+                emb = self._place_cp(emb, input_ids, pixels, grids, token, rows, cu_seqlens)
                 continue
             vis = self.vision(pixels, grids).to(emb.dtype)
             mask = input_ids == token
@@ -168,14 +169,18 @@ class Qwen2_5_VLModel(MegatronModule):
             emb = emb.masked_scatter(mask.unsqueeze(-1), vis)
         return emb.transpose(0, 1).contiguous()
 
-    def _place_cp(self, emb, input_ids, pixels, grids, token, rows):
-        from megatron_vlm.parallel.cp_vision import encode_images_cp, place_embeddings
+    def _place_cp(self, emb, input_ids, pixels, grids, token, rows, cu_seqlens):
+        from megatron_vlm.parallel.cp_vision import encode_images_cp, local_token_rows, place_embeddings
 
-        if rows is None or emb.shape[0] != 1:
-            raise ValueError("context parallelism needs one packed sequence and its image/video token rows")
+        if emb.shape[0] != 1:
+            raise ValueError("context parallelism needs one packed sequence (batch size 1)")
+        group = parallel_state.get_context_parallel_group()
+        if rows is None:
+            if cu_seqlens is None:  # one unpacked sequence
+                cu_seqlens = torch.tensor([0, input_ids.shape[1] * self.config.context_parallel_size])
+            rows = local_token_rows(input_ids[0], token, cu_seqlens, group)
         full = encode_images_cp(
-            self.vision, pixels, grids, self.cfg.vision.out_hidden_size, dtype=emb.dtype,
-            group=parallel_state.get_context_parallel_group(),
+            self.vision, pixels, grids, self.cfg.vision.out_hidden_size, dtype=emb.dtype, group=group,
             spatial_merge_size=self.cfg.vision.spatial_merge_size, encoder_params=list(self.vision.parameters()),
         )
         return place_embeddings(emb[0], input_ids[0], token, full, rows).unsqueeze(0)
@@ -197,7 +202,7 @@ class Qwen2_5_VLModel(MegatronModule):
         """Logits [B, T, V] (full vocabulary) without ``labels``, else per-token loss [B, T].
 
         Under context parallelism ``packed_seq_params`` holds the GLOBAL padded boundaries
-        (``cu_seqlens_padded`` of ``split_batch_for_cp``) and the ``*_token_rows`` are required.
+        (``cu_seqlens_padded`` of ``split_batch_for_cp``); its ``*_token_rows`` save an all-gather.
         """
         if position_ids.dim() == 2:
             position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
@@ -208,6 +213,7 @@ class Qwen2_5_VLModel(MegatronModule):
             decoder_input = self.embed(
                 input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
                 image_token_rows, video_token_rows,
+                cu_seqlens=packed_seq_params.cu_seqlens_q if packed_seq_params is not None else None,
             )
             if self.config.sequence_parallel:
                 decoder_input = tensor_parallel.scatter_to_sequence_parallel_region(decoder_input)

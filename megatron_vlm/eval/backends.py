@@ -1,0 +1,198 @@
+"""Model backends for the eval: HF transformers in-process, and any OpenAI-compatible server.
+
+Both take an eval item (docs/eval_format.md) and return the model's raw text; both send the same
+prompt (megatron_vlm/eval/prompts.py): the page images in order, then the question.
+
+HF in-process without torchvision: transformers 5.x builds Qwen2.5-VL's processor with a video
+processor that needs torchvision, which does not install beside the CPU torch build. So
+``QwenInputs`` does the processor's job itself: Qwen2VLImageProcessor (its PIL fallback) for
+pixels and grids, the tokenizer's chat template for the text, and each ``<|image_pad|>`` expanded
+to grid_h * grid_w / 4 pads, which is what Qwen2_5_VLProcessor does. Its ``input_ids`` length is
+checked against the eval set's own token count in the tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import os
+from pathlib import Path
+
+from megatron_vlm.eval import prompts
+
+IMAGE_PAD = "<|image_pad|>"
+MERGE_AREA = 4  # spatial merge 2 x 2: four ViT patches per LLM token
+
+
+class QwenInputs:
+    """Qwen2.5-VL model inputs (input_ids, pixel_values, image_grid_thw) from a question and page images."""
+
+    def __init__(self, tokenizer_dir: str | os.PathLike, preprocessor_dir: str | os.PathLike | None = None):
+        from transformers import AutoTokenizer, Qwen2VLImageProcessor
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.chat_template = prompts.load_chat_template(tokenizer_dir) or self.tokenizer.chat_template
+        if self.chat_template is None:
+            raise ValueError(f"tokenizer in {tokenizer_dir} has no chat template")
+        self.image_processor = Qwen2VLImageProcessor.from_pretrained(str(preprocessor_dir or tokenizer_dir))
+
+    def __call__(self, question: str, images: list) -> dict:
+        return self.encode_text(prompts.question_text(question), images)
+
+    def encode_text(self, user_text: str, images: list) -> dict:
+        """Inputs for one user turn: the images, then ``user_text``; generation prompt appended."""
+        import torch
+
+        content = [{"type": "image", "image": None} for _ in images] + [{"type": "text", "text": user_text}]
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}],
+            tokenize=False,
+            add_generation_prompt=True,
+            chat_template=self.chat_template,
+        )
+        out = {}
+        if images:
+            vision = self.image_processor(images=images, return_tensors="pt")
+            out["pixel_values"] = vision["pixel_values"]
+            out["image_grid_thw"] = vision["image_grid_thw"]
+            parts = text.split(IMAGE_PAD)
+            assert len(parts) == len(images) + 1, "one <|image_pad|> per image in the template"
+            pads = [IMAGE_PAD * (int(g.prod()) // MERGE_AREA) for g in vision["image_grid_thw"]]
+            text = "".join(p + pad for p, pad in zip(parts, pads + [""]))
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        out["input_ids"] = ids
+        out["attention_mask"] = torch.ones_like(ids)
+        return out
+
+    def prompt_tokens(self, question: str) -> int:
+        return prompts.prompt_tokens(question, self.tokenizer, self.chat_template)
+
+
+def load_images(item: dict) -> list:
+    from PIL import Image
+
+    images = []
+    for page in item["pages"]:
+        with Image.open(page["image"]) as im:
+            images.append(im.convert("RGB"))
+    return images
+
+
+class HFBackend:
+    """A Qwen2.5-VL checkpoint (HF format) run with transformers in this process, greedy decoding."""
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        device: str | None = None,
+        dtype: str = "auto",
+        max_new_tokens: int = 64,
+        tokenizer_dir: str | os.PathLike | None = None,
+        preprocessor_dir: str | os.PathLike | None = None,
+    ):
+        import torch
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype)
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch_dtype)
+        self.model.to(self.device).eval()
+        self.inputs = QwenInputs(tokenizer_dir or model_dir, preprocessor_dir or model_dir)
+        self.max_new_tokens = max_new_tokens
+        self.name = Path(model_dir).name
+
+    def generate(self, question: str, images: list, max_new_tokens: int | None = None) -> str:
+        """Greedy answer to ``question`` (the bare question; the instruction is added here) over ``images``."""
+        return self.generate_text(prompts.question_text(question), images, max_new_tokens)
+
+    def generate_text(self, text: str, images: list, max_new_tokens: int | None = None) -> str:
+        """Greedy continuation of one user turn: ``images`` then ``text`` (already the full user text)."""
+        import torch
+
+        batch = {k: v.to(self.device) for k, v in self.inputs.encode_text(text, images).items()}
+        with torch.inference_mode():
+            out = self.model.generate(**batch, max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False)
+        new = out[0, batch["input_ids"].shape[1] :]
+        return self.inputs.tokenizer.decode(new, skip_special_tokens=True)
+
+    def answer(self, item: dict) -> str:
+        return self.generate(item["question"], load_images(item))
+
+    def answer_stream(self, items: list[dict]):
+        from megatron_vlm.eval.runner import sequential_stream
+
+        return sequential_stream(self.answer, items)
+
+
+def image_data_url(path: str | os.PathLike) -> str:
+    """The file's own bytes as a data URL (no re-encoding, so the server decodes the same pixels)."""
+    mime = mimetypes.guess_type(str(path))[0] or "image/png"
+    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode('ascii')}"
+
+
+def chat_request(item: dict, model: str, max_new_tokens: int) -> dict:
+    """The /v1/chat/completions body for an item: images as data URLs, then the question; greedy."""
+    content = [{"type": "image_url", "image_url": {"url": image_data_url(p["image"])}} for p in item["pages"]]
+    content.append({"type": "text", "text": prompts.question_text(item["question"])})
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0.0,
+        "max_tokens": max_new_tokens,
+    }
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible /v1/chat/completions server (e.g. vLLM serving the exported checkpoint).
+
+    Requests go through megatron_vlm.utils.openai_client.ChatClient: at most ``concurrency`` in
+    flight, retries with backoff and jitter, optional on-disk cache. Greedy (temperature 0).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        max_new_tokens: int = 64,
+        concurrency: int = 4,
+        retries: int = 4,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 600.0,
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        from megatron_vlm.utils.openai_client import ChatClient
+
+        self.client = ChatClient(
+            base_url,
+            model,
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            max_retries=retries,
+            timeout_s=timeout_s,
+            cache_dir=cache_dir,
+        )
+        self.model, self.max_new_tokens, self.concurrency = model, max_new_tokens, concurrency
+        self.name = model
+
+    def _ask(self, item: dict) -> tuple[dict, str, str | None]:
+        body = chat_request(item, self.model, self.max_new_tokens)
+        result = self.client.complete(body["messages"], temperature=body["temperature"], max_tokens=body["max_tokens"])
+        return item, (result.content or "") if result.ok else "", None if result.ok else result.error
+
+    def answer(self, item: dict) -> str:
+        _, text, error = self._ask(item)
+        if error:
+            raise RuntimeError(error)
+        return text
+
+    def answer_stream(self, items: list[dict]):
+        """(item, text, error) as answers arrive, ``concurrency`` requests at a time."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            futures = [pool.submit(self._ask, item) for item in items]
+            for future in as_completed(futures):
+                yield future.result()

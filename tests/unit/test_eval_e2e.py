@@ -1,0 +1,225 @@
+"""End to end on CPU: pool + QA -> eval set -> tiny Qwen2.5-VL (saved with save_pretrained) answered
+in-process and through an OpenAI-compatible server on loopback -> same answers, same scores.
+
+The model is random, so its answers are noise; the test checks that both paths give the same text
+for the same item, that the prompt the model sees has exactly the token count the eval set
+claims, and that score / compare run on the results. Processor: our QwenInputs (tokenizer from
+the reference dir, Qwen2VLImageProcessor PIL fallback), because AutoProcessor needs torchvision.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from megatron_vlm.eval.files import read_jsonl, write_jsonl_atomic
+from tests.unit.eval_pool import write_pool
+from tools import evaluate
+
+pytestmark = pytest.mark.slow
+
+
+def make_tiny_qwen(path: Path) -> Path:
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            max_position_embeddings=32768,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            rope_theta=1e6,
+            tie_word_embeddings=True,
+            initializer_range=0.5,
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[1],
+            initializer_range=0.5,
+        ),
+        image_token_id=151655,
+        video_token_id=151656,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        bos_token_id=151643,
+        eos_token_id=151645,
+    )
+    # initializer_range 0.5 (not 0.02): a random model whose answer depends on its input, so
+    # "both paths give the same answer" cannot pass by the model always saying the same thing.
+    torch.manual_seed(0)
+    Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, qwen_tokenizer_dir, reference_dir):
+    root = tmp_path_factory.mktemp("e2e")
+    pool = write_pool(root)
+    qa = root / "qa"
+    qa.mkdir()
+    rows = [
+        {
+            "id": "q1",
+            "doc_id": "doc03",
+            "task": "extract-single",
+            "segment": [0, 9],
+            "question": "What colour is page 4?",
+            "answer": "blue",
+            "answer_format": "Str",
+            "evidence_pages": [4],
+        },
+        {
+            "id": "q2",
+            "doc_id": "doc05",
+            "task": "reasoning",
+            "segment": [0, 6],
+            "question": "How many tables are there?",
+            "answer": 3,
+            "answer_format": "Int",
+            "evidence_pages": [1],
+        },
+    ]
+    (qa / "records-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "train_ids.txt").write_text("doc00\ndoc01\n")
+    model = make_tiny_qwen(root / "tiny-qwen")
+    preprocessor = reference_dir / "hf_configs" / "Qwen2.5-VL-7B-Instruct"
+    return root, pool, qa, model, qwen_tokenizer_dir, preprocessor
+
+
+def test_inprocess_and_server_agree(setup):
+    from megatron_vlm.eval import commands
+    from megatron_vlm.eval.backends import HFBackend
+    from megatron_vlm.eval.evalset import read_eval_set
+    from megatron_vlm.eval.server import ChatServer
+
+    root, pool, qa, model, tokenizer, preprocessor = setup
+    eval_dir = root / "evalset"
+    assert (
+        evaluate.main(
+            [
+                "build",
+                "--pool",
+                str(pool),
+                "--qa",
+                str(qa),
+                "--output",
+                str(eval_dir),
+                "--exclude",
+                str(root / "train_ids.txt"),
+                "--lengths",
+                "700,1100",
+                "--depths",
+                "0.5",
+                "--tokenizer",
+                str(tokenizer),
+            ]
+        )
+        == 0
+    )
+    items = read_eval_set(eval_dir)
+    assert len(items) == 4 and all(it["prompt_tokens_exact"] for it in items)
+
+    backend = HFBackend(model, device="cpu", max_new_tokens=6, tokenizer_dir=tokenizer, preprocessor_dir=preprocessor)
+    # The prompt the model gets has exactly the eval set's token count (and generate() itself
+    # checks that the <|image_pad|> count equals the vision features, so the pad expansion is right).
+    for item in items:
+        from megatron_vlm.eval.backends import load_images
+
+        ids = backend.inputs(item["question"], load_images(item))["input_ids"]
+        assert ids.shape[1] == item["num_tokens"] <= item["target_tokens"]
+
+    local = root / "pred_local.jsonl"
+    commands.run(eval_dir, local, backend, "tiny-local", log=lambda *_: None)
+
+    server = ChatServer(backend, model_name="tiny").start()
+    try:
+        remote = root / "pred_server.jsonl"
+        assert (
+            evaluate.main(
+                [
+                    "run",
+                    "--eval-set",
+                    str(eval_dir),
+                    "--output",
+                    str(remote),
+                    "--backend",
+                    "openai",
+                    "--url",
+                    server.url,
+                    "--served-model",
+                    "tiny",
+                    "--concurrency",
+                    "2",
+                    "--max-new-tokens",
+                    "6",
+                    "--name",
+                    "tiny-server",
+                ]
+            )
+            == 0
+        )
+        assert server.requests == len(items)
+    finally:
+        server.stop()
+
+    a, b = read_jsonl(local), read_jsonl(remote)
+    assert [r["id"] for r in a] == [r["id"] for r in b] == [it["id"] for it in items]
+    assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
+    assert len({r["prediction"] for r in a}) > 1  # the answers depend on the input
+    assert not any("error" in r for r in a + b)
+
+    # Give the first item the in-process answer as its gold answer in both files (same edit on both
+    # sides), so the scores mix hits and misses instead of being all zero for a random model.
+    for rows in (a, b):
+        rows[0]["answer"], rows[0]["answer_format"] = a[0]["prediction"].strip() or "x", "Str"
+    write_jsonl_atomic(local, a)
+    write_jsonl_atomic(remote, b)
+    assert evaluate.main(["score", "--predictions", str(local)]) == 0
+    assert evaluate.main(["score", "--predictions", str(remote)]) == 0
+    sa, sb = read_jsonl(root / "pred_local.scored.jsonl"), read_jsonl(root / "pred_server.scored.jsonl")
+    assert [r["score"] for r in sa] == [r["score"] for r in sb]
+    assert sa[0]["score"] == 1.0
+    assert (
+        evaluate.main(
+            [
+                "compare",
+                "--base",
+                str(root / "pred_local.scored.jsonl"),
+                "--trained",
+                str(root / "pred_server.scored.jsonl"),
+                "--output",
+                str(root / "cmp"),
+            ]
+        )
+        == 0
+    )
+    cmp = json.loads((root / "cmp" / "compare.json").read_text())
+    assert cmp["delta"]["overall"] == 0.0
+    assert cmp["base"]["overall"]["accuracy"] == pytest.approx(sum(r["score"] for r in sa) / len(sa))
+
+
+def test_cli_errors_are_one_line(setup, tmp_path, capsys):
+    root, pool, qa, *_ = setup
+    assert evaluate.main(["build", "--output", str(tmp_path / "x")]) == 2
+    assert evaluate.main(["score", "--predictions", str(tmp_path / "missing.jsonl")]) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"answer": 1, "answer_format": "Int"}\n')
+    assert evaluate.main(["score", "--predictions", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("evaluate.py ") for line in err)
+    assert not (tmp_path / "bad.scored.jsonl").exists()

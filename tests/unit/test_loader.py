@@ -1,0 +1,171 @@
+"""The packed loader on shards built in-test: exact token agreement, split, resume, corrupt data."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from megatron_vlm.data.build import build
+from megatron_vlm.data.loader import PackedLoader, scan_shard
+from megatron_vlm.data.recipe import DataRecipe
+from tests.shards_fixtures import write_pool, write_records
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, qwen_tokenizer_dir):
+    root = tmp_path_factory.mktemp("ld")
+    rng = random.Random(3)
+    counts = [rng.randint(1, 6) for _ in range(14)]
+    ids = write_pool(root / "pool", counts, page_px=(84, 140), docs_per_tar=5)
+    write_records(root / "qa", ids, counts)
+    recipe = DataRecipe(tokenizer=str(qwen_tokenizer_dir), max_seq_length=512, length_distribution="custom",
+                        length_histogram={"0-513": 1}, token_budget=10**9, samples_per_shard=7)
+    recipe.token_budget = 42 * 150  # about one pass over the 42 records
+    index = build(root / "pool", root / "qa", recipe, root / "shards")
+    return root / "shards", index
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensor ops thrash on a shared 2-core machine with torch's default threads.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _all_records(shard_dir, index):
+    import webdataset as wds
+
+    urls = [str(shard_dir / s["name"]) for s in index["shards"]]
+    return {json.loads(s["json"])["id"]: json.loads(s["json"]) for s in wds.WebDataset(urls, shardshuffle=False)}
+
+
+def test_token_counts_equal_build_for_every_sample(shards, qwen_tokenizer_dir):
+    shard_dir, index = shards
+    built = _all_records(shard_dir, index)
+    loader = PackedLoader(shard_dir, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, epochs=1)
+    seen = {}
+    for batch in loader:
+        cu = batch["cu_seqlens"].tolist()
+        assert len(batch["sample_ids"]) == len(cu) - 1
+        for k, (sid, n) in enumerate(zip(batch["sample_ids"], batch["sample_num_tokens"])):
+            if sid == "padding":
+                assert k == len(cu) - 2 and n == 0
+                continue
+            assert sid not in seen
+            seen[sid] = n
+            assert cu[k + 1] - cu[k] == n  # pad_multiple 1: the sub-sequence is the sample
+        assert batch["tokens"].shape == (1, 512) and batch["position_ids"].shape == (3, 1, 512)
+        assert batch["pixel_values"].shape == (int(batch["image_grid_thw"].prod(-1).sum()), 1176)
+    assert seen == {k: r["num_tokens"] for k, r in built.items()}
+    assert sum(loader.skipped.values()) == 0
+
+
+def _take(loader, n):
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if len(out) == n:
+            break
+    return out
+
+
+def _same(a, b):
+    assert [x["sample_ids"] for x in a] == [x["sample_ids"] for x in b]
+    for x, y in zip(a, b):
+        for key in ("tokens", "labels", "position_ids", "cu_seqlens", "pixel_values", "image_grid_thw"):
+            assert torch.equal(x[key], y[key]), key
+
+
+@pytest.mark.parametrize("steps_before", [3, 4])
+def test_resume_equals_uninterrupted_2dp_2workers(shards, qwen_tokenizer_dir, steps_before):
+    shard_dir, _ = shards
+    total = 10  # beyond one epoch for each rank: the epoch boundary is crossed after resume
+    for rank in range(2):
+        kw = dict(dp_rank=rank, dp_size=2, num_workers=2, pack_buffer=4, max_length=256)
+        straight = _take(PackedLoader(shard_dir, qwen_tokenizer_dir, **kw), total)
+        first = PackedLoader(shard_dir, qwen_tokenizer_dir, **kw)
+        head = _take(first, steps_before)
+        state = json.loads(json.dumps(first.state_dict()))  # what goes into a checkpoint
+        assert any(st["buffer"] for st in state["streams"].values())
+        if rank == 0:
+            resumed = PackedLoader(shard_dir, qwen_tokenizer_dir, state=state, **kw)
+        else:  # as the trainer does it: from the recipe's data section, then load_state_dict
+            recipe = DataRecipe(shards=str(shard_dir), tokenizer=str(qwen_tokenizer_dir), num_workers=2, pack_buffer=4,
+                                max_seq_length=256, seed=1234)
+            resumed = PackedLoader.from_recipe(recipe, dp_rank=1, dp_size=2)
+            resumed.load_state_dict(state)
+        tail = _take(resumed, total - steps_before)
+        _same(head + tail, straight)
+        first.close()
+        resumed.close()
+
+
+def test_ranks_and_workers_split_without_overlap(shards, qwen_tokenizer_dir):
+    shard_dir, index = shards
+    per_stream = {}
+    for rank in range(2):
+        for batch in PackedLoader(shard_dir, qwen_tokenizer_dir, dp_rank=rank, dp_size=2, num_workers=2, pack_buffer=4, epochs=1):
+            ids = [i for i in batch["sample_ids"] if i != "padding"]
+            per_stream.setdefault(rank, []).extend(ids)
+    all_ids = per_stream[0] + per_stream[1]
+    assert len(all_ids) == len(set(all_ids)) == index["totals"]["samples"]
+    assert set(per_stream[0]).isdisjoint(per_stream[1]) and per_stream[0] and per_stream[1]
+
+
+def test_corrupt_images_and_records_are_skipped_and_counted(shards, qwen_tokenizer_dir, tmp_path):
+    import shutil
+
+    shard_dir, index = shards
+    bad = tmp_path / "bad"
+    shutil.copytree(shard_dir, bad)
+    name = index["shards"][0]["name"]
+    entries, ok = scan_shard(bad / name)
+    assert ok
+    with open(bad / name, "r+b") as f:
+        off, size = entries[0].images[0]  # garbage image bytes
+        f.seek(off)
+        f.write(b"\x00" * size)
+        off, size = entries[1].json_loc  # broken json
+        f.seek(off)
+        f.write(b"{" * size)
+    # A truncated last shard: its samples after the cut are lost, the rest still load.
+    last = bad / index["shards"][-1]["name"]
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2 + 100])
+    loader = PackedLoader(bad, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, epochs=1)
+    got = [sid for batch in loader for sid in batch["sample_ids"] if sid != "padding"]
+    sk = loader.skipped
+    # The garbage image and the broken json, plus what the cut shard lost (a cut json, missing samples).
+    assert sk["corrupt-image"] == 1 and sk["bad-record"] >= 1 and sk["unreadable-tar"] == 1 and sk["missing-record"] >= 1
+    assert len(got) == index["totals"]["samples"] - sk["corrupt-image"] - sk["bad-record"] - sk["missing-record"]
+    assert set(got) < set(_all_records(shard_dir, index))
+
+
+def test_image_of_the_wrong_size_is_skipped(shards, qwen_tokenizer_dir, tmp_path):
+    """A page image whose size disagrees with the build's grid (so its token count would too)."""
+    import io
+    import shutil
+
+    from PIL import Image
+
+    shard_dir, index = shards
+    bad = tmp_path / "bad"
+    shutil.copytree(shard_dir, bad)
+    name = index["shards"][0]["name"]
+    entries, _ = scan_shard(bad / name)
+    off, size = entries[0].images[0]
+    buf = io.BytesIO()
+    Image.new("RGB", (28, 28), "white").save(buf, format="PNG")
+    data = buf.getvalue()
+    assert len(data) <= size
+    with open(bad / name, "r+b") as f:  # a valid, smaller PNG; trailing bytes are ignored by PIL
+        f.seek(off)
+        f.write(data)
+    loader = PackedLoader(bad, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, epochs=1)
+    got = [sid for batch in loader for sid in batch["sample_ids"] if sid != "padding"]
+    assert dict(loader.skipped) == {"image-size-mismatch": 1}
+    assert len(got) == index["totals"]["samples"] - 1

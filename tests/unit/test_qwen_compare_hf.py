@@ -1,0 +1,72 @@
+"""tools/compare_hf.py on CPU: a tiny random HF checkpoint with one non-square image and a real
+prompt gives HF's logits (and exit 0); --atol below the difference exits 1; bad input exits 2."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.dist_utils import REPO, free_port
+from tests.qwen_utils import hf_model
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from megatron_vlm.models.qwen2_5_vl.config import flavor
+
+    cfg = flavor("debug").replace(text=dict(tie_word_embeddings=True))  # real vocabulary, for the real tokenizer
+    path = tmp_path_factory.mktemp("hf")
+    hf_model(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    from PIL import Image
+
+    pixels = (torch.rand(90, 150, 3) * 255).to(torch.uint8).numpy()
+    path = tmp_path_factory.mktemp("img") / "x.png"
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def _run(args, nproc=1):
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    if nproc == 1:
+        env.update(MASTER_PORT=str(free_port()))
+        cmd = [sys.executable, "tools/compare_hf.py", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+               f"--master-port={free_port()}", "tools/compare_hf.py", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_compare_passes_and_fails_by_tolerance(hf_dir, image, qwen_tokenizer_dir):
+    args = ["--hf", str(hf_dir), "--tokenizer", str(qwen_tokenizer_dir), "--image", str(image), "--prompt", "What is on this page?"]
+    ok = _run(args + ["--atol", "1e-4"])
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "top-1 agreement 100.00%" in ok.stdout
+    fail = _run(args + ["--atol", "-1"])
+    assert fail.returncode == 1 and "FAIL" in fail.stdout
+
+
+def test_bad_input_is_one_line(tmp_path):
+    bad = _run(["--hf", str(tmp_path)])
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "config.json" in bad.stderr
+
+
+@pytest.mark.slow
+def test_compare_at_tp2_pp2_under_torchrun(hf_dir, image, qwen_tokenizer_dir):
+    args = ["--hf", str(hf_dir), "--tokenizer", str(qwen_tokenizer_dir), "--image", str(image), "--tp", "2", "--pp", "2",
+            "--sequence-parallel", "--atol", "1e-4"]
+    run = _run(args, nproc=4)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "tp=2 pp=2" in run.stdout and "top-1 agreement 100.00%" in run.stdout
