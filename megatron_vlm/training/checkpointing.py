@@ -111,11 +111,12 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, chunks: list, optimizer, lo
     if dist.get_rank() == 0:
         if target.exists():  # left by a save that was killed: never complete, never `latest`
             shutil.rmtree(target)
-        (target / "loader").mkdir(parents=True)
+        target.mkdir(parents=True)
     dist.barrier()
     with cuda_type_names():
         dist_checkpointing.save(_sharded_state(chunks, optimizer, rng=True, loading=False), str(target))
     if is_loader_writer:
+        (target / "loader").mkdir(exist_ok=True)
         _write_atomic(target / "loader" / f"dp-{dp_rank:05d}.json", json.dumps(loader.state_dict(), sort_keys=True))
     if dist.get_rank() == 0:
         _write_atomic(target / "recipe.yaml", recipe_to_yaml(recipe))
