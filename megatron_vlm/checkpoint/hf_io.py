@@ -92,12 +92,16 @@ def tensor_shapes(hf_dir: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 class HFReader:
-    """Random access to an HF directory's tensors, one at a time, files opened lazily."""
+    """Random access to an HF directory's tensors, one at a time.
+
+    Each read opens its file, copies the tensor out and closes it again: safetensors reads through
+    mmap, and pages of a file kept open stay mapped (and count as resident memory) for as long as
+    it is open, which would add a second copy of the checkpoint to a conversion's footprint.
+    """
 
     def __init__(self, hf_dir: str | Path):
         self.dir = Path(hf_dir)
         self.weight_map = weight_map(self.dir)
-        self._open: dict[str, object] = {}
 
     def names(self) -> list[str]:
         return sorted(self.weight_map)
@@ -109,19 +113,20 @@ class HFReader:
             fname = self.weight_map[name]
         except KeyError:
             raise ConversionError(f"{self.dir}: missing tensor {name}") from None
-        if fname not in self._open:
-            self._open[fname] = safe_open(self.dir / fname, framework="pt")
-        return self._open[fname].get_tensor(name)
+        with safe_open(self.dir / fname, framework="pt") as f:
+            return f.get_tensor(name)
 
     def iter_by_file(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Every tensor, file by file, so only one shard's pages are hot at a time."""
+        """Every tensor, file by file (each file opened once)."""
+        from safetensors import safe_open
+
         by_file: dict[str, list[str]] = {}
         for name, fname in self.weight_map.items():
             by_file.setdefault(fname, []).append(name)
         for fname in sorted(by_file):
-            for name in sorted(by_file[fname]):
-                yield name, self.get(name)
-            self._open.pop(fname, None)
+            with safe_open(self.dir / fname, framework="pt") as f:
+                for name in sorted(by_file[fname]):
+                    yield name, f.get_tensor(name)
 
 
 class ShardedSafetensorsWriter:
