@@ -14,6 +14,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -83,3 +85,13 @@ def write_records(qa_dir: Path, doc_ids: list[str], page_counts: list[int], task
 def write_recipe(path: Path, **data) -> Path:
     path.write_text(yaml.safe_dump({"data": data}))
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Autouse in the modules that import it: tiny tensor ops thrash on a shared 2-core machine
+    with torch's default thread count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

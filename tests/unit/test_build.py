@@ -9,23 +9,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from megatron_vlm.data import mixture, stats
 from megatron_vlm.data.build import build
 from megatron_vlm.data.recipe import DataRecipe
 from megatron_vlm.data.tokens import count_tokens, load_tokenizer
-from tests.shards_fixtures import write_pool, write_records
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensor ops thrash on a shared 2-core machine with torch's default threads.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+from tests.shards_fixtures import (
+    one_thread,  # noqa: F401  (autouse fixture)
+    write_pool,
+    write_records,
+)
 
 PAGE_TOKENS = 57 * 44  # a US-Letter page at 144 DPI: 1584x1224 -> 1596x1232 -> 57x44 tokens (DESIGN.md)
 

@@ -11,7 +11,11 @@ import torch
 from megatron_vlm.data.build import build
 from megatron_vlm.data.loader import PackedLoader, scan_shard
 from megatron_vlm.data.recipe import DataRecipe
-from tests.shards_fixtures import write_pool, write_records
+from tests.shards_fixtures import (
+    one_thread,  # noqa: F401  (autouse fixture)
+    write_pool,
+    write_records,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +30,6 @@ def shards(tmp_path_factory, qwen_tokenizer_dir):
     recipe.token_budget = 42 * 150  # about one pass over the 42 records
     index = build(root / "pool", root / "qa", recipe, root / "shards")
     return root / "shards", index
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensor ops thrash on a shared 2-core machine with torch's default threads.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _all_records(shard_dir, index):

@@ -10,15 +10,7 @@ import torch
 from megatron_vlm.data.packing import IGNORE_INDEX, Sample, choose_best_fit, pack, packing_efficiency
 from megatron_vlm.data.tokens import PAD_ID, encode_instance, load_tokenizer
 from megatron_vlm.models.qwen2_5_vl.position_ids import mrope_position_ids
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensor ops thrash on a shared 2-core machine with torch's default threads.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.shards_fixtures import one_thread  # noqa: F401  (autouse fixture)
 
 
 def _samples(tok_dir, n, seed=0):

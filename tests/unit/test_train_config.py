@@ -71,4 +71,7 @@ def test_every_field_has_a_docstring():
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "examples" / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_recipes_load(recipe):
-    load_recipe(recipe)
+    loaded = load_recipe(recipe)
+    assert loaded.model.kind in ("qwen2_5_vl", "gpt")
+    assert loaded.train.tokens > 0 and loaded.data.max_seq_length > 0
+    assert abs(sum(loaded.data.mixture.values()) - 1.0) < 1e-6
