@@ -1,18 +1,23 @@
 """Benchmark: pages/s per core of the `pool` stage versus plain pymupdf rendering of the same pages.
 
     PYTHONPATH=. python benchmarks/bench_pool.py [--docs 6] [--pages 10 12] [--dpi 144] [--image-format png]
-                                                  [--input PDF_DIR] [--repeat 3]
+                                                  [--input PDF_DIR] [--repeat 5] [--profile 25]
 
-Both sides run in this one process on one core. "bare" opens each PDF and renders every page with
-`page.get_pixmap(dpi)`, and also encodes it the way the pool stores it (a rendering must be
-stored to be used); "pool" is the whole stage (hash, validate, render, encode, layout blocks,
-tables, token counts, tar and manifest writing) with --workers 1 and OCR off. Each side runs
---repeat times, interleaved, and the best time counts. The goal is pool <= 1.3x bare.
+Everything runs in this one process on one core. The headline is pool / render, where "render"
+opens each PDF and calls `page.get_pixmap(dpi=DPI)` on every page and nothing else (the goal in
+issue #5: pool <= 1.3x). Beside it, two baselines that also store the page: "render+png" adds
+pymupdf's own `pix.tobytes("png")`, "render+encode" adds the pool's encoder (pdf._encode). "pool"
+is the whole stage: hash, validate, render, encode, text and layout blocks, tables, token counts,
+tar and manifest writing, with --workers 1 and OCR off. Each side runs --repeat times,
+interleaved, and the best time counts. --profile N prints the N most expensive functions
+(cProfile, own time) of one more pool run, to show what the remaining cost is.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import shlex
 import sys
 import tempfile
@@ -28,14 +33,15 @@ from megatron_vlm.data.pdf import PdfSettings, _encode  # noqa: E402
 from megatron_vlm.data.sample_pdfs import make_corpus  # noqa: E402
 
 
-def bare(paths: list[Path], dpi: int, settings: PdfSettings | None) -> tuple[int, float]:
+def render(paths: list[Path], dpi: int, store=None) -> tuple[int, float]:
+    """Pages and seconds to open every PDF and render each page (then `store(pix)`, if given)."""
     start, pages = time.perf_counter(), 0
     for path in paths:
         with pymupdf.open(path) as doc:
             for page in doc:
                 pix = page.get_pixmap(dpi=dpi, alpha=False)
-                if settings is not None:
-                    _encode(pix, settings)
+                if store is not None:
+                    store(pix)
                 pages += 1
     return pages, time.perf_counter() - start
 
@@ -57,8 +63,15 @@ def main() -> int:
     parser.add_argument("--dpi", type=int, default=144)
     parser.add_argument("--image-format", choices=["png", "jpg"], default="png")
     parser.add_argument("--input", help="a directory of real PDFs instead of generated ones")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N functions with the most own time in one pool run")
     args = parser.parse_args()
+    settings = PdfSettings(dpi=args.dpi, image_format=args.image_format)
+    sides = {
+        "render": None,
+        "render+png": lambda pix: pix.tobytes("png"),
+        "render+encode": lambda pix: _encode(pix, settings),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.input:
@@ -67,25 +80,28 @@ def main() -> int:
             inp = tmp / "pdfs"
             make_corpus(inp, args.docs, tuple(args.pages), seed=0, scanned=False)
         paths = [p for _, p in pool.list_inputs(inp)]
-        settings = PdfSettings(dpi=args.dpi, image_format=args.image_format)
-        bare(paths[:1], args.dpi, settings)  # warm up
-        best = {"render": float("inf"), "render+encode": float("inf"), "pool": float("inf")}
+        render(paths[:1], args.dpi)  # warm up
+        best = {name: float("inf") for name in [*sides, "pool"]}
         pages = {}
         for r in range(args.repeat):
-            pages["render"], t = bare(paths, args.dpi, None)
-            best["render"] = min(best["render"], t)
-            pages["render+encode"], t = bare(paths, args.dpi, settings)
-            best["render+encode"] = min(best["render+encode"], t)
+            for name, store in sides.items():
+                pages[name], t = render(paths, args.dpi, store)
+                best[name] = min(best[name], t)
             pages["pool"], t = run_pool(inp, tmp / f"pool{r}", args)
             best["pool"] = min(best["pool"], t)
+        if args.profile:
+            profile = cProfile.Profile()
+            profile.runcall(run_pool, inp, tmp / "profiled", args)
     n = pages["pool"]
-    assert n == pages["render"], (n, pages)
+    assert all(v == n for v in pages.values()), pages
     print(f"command: PYTHONPATH=. python {' '.join(shlex.quote(a) for a in sys.argv)}")
     print(f"{len(paths)} PDFs, {n} pages, {args.dpi} DPI, {args.image_format}, 1 core, best of {args.repeat}")
     for name, t in best.items():
-        print(f"  {name:<14} {n / t:8.1f} pages/s per core  ({t * 1000 / n:6.1f} ms/page)")
-    ratio = best["pool"] / best["render+encode"]
-    print(f"  pool / bare render+encode = {ratio:.2f}x (goal <= 1.3x); pool / render alone = {best['pool'] / best['render']:.2f}x")
+        print(f"  {name:<14} {n / t:8.1f} pages/s per core  ({t * 1000 / n:6.2f} ms/page)  pool / {name} = {best['pool'] / t:.2f}x")
+    print(f"pool / render (bare page.get_pixmap at {args.dpi} DPI) = {best['pool'] / best['render']:.2f}x (goal <= 1.3x)")
+    if args.profile:
+        print(f"\none more pool run under cProfile ({args.profile} functions with the most own time; profiling slows it):")
+        pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile)
     return 0
 
 
