@@ -44,7 +44,7 @@ class PdfError(Exception):
 @dataclass(frozen=True)
 class PdfSettings:
     dpi: int = 144
-    image_format: str = "png"  # "png" (lossless) or "jpg" (about 5x faster to encode)
+    image_format: str = "png"  # "png" (lossless; on text pages also smaller and faster than jpg) or "jpg" (lossy)
     jpg_quality: int = 90
     min_pixels: int = image_rule.MIN_PIXELS
     max_pixels: int = image_rule.MAX_PIXELS
@@ -222,12 +222,20 @@ def _text_groups(text_dict: dict, table_rects: list[tuple]) -> list[dict]:
     return groups
 
 
-def count_font_sizes(text_dict: dict, sizes: Counter) -> None:
-    """Add the page's characters to `sizes` by font size (rounded to 0.1 pt)."""
+def chars_by_size(text_dict: dict) -> dict[float, int]:
+    """Non-blank characters of a page by exact font size (few distinct sizes: rounding comes later)."""
+    out: dict[float, int] = {}
     for block in text_dict["blocks"]:
         for line in block.get("lines", ()):
             for s in line["spans"]:
-                sizes[round(s["size"], 1)] += len(s["text"].strip())
+                out[s["size"]] = out.get(s["size"], 0) + len(s["text"].strip())
+    return out
+
+
+def count_font_sizes(by_size: dict[float, int], sizes: Counter) -> None:
+    """Add a page's chars_by_size to `sizes`, keyed by font size rounded to 0.1 pt."""
+    for size, n in by_size.items():
+        sizes[round(size, 1)] += n
 
 
 def body_font_size(sizes: Counter) -> float:
@@ -402,7 +410,7 @@ def _encode(pix: pymupdf.Pixmap, settings: PdfSettings) -> bytes:
 
 
 def _page_text(page: pymupdf.Page, display_list: pymupdf.DisplayList, settings: PdfSettings):
-    """(text dict, its TextPage, has a text layer, ocr mark); a scanned page is OCRed here when possible.
+    """(text dict, its TextPage, chars_by_size, has a text layer, ocr mark); a scanned page is OCRed here.
 
     The text comes from the display list the page was rendered from, so the content stream is
     interpreted once (same result as page.get_textpage; rotated pages use that, whose coordinates
@@ -415,7 +423,8 @@ def _page_text(page: pymupdf.Page, display_list: pymupdf.DisplayList, settings: 
     else:
         tp = page.get_textpage(flags=flags)
     td = tp.extractDICT()
-    chars = sum(len(s["text"].strip()) for b in td["blocks"] for ln in b.get("lines", ()) for s in ln["spans"])
+    by_size = chars_by_size(td)
+    chars = sum(by_size.values())
     mark = "none"
     if chars < MIN_TEXT_CHARS and _image_cover(page) >= MIN_IMAGE_COVER:
         mark = "missing"
@@ -423,10 +432,11 @@ def _page_text(page: pymupdf.Page, display_list: pymupdf.DisplayList, settings: 
             try:
                 tp = page.get_textpage_ocr(language=settings.ocr_language, dpi=settings.ocr_dpi, full=True, tessdata=tesseract_data())
                 td = tp.extractDICT()
+                by_size = chars_by_size(td)
                 mark = "tesseract"
             except Exception:
                 mark = "missing"
-    return td, tp, chars > 0, mark
+    return td, tp, by_size, chars > 0, mark
 
 
 def _check_sizes(doc: pymupdf.Document, settings: PdfSettings) -> None:
@@ -469,10 +479,10 @@ def process_pdf(data: bytes, settings: PdfSettings = PdfSettings(), sink=None) -
                 image = _encode(pix, settings)
             except Exception as e:
                 raise PdfError(f"page {i}: cannot render ({type(e).__name__}: {e})") from None
-            td, tp, has_text, mark = _page_text(page, display_list, settings)
+            td, tp, by_size, has_text, mark = _page_text(page, display_list, settings)
             del display_list
             if i < BODY_SAMPLE:
-                count_font_sizes(td, sizes)
+                count_font_sizes(by_size, sizes)
             layouts.append((*page_layout(td, tp, find_grid_tables(page)), page.rect.width))
             del td, tp
             h, w = pix.height, pix.width

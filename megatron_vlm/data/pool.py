@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--input", required=True, help="directory of PDFs (searched recursively), one PDF, or a list file")
     parser.add_argument("--output", required=True, help="pool directory")
     parser.add_argument("--dpi", type=int, default=144)
-    parser.add_argument("--image-format", choices=["png", "jpg"], default="png", help="png is lossless; jpg encodes ~5x faster")
+    parser.add_argument("--image-format", choices=["png", "jpg"], default="png", help="png is lossless (and on text pages smaller and faster to write); jpg is lossy, smaller only for photographic pages")
     parser.add_argument("--min-pixels", type=int, default=image_rule.MIN_PIXELS)
     parser.add_argument("--max-pixels", type=int, default=image_rule.MAX_PIXELS)
     parser.add_argument("--max-page-pixels", type=int, default=PdfSettings.max_page_pixels, help="a page rendering larger is an error")
