@@ -1,7 +1,11 @@
 """Benchmark: pages/s per core of the `pool` stage versus plain pymupdf rendering of the same pages.
 
-    PYTHONPATH=. python benchmarks/bench_pool.py [--docs 6] [--pages 10 12] [--dpi 144] [--image-format png]
-                                                  [--input PDF_DIR] [--repeat 5] [--profile 25]
+    PYTHONPATH=. python benchmarks/bench_pool.py [--docs 6] [--pages 10 12] [--kind text|scan] [--dpi 144]
+                                                  [--image-format png] [--input PDF_DIR] [--repeat 5] [--profile 25]
+
+Generated inputs: --kind text (default) is sample_pdfs.make_corpus (vector text, headings, lists,
+ruled tables); --kind scan is image-only pages, each a 300-DPI greyish JPEG "scan" of text, where
+decoding and scaling the image makes rendering itself expensive.
 
 Everything runs in this one process on one core. The headline is pool / render, where "render"
 opens each PDF and calls `page.get_pixmap(dpi=DPI)` on every page and nothing else (the goal in
@@ -58,6 +62,31 @@ def render(paths: list[Path], dpi: int, store=None) -> tuple[int, tuple[float, f
     return pages, since(start)
 
 
+def make_scans(out: Path, docs: int, pages: tuple[int, int], seed: int = 0) -> None:
+    """`docs` PDFs of image-only US-Letter pages: paper noise and lines of text at 300 DPI, as JPEG."""
+    import io
+    import random
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng, noise = random.Random(seed), np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for d in range(docs):
+        doc = pymupdf.open()
+        for _ in range(rng.randint(*pages)):
+            paper = (235 + noise.normal(0, 8, (3300, 2550))).clip(0, 255).astype(np.uint8)
+            scan = Image.fromarray(paper).convert("RGB")
+            draw = ImageDraw.Draw(scan)
+            for k in range(60):
+                draw.text((150, 200 + 48 * k), " ".join(rng.choice(["lorem", "ipsum", "dolor", "sit", "amet"]) for _ in range(24)), fill=(20, 20, 30))
+            jpeg = io.BytesIO()
+            scan.save(jpeg, "JPEG", quality=80)
+            page = doc.new_page(width=612, height=792)
+            page.insert_image(page.rect, stream=jpeg.getvalue())
+        doc.save(out / f"scan-{d:03d}.pdf")
+
+
 def run_pool(inp: Path, out: Path, args) -> tuple[int, tuple[float, float]]:
     parser = argparse.ArgumentParser()
     pool.add_arguments(parser)
@@ -72,6 +101,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=6)
     parser.add_argument("--pages", type=int, nargs=2, default=(10, 12))
+    parser.add_argument("--kind", choices=["text", "scan"], default="text", help="what to generate (without --input)")
     parser.add_argument("--dpi", type=int, default=144)
     parser.add_argument("--image-format", choices=["png", "jpg"], default="png")
     parser.add_argument("--input", help="a directory of real PDFs instead of generated ones")
@@ -90,7 +120,10 @@ def main() -> int:
             inp = Path(args.input)
         else:
             inp = tmp / "pdfs"
-            make_corpus(inp, args.docs, tuple(args.pages), seed=0, scanned=False)
+            if args.kind == "text":
+                make_corpus(inp, args.docs, tuple(args.pages), seed=0, scanned=False)
+            else:
+                make_scans(inp, args.docs, tuple(args.pages))
         paths = [p for _, p in pool.list_inputs(inp)]
         render(paths[:1], args.dpi)  # warm up
         best = {name: float("inf") for name in [*sides, "pool"]}
