@@ -19,7 +19,9 @@ How a run goes, and why:
 - The task then writes manifest-SSSSS.jsonl (one row per input, sorted by source). The task that
   finds every shard's manifest present writes manifest.jsonl, where a document present in
   several shards is kept once (the first source) and the others become `duplicate` rows, so
-  the union of a sharded run equals the unsharded run. Readers use read_manifest/iter_documents.
+  the union of a sharded run equals the unsharded run. Such a copy is rendered by each shard's
+  task (a task reads only its own inputs, so it cannot know), but readers (read_manifest,
+  iter_documents, the build, the eval sets) read only the tar the kept row names.
 """
 
 from __future__ import annotations
