@@ -162,9 +162,9 @@ def test_a_killed_run_resumes_to_the_same_pool(tmp_path):
     assert tree(out) == tree(fresh)
 
 
-def test_a_document_in_two_shards_is_read_once(tmp_path):
-    """Two shards each render their copy of one content; manifest.jsonl keeps the first source and
-    every reader (iter_documents, the build) reads that copy only."""
+def test_a_document_in_two_shards_is_rendered_and_read_once(tmp_path):
+    """Only the task holding a content's first source renders it; manifest.jsonl keeps that source
+    and every reader (iter_documents, the build) reads that copy."""
     from megatron_vlm.data.build import read_pool
 
     make_corpus(tmp_path / "in", n_docs=2, pages=(1, 1), seed=3, scanned=False)
@@ -176,8 +176,10 @@ def test_a_document_in_two_shards_is_read_once(tmp_path):
     rows = {r["source"]: r for r in pool.read_manifest(out)}
     kept, copy = rows[min(other, "doc-000.pdf")], rows[max(other, "doc-000.pdf")]
     assert kept["status"] == "ok" and copy["status"] == "duplicate" and copy["duplicate_of"] == kept["source"]
-    holders = [t.name for t in sorted((out / "shards").glob("*.tar")) if f"{kept['id']}.json" in tarfile.open(t).getnames()]
-    assert len(holders) == 2  # each shard rendered its copy: neither task can know the other's content
+    holders = [f"shards/{t.name}" for t in sorted((out / "shards").glob("*.tar")) if f"{kept['id']}.json" in tarfile.open(t).getnames()]
+    assert holders == [kept["shard"]]
+    task_rows = [json.loads(line) for i in range(2) for line in (out / f"manifest-{i:05d}.jsonl").read_text().splitlines()]
+    assert sorted(r["status"] for r in task_rows if r["sha256"] == kept["sha256"]) == ["duplicate", "ok"]  # the tasks agreed
     docs = [doc["id"] for doc, _ in pool.iter_documents(out, images=True)]
     assert sorted(docs) == sorted({r["id"] for r in rows.values() if r["status"] == "ok"}) and docs.count(kept["id"]) == 1
     _, images = read_pool(out)
