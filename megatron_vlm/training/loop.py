@@ -157,7 +157,7 @@ def _train(recipe: Recipe) -> TrainResult:
 
         losses = forward_backward(
             forward_step_func=forward_step, data_iterator=data_iterator, model=chunks,
-            num_microbatches=budget.micro_batches_per_rank, seq_length=recipe.data.max_seq_length // cp_size,
+            num_microbatches=budget.micro_batches_per_rank, seq_length=recipe.data.max_seq_length,
             micro_batch_size=1, forward_only=False,
         )
         report = reduce_report(losses, dp_cp_group).to(_device())
@@ -183,13 +183,14 @@ def _train(recipe: Recipe) -> TrainResult:
         dist.all_gather_object(gathered, (sample_ids, seq_lengths), group=ps.get_data_parallel_group())
         sample_ids = [s for ids, _ in gathered for s in ids]
         seq_lengths = [n for _, lengths in gathered for n in lengths]
+        real_tokens = max(1, sum(seq_lengths))  # the samples' sub-sequences: padding tails not counted (budget.py)
         elapsed = time.monotonic() - started
         flops = flops_per_token(num_params, model_config.num_layers, model_config.hidden_size, seq_lengths,
-                                budget.tokens_per_step) * budget.tokens_per_step
+                                real_tokens) * real_tokens
         metrics = {
             **report_to_metrics(report.cpu()), "lr": lr, "grad_norm": float(grad_norm or 0.0) if finite else math.nan,
-            "skipped": not finite, "step_time_s": elapsed, "tokens_per_s": budget.tokens_per_step / elapsed,
-            "consumed_tokens": tokens_done, "memory_gib": peak_memory_gib(),
+            "skipped": not finite, "step_time_s": elapsed, "tokens_per_s": real_tokens / elapsed,
+            "real_tokens": real_tokens, "consumed_tokens": tokens_done, "memory_gib": peak_memory_gib(),
             "mfu": flops / elapsed / (dist.get_world_size() * recipe.logging.peak_tflops * 1e12)
             if recipe.logging.peak_tflops else 0.0,
         }
@@ -236,18 +237,26 @@ def build_model(provider, recipe: Recipe) -> tuple[list, object]:
         chunks.append(chunk)
     chunks = wrap_ddp(chunks, config, recipe)
     config.finalize_model_grads_func = finalize_model_grads
+    # Variable-length packing: pipeline stages exchange each micro-batch's activation shape first.
+    config.variable_seq_lengths = recipe.data.variable_seq_length
     config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
     return chunks, config
 
 
 def build_data(recipe: Recipe, provider, dp_rank: int, dp_size: int):
     """This data-parallel rank's micro-batch stream (docs/formats.md section 4), with state_dict()."""
-    source, data = recipe.train.data_source, recipe.data
+    source, data, par = recipe.train.data_source, recipe.data, recipe.parallel
+    # Variable lengths must still split evenly over CP ranks (2*cp chunks) and, with sequence parallelism, TP ranks.
+    unit = math.lcm(2 * par.cp if par.cp > 1 else 1, par.cp * par.tp if par.sequence_parallel else 1)
+    if data.variable_seq_length and data.seq_length_multiple % unit:
+        raise RecipeError(f"data.seq_length_multiple={data.seq_length_multiple} must be a multiple of {unit} "
+                          "(2 x parallel.cp, and cp x tp with sequence parallelism)")
     if source == "synthetic":
         from megatron_vlm.training.synthetic import SyntheticPackedBatches
 
         return SyntheticPackedBatches(seq_length=data.max_seq_length, vocab_size=provider.vocab_size(recipe),
-                                      dp_rank=dp_rank, dp_size=dp_size, seed=data.seed)
+                                      dp_rank=dp_rank, dp_size=dp_size, seed=data.seed,
+                                      length_multiple=data.seq_length_multiple if data.variable_seq_length else None)
     if source != "shards":
         raise RecipeError(f"train.data_source must be shards or synthetic, got {source!r}")
     if not data.tokenizer or not (Path(data.tokenizer) / "tokenizer.json").is_file():
