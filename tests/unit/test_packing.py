@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import types
 
 import pytest
 import torch
@@ -153,3 +154,21 @@ def test_overfull_pack_is_refused(qwen_tokenizer_dir):
     samples = _samples(qwen_tokenizer_dir, 2)
     with pytest.raises(ValueError, match="more than"):
         pack(samples, len(samples[0]) + len(samples[1]) - 1)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["parallel.cp=4", "data.seq_length_multiple=4"], "must be a multiple of 8"),  # 2 x cp
+    (["parallel.cp=2", "parallel.tp=8", "parallel.sequence_parallel=true", "data.seq_length_multiple=8"],
+     "must be a multiple of 16"),  # cp x tp
+    (["parallel.pp=2", "parallel.vpp=2"], "needs parallel.pp > 2"),
+])
+def test_trainer_refuses_variable_lengths_the_layout_cannot_split(overrides, message):
+    from megatron_vlm.training.config import RecipeError, load_recipe
+    from megatron_vlm.training.loop import build_data
+
+    recipe = load_recipe(None, ["train.data_source=synthetic", *overrides])
+    with pytest.raises(RecipeError, match=message):
+        build_data(recipe, None, 0, 1)
+    fixed = load_recipe(None, ["train.data_source=synthetic", "data.variable_seq_length=false", *overrides])
+    provider = types.SimpleNamespace(vocab_size=lambda recipe: 256)
+    assert next(build_data(fixed, provider, 0, 1))["tokens"].shape == (1, fixed.data.max_seq_length)
