@@ -166,9 +166,10 @@ def test_trainer_refuses_variable_lengths_the_layout_cannot_split(overrides, mes
     from megatron_vlm.training.config import RecipeError, load_recipe
     from megatron_vlm.training.loop import build_data
 
-    recipe = load_recipe(None, ["train.data_source=synthetic", *overrides])
+    recipe = load_recipe(None, ["train.data_source=synthetic", "data.max_seq_length=256", *overrides])
     with pytest.raises(RecipeError, match=message):
         build_data(recipe, None, 0, 1)
-    fixed = load_recipe(None, ["train.data_source=synthetic", "data.variable_seq_length=false", *overrides])
+    fixed = load_recipe(None, ["train.data_source=synthetic", "data.max_seq_length=256", "data.variable_seq_length=false",
+                                *overrides])
     provider = types.SimpleNamespace(vocab_size=lambda recipe: 256)
     assert next(build_data(fixed, provider, 0, 1))["tokens"].shape == (1, fixed.data.max_seq_length)
