@@ -121,7 +121,8 @@ def _train(recipe: Recipe) -> TrainResult:
     logger = RunLogger(recipe, last_step, active=is_rank0, wandb_run_id=train_state.get("wandb_run_id"))
     logger.console(
         f"{budget.total_steps} steps in the budget, running {start_step + 1}..{last_step}; "
-        f"{budget.sequences_per_step} sequences of {recipe.data.max_seq_length} tokens per step, "
+        f"{budget.sequences_per_step} sequences of {'up to ' if recipe.data.variable_seq_length else ''}"
+        f"{recipe.data.max_seq_length} tokens per step, "
         f"{budget.micro_batches_per_rank} micro-batches on each of {dp_size} data-parallel ranks"
         + (f"; resumed from {resume_from}" if resume_from else "")
     )
