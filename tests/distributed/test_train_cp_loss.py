@@ -1,6 +1,7 @@
 """Context parallelism does not change the loss or the gradients: the trainer (training.loop.train) on
 image-bearing packed micro-batches from the shard loader gives, at CP=2, the CP=1 loss and per-task losses
-at every step, and the CP=1 gradients of every parameter (vision tower included) at step 1.
+at every step, and the CP=1 gradients of every parameter (vision tower included) at step 1. The same run
+checks the logged tokens/s (real tokens only) and MFU (training.flops on the step's samples and images).
 
 The shards are built in-test from a tiny pool (pages of 84x168 px: 18 LLM tokens, two ViT windows each),
 so the micro-batches hold several sub-sequences of different lengths, each with 1-4 images, and some
@@ -27,6 +28,7 @@ from tests.shards_fixtures import (
 STEPS = 2
 SEQ = 256
 MICRO_BATCHES = 2
+PEAK_TFLOPS = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,15 @@ def image_shards(tmp_path_factory, qwen_tokenizer_dir):
                         length_histogram={f"0-{SEQ + 1}": 1}, token_budget=2000, samples_per_shard=64)
     build(root / "pool", root / "qa", recipe, root / "shards")
     return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def stream(image_shards, qwen_tokenizer_dir):
+    """The micro-batches the trainer reads (one DP rank, the recipe's loader settings), in order."""
+    from megatron_vlm.data.loader import PackedLoader
+
+    loader = PackedLoader(image_shards, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, max_length=SEQ)
+    return [batch for _, batch in zip(range(STEPS * MICRO_BATCHES), loader)]
 
 
 def _train(cp: int, shard_dir: str, tokenizer_dir: str, ckpt_dir: str):
@@ -68,7 +79,7 @@ def _train(cp: int, shard_dir: str, tokenizer_dir: str, ckpt_dir: str):
         "train.data_source=shards", f"data.shards={shard_dir}", f"data.tokenizer={tokenizer_dir}", "data.num_workers=0",
         "data.pack_buffer=8", f"data.max_seq_length={SEQ}", f"train.global_batch_tokens={SEQ * MICRO_BATCHES}",
         f"train.tokens={SEQ * MICRO_BATCHES * STEPS}", "train.precision=fp32", "train.lr=1e-3", "train.warmup_steps=1",
-        f"checkpoint.dir={ckpt_dir}", "checkpoint.resume=false", "logging.wandb_mode=disabled", "logging.peak_tflops=0",
+        f"checkpoint.dir={ckpt_dir}", "checkpoint.resume=false", "logging.wandb_mode=disabled", f"logging.peak_tflops={PEAK_TFLOPS}",
     ])
     result = loop.train(recipe)
     # the big vocab matrices as norms (the payload crosses a pipe), everything else whole
@@ -76,7 +87,7 @@ def _train(cp: int, shard_dir: str, tokenizer_dir: str, ckpt_dir: str):
     return result.history, grads
 
 
-def test_cp2_matches_cp1_on_image_batches(image_shards, qwen_tokenizer_dir, tmp_path):
+def test_cp2_matches_cp1_on_image_batches(image_shards, qwen_tokenizer_dir, stream, tmp_path):
     args = (str(image_shards), str(qwen_tokenizer_dir), str(tmp_path))
     (ref_history, ref_grads), = run_distributed(_train, 1, 1, *args, timeout_s=300)
     assert len(ref_history) == STEPS
@@ -93,17 +104,33 @@ def test_cp2_matches_cp1_on_image_batches(image_shards, qwen_tokenizer_dir, tmp_
     # not vacuous: the images reached the loss, so every vision block has a gradient
     vision = [n for n in ref_grads if n.startswith("vision.") and n.endswith("weight")]
     assert vision and all(np.abs(ref_grads[n]).max() > 0 for n in vision)
+    _check_tokens_and_mfu(ref_history, stream, world_size=1)
+    _check_tokens_and_mfu(history, stream, world_size=2)
 
 
-def test_stream_has_images_straddling_the_cp_chunk_edge(image_shards, qwen_tokenizer_dir):
+def _check_tokens_and_mfu(history, stream, world_size):
+    """tokens/s counts the samples' own tokens (no padding); MFU is the FLOPs model on those samples and images."""
+    from megatron_vlm.models.qwen2_5_vl.config import flavor
+    from megatron_vlm.training.flops import FlopsModel
+
+    model = FlopsModel.from_qwen(flavor("debug"))
+    for step, metrics in enumerate(history):
+        batches = stream[step * MICRO_BATCHES:(step + 1) * MICRO_BATCHES]
+        lengths = [n for b in batches for n, task in zip(b["sample_num_tokens"], b["sample_tasks"]) if task != "padding"]
+        grids = [g for b in batches for g in b["image_grid_thw"].tolist()]
+        assert metrics["tokens"] == sum(lengths) < SEQ * MICRO_BATCHES
+        assert metrics["tokens_per_s"] == pytest.approx(sum(lengths) / metrics["step_time_s"])
+        flops = metrics["mfu"] * metrics["step_time_s"] * world_size * PEAK_TFLOPS * 1e12
+        assert flops == pytest.approx(model.step_flops(lengths, grids), rel=1e-9)
+
+
+def test_stream_has_images_straddling_the_cp_chunk_edge(stream):
     """The micro-batches the run above trained on hold an image whose tokens go to both CP ranks."""
-    from megatron_vlm.data.loader import PackedLoader
     from megatron_vlm.models.qwen2_5_vl.position_ids import IMAGE_TOKEN_ID
     from megatron_vlm.parallel.context_parallel import split_batch_for_cp
 
-    loader = PackedLoader(image_shards, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, max_length=SEQ)
     straddling = images = 0
-    for _, batch in zip(range(STEPS * MICRO_BATCHES), loader):
+    for batch in stream:
         tokens = batch["tokens"][0]
         is_image = tokens == IMAGE_TOKEN_ID
         image_ends = (batch["image_grid_thw"].prod(-1) // 4).cumsum(0)  # 2x2 merge: tokens per image
