@@ -9,8 +9,9 @@ Counting rules (model FLOPs: what the math needs, not what the hardware did):
 - Matmuls only. A weight W of shape [m, n] applied to one row costs 2mn FLOPs forward. Backward
   costs 2mn again for the gradient w.r.t. the input, counted only when some parameter before it
   (a norm's weight included) is trained, as otherwise autograd never asks for it, and 2mn for the
-  gradient w.r.t. the weight, counted only when W is trained. Norms, biases, activations, rope and softmax are elementwise and left out;
-  the input embedding is a lookup (0 FLOPs); the LM head is a matmul and counts.
+  gradient w.r.t. the weight, counted only when W is trained. Norms, biases, activations, rope
+  and softmax are elementwise and left out; the input embedding is a lookup (0 FLOPs); the LM
+  head is a matmul and counts. The LLM always trains, so its matmuls cost 6 per weight per token.
 - Attention: per layer, for every (query, key) pair attended, QK^T and AV cost 2*d each per head,
   so 4 * heads * head_dim forward; backward is twice that when the attention's inputs need
   gradients (trained ViT, always in the LLM), else nothing.
