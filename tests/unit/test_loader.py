@@ -84,8 +84,9 @@ def test_resume_equals_uninterrupted_2dp_2workers(shards, qwen_tokenizer_dir, st
     shard_dir, _ = shards
     total = 10  # beyond one epoch for each rank: the epoch boundary is crossed after resume
     for rank in range(2):
-        kw = dict(dp_rank=rank, dp_size=2, num_workers=2, pack_buffer=4, max_length=256)
+        kw = dict(dp_rank=rank, dp_size=2, num_workers=2, pack_buffer=4, max_length=256, seq_length_multiple=32)
         straight = _take(PackedLoader(shard_dir, qwen_tokenizer_dir, **kw), total)
+        assert len({b["tokens"].shape[1] for b in straight}) > 1  # variable length (the default), and it varies
         first = PackedLoader(shard_dir, qwen_tokenizer_dir, **kw)
         head = _take(first, steps_before)
         state = json.loads(json.dumps(first.state_dict()))  # what goes into a checkpoint
@@ -94,7 +95,7 @@ def test_resume_equals_uninterrupted_2dp_2workers(shards, qwen_tokenizer_dir, st
             resumed = PackedLoader(shard_dir, qwen_tokenizer_dir, state=state, **kw)
         else:  # as the trainer does it: from the recipe's data section, then load_state_dict
             recipe = DataRecipe(shards=str(shard_dir), tokenizer=str(qwen_tokenizer_dir), num_workers=2, pack_buffer=4,
-                                max_seq_length=256, seed=1234)
+                                max_seq_length=256, seed=1234, seq_length_multiple=32)
             resumed = PackedLoader.from_recipe(recipe, dp_rank=1, dp_size=2)
             resumed.load_state_dict(state)
         tail = _take(resumed, total - steps_before)
