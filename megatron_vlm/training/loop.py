@@ -27,8 +27,9 @@ from megatron_vlm.parallel import ParallelLayout, destroy, initialize
 from megatron_vlm.training import checkpointing
 from megatron_vlm.training.budget import Budget, learning_rate, plan_budget
 from megatron_vlm.training.config import Recipe, RecipeError, recipe_to_yaml
+from megatron_vlm.training.flops import flops_model_for
 from megatron_vlm.training.forward_step import ForwardStep, reduce_report, report_to_metrics
-from megatron_vlm.training.logging import RunLogger, flops_per_token, peak_memory_gib
+from megatron_vlm.training.logging import RunLogger, peak_memory_gib
 from megatron_vlm.training.models import get_provider
 from megatron_vlm.training.optimizer import (
     build_optimizer,
@@ -104,7 +105,7 @@ def _train(recipe: Recipe) -> TrainResult:
         print(f"[train] resolved recipe:\n{recipe_to_yaml(recipe)}", flush=True)
 
     provider = get_provider(recipe)
-    chunks, model_config = build_model(provider, recipe)
+    chunks, _ = build_model(provider, recipe)
     optimizer = build_optimizer(chunks, recipe)
     loader = build_data(recipe, provider, dp_rank, dp_size)
     is_loader_writer = ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0 \
@@ -121,11 +122,12 @@ def _train(recipe: Recipe) -> TrainResult:
     logger = RunLogger(recipe, last_step, active=is_rank0, wandb_run_id=train_state.get("wandb_run_id"))
     logger.console(
         f"{budget.total_steps} steps in the budget, running {start_step + 1}..{last_step}; "
-        f"{budget.sequences_per_step} sequences of {recipe.data.max_seq_length} tokens per step, "
+        f"{budget.sequences_per_step} sequences of {'up to ' if recipe.data.variable_seq_length else ''}"
+        f"{recipe.data.max_seq_length} tokens per step, "
         f"{budget.micro_batches_per_rank} micro-batches on each of {dp_size} data-parallel ranks"
         + (f"; resumed from {resume_from}" if resume_from else "")
     )
-    num_params = count_parameters(chunks)
+    flops_model = flops_model_for(recipe, provider)
     stop = StopSignal()
     forward_backward = get_forward_backward_func()
     cp_size = recipe.parallel.cp
@@ -157,7 +159,7 @@ def _train(recipe: Recipe) -> TrainResult:
 
         losses = forward_backward(
             forward_step_func=forward_step, data_iterator=data_iterator, model=chunks,
-            num_microbatches=budget.micro_batches_per_rank, seq_length=recipe.data.max_seq_length // cp_size,
+            num_microbatches=budget.micro_batches_per_rank, seq_length=recipe.data.max_seq_length,
             micro_batch_size=1, forward_only=False,
         )
         report = reduce_report(losses, dp_cp_group).to(_device())
@@ -178,17 +180,15 @@ def _train(recipe: Recipe) -> TrainResult:
         step += 1
         tokens_done += budget.tokens_per_step
 
-        sample_ids, seq_lengths = forward_step.take_records()
-        gathered = [None] * dp_size
-        dist.all_gather_object(gathered, (sample_ids, seq_lengths), group=ps.get_data_parallel_group())
-        sample_ids = [s for ids, _ in gathered for s in ids]
-        seq_lengths = [n for _, lengths in gathered for n in lengths]
+        gathered = [None] * dp_size  # what every DP rank's micro-batches held: ids, real lengths, image grids
+        dist.all_gather_object(gathered, forward_step.take_records(), group=ps.get_data_parallel_group())
+        sample_ids, seq_lengths, image_grids = ([x for rank in gathered for x in rank[k]] for k in range(3))
         elapsed = time.monotonic() - started
-        flops = flops_per_token(num_params, model_config.num_layers, model_config.hidden_size, seq_lengths,
-                                budget.tokens_per_step) * budget.tokens_per_step
+        flops = flops_model.step_flops(seq_lengths, image_grids)
         metrics = {
             **report_to_metrics(report.cpu()), "lr": lr, "grad_norm": float(grad_norm or 0.0) if finite else math.nan,
-            "skipped": not finite, "step_time_s": elapsed, "tokens_per_s": budget.tokens_per_step / elapsed,
+            "skipped": not finite, "step_time_s": elapsed, "tokens": sum(seq_lengths),
+            "tokens_per_s": sum(seq_lengths) / elapsed,  # real tokens: no packing or CP padding
             "consumed_tokens": tokens_done, "memory_gib": peak_memory_gib(),
             "mfu": flops / elapsed / (dist.get_world_size() * recipe.logging.peak_tflops * 1e12)
             if recipe.logging.peak_tflops else 0.0,
@@ -236,18 +236,31 @@ def build_model(provider, recipe: Recipe) -> tuple[list, object]:
         chunks.append(chunk)
     chunks = wrap_ddp(chunks, config, recipe)
     config.finalize_model_grads_func = finalize_model_grads
+    # Variable-length packing: pipeline stages exchange each micro-batch's activation shape first.
+    config.variable_seq_lengths = recipe.data.variable_seq_length
     config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
     return chunks, config
 
 
 def build_data(recipe: Recipe, provider, dp_rank: int, dp_size: int):
     """This data-parallel rank's micro-batch stream (docs/formats.md section 4), with state_dict()."""
-    source, data = recipe.train.data_source, recipe.data
+    source, data, par = recipe.train.data_source, recipe.data, recipe.parallel
+    # Variable lengths must still split evenly over CP ranks (2*cp chunks) and, with sequence parallelism, TP ranks.
+    unit = math.lcm(2 * par.cp if par.cp > 1 else 1, par.cp * par.tp if par.sequence_parallel else 1)
+    if data.variable_seq_length and data.seq_length_multiple % unit:
+        raise RecipeError(f"data.seq_length_multiple={data.seq_length_multiple} must be a multiple of {unit} "
+                          "(2 x parallel.cp, and cp x tp with sequence parallelism)")
+    if data.variable_seq_length and par.vpp and par.pp == 2:
+        # Megatron 0.16 exchanges shapes with one batched send/recv list; at pp=2 the interleaved schedule sends
+        # activations and gradients to the same peer at once and the two shapes arrive swapped (pp > 2 is fine).
+        raise RecipeError("variable-length packing with interleaved pipelining needs parallel.pp > 2 "
+                          "(set data.variable_seq_length=false at pp=2 with vpp)")
     if source == "synthetic":
         from megatron_vlm.training.synthetic import SyntheticPackedBatches
 
         return SyntheticPackedBatches(seq_length=data.max_seq_length, vocab_size=provider.vocab_size(recipe),
-                                      dp_rank=dp_rank, dp_size=dp_size, seed=data.seed)
+                                      dp_rank=dp_rank, dp_size=dp_size, seed=data.seed,
+                                      length_multiple=data.seq_length_multiple if data.variable_seq_length else None)
     if source != "shards":
         raise RecipeError(f"train.data_source must be shards or synthetic, got {source!r}")
     if not data.tokenizer or not (Path(data.tokenizer) / "tokenizer.json").is_file():
@@ -269,15 +282,6 @@ def init_weights(path: str, provider, chunks: list, optimizer) -> None:
     optimizer.reload_model_params()  # the fp32 master copies follow the loaded weights
     if dist.get_rank() == 0:
         print(f"[train] initialised weights from {path}", flush=True)
-
-
-def count_parameters(chunks: list) -> int:
-    """Parameters of the whole model (summed over tensor- and pipeline-parallel ranks)."""
-    from megatron.core import parallel_state as ps
-
-    local = torch.tensor([float(sum(p.numel() for c in chunks for p in c.parameters()))], device=_device())
-    dist.all_reduce(local, group=ps.get_model_parallel_group())
-    return int(local.item())
 
 
 def chunk_iterators(loader, num_chunks: int) -> list:
