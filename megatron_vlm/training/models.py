@@ -58,6 +58,29 @@ def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
     return kwargs
 
 
+def check_virtual_pipeline(recipe: Recipe, num_layers: int) -> None:
+    """Refuse a parallel.vpp that cannot split ``num_layers`` LLM layers into equal virtual chunks.
+
+    Megatron gives every chunk of the first rank ``first_stage_layers / vpp`` layers and every
+    chunk of the other ranks an equal share of the rest.
+    """
+    par, first = recipe.parallel, recipe.model.first_stage_layers
+    if not par.vpp:
+        return
+    if par.pp < 2:
+        raise RecipeError(f"parallel.vpp={par.vpp} needs parallel.pp >= 2 (got {par.pp})")
+    if first is None:
+        if num_layers % (par.pp * par.vpp):
+            raise RecipeError(f"{num_layers} LLM layers do not split into parallel.pp x parallel.vpp = "
+                              f"{par.pp} x {par.vpp} equal chunks")
+        return
+    rest, others = num_layers - first, par.pp - 1
+    if first % par.vpp or rest <= 0 or rest % (others * par.vpp):
+        raise RecipeError(f"model.first_stage_layers={first} with {num_layers} LLM layers, parallel.pp={par.pp} and "
+                          f"parallel.vpp={par.vpp}: need first_stage_layers and the remaining {rest} layers per "
+                          f"other rank divisible by vpp")
+
+
 def block_causal_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
     """[1, 1, T, T] bool, True where attention is NOT allowed: causal and within one sub-sequence."""
     segment = torch.zeros(length, dtype=torch.int64)
@@ -164,15 +187,15 @@ class Qwen25VLProvider:
     def build(self, recipe: Recipe, pre_process: bool, post_process: bool, vp_stage: int | None):
         from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
 
-        if recipe.parallel.vpp:
-            raise RecipeError("parallel.vpp (interleaved pipeline) is not supported for qwen2_5_vl yet")
+        cfg = self.model_config(recipe)
+        check_virtual_pipeline(recipe, cfg.text.num_hidden_layers)
         overrides = parallel_and_precision_kwargs(recipe)
         for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
                     "virtual_pipeline_model_parallel_size"):
             overrides.pop(key)  # the model reads the layout from parallel_state
         spec = "te" if torch.cuda.is_available() and te_available() else "local"
-        model = Qwen2_5_VLModel(self.model_config(recipe), spec=spec, pre_process=pre_process,
-                                post_process=post_process, **overrides)
+        model = Qwen2_5_VLModel(cfg, spec=spec, pre_process=pre_process, post_process=post_process,
+                                vp_stage=vp_stage, **overrides)
         if not hasattr(model, "model_type"):  # Megatron's schedules read it off the model
             from megatron.core.enums import ModelType
 
