@@ -29,6 +29,8 @@ def te_available() -> bool:
 
 def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
     """TransformerConfig arguments that come from the recipe, not from the model's shape."""
+    from megatron_vlm.models.qwen2_5_vl.model import pipeline_p2p_options
+
     par, train = recipe.parallel, recipe.train
     if train.fp8 and not te_available():
         raise RecipeError(f"train.fp8={train.fp8} needs Transformer Engine, which is not installed (set train.fp8=null)")
@@ -48,6 +50,7 @@ def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
         use_cpu_initialization=True,
         fp8=train.fp8,
         num_layers_in_first_pipeline_stage=recipe.model.first_stage_layers,
+        **pipeline_p2p_options(par.pp, par.vpp),
     )
     if recipe.model.recompute == "selective":
         kwargs.update(recompute_granularity="selective")
@@ -76,9 +79,9 @@ def check_virtual_pipeline(recipe: Recipe, num_layers: int) -> None:
         return
     rest, others = num_layers - first, par.pp - 1
     if first % par.vpp or rest <= 0 or rest % (others * par.vpp):
-        raise RecipeError(f"model.first_stage_layers={first} with {num_layers} LLM layers, parallel.pp={par.pp} and "
-                          f"parallel.vpp={par.vpp}: need first_stage_layers and the remaining {rest} layers per "
-                          f"other rank divisible by vpp")
+        raise RecipeError(f"model.first_stage_layers={first} does not fit {num_layers} LLM layers at parallel.pp={par.pp} "
+                          f"x parallel.vpp={par.vpp}: it and the other {rest} layers split over {others} rank(s) "
+                          f"must give each virtual chunk a whole number (>= 1) of layers")
 
 
 def block_causal_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
@@ -139,6 +142,7 @@ class GptProvider:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
         s = self.shape(recipe)
+        check_virtual_pipeline(recipe, s.num_layers)
         config = self.transformer_config(recipe)
         if torch.cuda.is_available() and te_available():
             from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
