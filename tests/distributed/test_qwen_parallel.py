@@ -5,6 +5,9 @@ Each rank loads its shard of one HF state dict mapped by the name map (no re-see
 Megatron's pipeline schedule forward-only (logits) and forward-backward (loss, grads); the
 parent compares with HF run sample by sample. Tolerance as in tests/unit/test_qwen_model.py,
 plus 1e-5 relative on gradients (sums over ~100 tokens in a different order).
+
+The second part (not slow, 2 ranks) checks the interleaved pipeline (PP=2 x VPP=2) against PP=1
+over several packed micro-batches, and dist checkpoints and the HF export across those layouts.
 """
 
 from __future__ import annotations
@@ -250,9 +253,10 @@ def test_parallel_layout_equals_hf(reference, parallel_results, layout):
 #      forward-backward, saves a dist checkpoint;
 #   2. PP=1 loads that checkpoint, runs, saves; rank 0 exports the PP2xVPP2 checkpoint to HF;
 #   3. PP=2 x VPP=2 with first_stage_layers=2 (1 layer per chunk on rank 0, 3 on rank 1) loads the
-#      PP=1 checkpoint and runs.
-# Losses and gathered gradients must agree across the three; every load must give the HF weights
-# bit for bit, and so must the export.
+#      PP=1 checkpoint and runs;
+#   4. PP=2 (plain 1F1B) loads the PP=1 checkpoint and runs.
+# Losses (per micro-batch) and gathered gradients must agree across all four; every load must give
+# the HF weights bit for bit, and so must the export.
 
 VPP_LAYERS, VPP_SEQ = 8, 64
 VPP_PHASES = (  # name, pp, vpp, first-stage layers, checkpoint to load (None: the HF weights), to save
@@ -406,12 +410,12 @@ def _merged(results: list[dict], key: str) -> dict:
     for r in results:
         for name, value in r[key].items():
             if name in out:  # PP=1: every rank has everything; replicas must agree exactly
-                assert np_equal(out[name], value), f"{key} {name} differs between ranks"
+                assert _np_equal(out[name], value), f"{key} {name} differs between ranks"
             out[name] = value
     return out
 
 
-def np_equal(a, b) -> bool:
+def _np_equal(a, b) -> bool:
     return a.shape == b.shape and (a == b).all()
 
 
@@ -431,7 +435,7 @@ def test_vpp_dist_checkpoints_load_across_pp1_and_pp2xvpp2_bit_identical(vpp_res
         weights = _merged(results, "weights")
         assert weights.keys() == full.keys(), name
         for key, value in full.items():
-            assert np_equal(weights[key], value), f"{name}: {key} is not the HF weight"
+            assert _np_equal(weights[key], value), f"{name}: {key} is not the HF weight"
 
 
 def test_vpp_checkpoint_exports_to_the_hf_weights(vpp_results):
