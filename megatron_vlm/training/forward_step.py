@@ -62,31 +62,34 @@ def prepare_batch(batch: dict, cp_size: int, cp_rank: int, device: torch.device)
 class ForwardStep:
     """Callable for ``get_forward_backward_func()(forward_step_func=...)``.
 
-    It also records what each micro-batch held (sample ids, sub-sequence lengths) so the loop can
-    log the sequence-length histogram and the exact sample stream.
+    It also records what each micro-batch held, before any split: the sample ids (the exact sample
+    stream), each sample's own token count (no padding: the sequence-length histogram, tokens/s and
+    the FLOPs of training.flops) and each image's [t, h, w] grid (the ViT's FLOPs).
     """
 
     def __init__(self, provider, cp_size: int, cp_rank: int, device: torch.device):
         self.provider, self.cp_size, self.cp_rank, self.device = provider, cp_size, cp_rank, device
         self.sample_ids: list[str] = []
         self.seq_lengths: list[int] = []
+        self.image_grids: list[list[int]] = []
 
     def __call__(self, data_iterator, model):
         batch = next(data_iterator)
         if not batch.get("_recorded"):  # interleaved pipelines hand every chunk the same batch object
             batch["_recorded"] = True
-            cu = batch["cu_seqlens"].long()
             real = [i for i, task in enumerate(batch["sample_tasks"]) if task != "padding"]
             self.sample_ids += [batch["sample_ids"][i] for i in real]
-            self.seq_lengths += [int(cu[i + 1] - cu[i]) for i in real]
+            self.seq_lengths += [int(batch["sample_num_tokens"][i]) for i in real]
+            self.image_grids += batch["image_grid_thw"].tolist()
         batch = prepare_batch(batch, self.cp_size, self.cp_rank, self.device)
         output = self.provider.forward(model, batch)
         return output, partial(loss_func, batch["loss_mask"], batch["task_index"])
 
-    def take_records(self) -> tuple[list[str], list[int]]:
-        ids, lengths = self.sample_ids, self.seq_lengths
-        self.sample_ids, self.seq_lengths = [], []
-        return ids, lengths
+    def take_records(self) -> tuple[list[str], list[int], list[list[int]]]:
+        """(sample ids, their real token counts, image grids) recorded since the last call."""
+        records = self.sample_ids, self.seq_lengths, self.image_grids
+        self.sample_ids, self.seq_lengths, self.image_grids = [], [], []
+        return records
 
 
 def reduce_report(losses_reduced: list[dict], group) -> torch.Tensor:

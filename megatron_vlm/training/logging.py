@@ -1,9 +1,11 @@
 """What a run reports: console progress with ETA, a metrics file, and Weights & Biases (rank 0 only).
 
 Per step: loss (mean per target token over the global batch), loss per task type, learning rate,
-grad norm, tokens/s, an MFU estimate, peak memory, and the packed sub-sequence lengths (a W&B
-histogram). Every step also goes to ``CKPT_DIR/metrics.jsonl`` (one JSON object per line, with
-the ids of the samples the step trained on), which tests and plots read.
+grad norm, tokens/s (real tokens: the samples' own, no packing or CP padding), an MFU estimate
+(model FLOPs from :mod:`megatron_vlm.training.flops` / step time / (devices x
+``logging.peak_tflops``)), peak memory, and the samples' lengths (a W&B histogram). Every step
+also goes to ``CKPT_DIR/metrics.jsonl`` (one JSON object per line, with the ids of the samples
+the step trained on), which tests and plots read.
 
 W&B never stops a run: without ``WANDB_API_KEY`` (and no ``wandb login``) it runs offline
 (``wandb sync`` later); if it cannot start at all, the run goes on without it and says so once.
@@ -21,15 +23,6 @@ from pathlib import Path
 import torch
 
 from megatron_vlm.training.config import Recipe, recipe_to_dict
-
-
-def flops_per_token(num_params: int, num_layers: int, hidden_size: int, seq_lengths: list[int], tokens: int) -> float:
-    """Training FLOPs per token: 6N for the dense math plus causal attention, 6 * L * h * mean(len) per token
-    (QK^T and AV, forward and backward, halved for causality)."""
-    if tokens == 0:
-        return 0.0
-    attention = 6.0 * num_layers * hidden_size * sum(n * n for n in seq_lengths) / tokens
-    return 6.0 * num_params + attention
 
 
 def peak_memory_gib() -> float:

@@ -27,8 +27,9 @@ from megatron_vlm.parallel import ParallelLayout, destroy, initialize
 from megatron_vlm.training import checkpointing
 from megatron_vlm.training.budget import Budget, learning_rate, plan_budget
 from megatron_vlm.training.config import Recipe, RecipeError, recipe_to_yaml
+from megatron_vlm.training.flops import flops_model_for
 from megatron_vlm.training.forward_step import ForwardStep, reduce_report, report_to_metrics
-from megatron_vlm.training.logging import RunLogger, flops_per_token, peak_memory_gib
+from megatron_vlm.training.logging import RunLogger, peak_memory_gib
 from megatron_vlm.training.models import get_provider
 from megatron_vlm.training.optimizer import (
     build_optimizer,
@@ -104,7 +105,7 @@ def _train(recipe: Recipe) -> TrainResult:
         print(f"[train] resolved recipe:\n{recipe_to_yaml(recipe)}", flush=True)
 
     provider = get_provider(recipe)
-    chunks, model_config = build_model(provider, recipe)
+    chunks, _ = build_model(provider, recipe)
     optimizer = build_optimizer(chunks, recipe)
     loader = build_data(recipe, provider, dp_rank, dp_size)
     is_loader_writer = ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0 \
@@ -125,7 +126,7 @@ def _train(recipe: Recipe) -> TrainResult:
         f"{budget.micro_batches_per_rank} micro-batches on each of {dp_size} data-parallel ranks"
         + (f"; resumed from {resume_from}" if resume_from else "")
     )
-    num_params = count_parameters(chunks)
+    flops_model = flops_model_for(recipe, provider)
     stop = StopSignal()
     forward_backward = get_forward_backward_func()
     cp_size = recipe.parallel.cp
@@ -178,17 +179,15 @@ def _train(recipe: Recipe) -> TrainResult:
         step += 1
         tokens_done += budget.tokens_per_step
 
-        sample_ids, seq_lengths = forward_step.take_records()
-        gathered = [None] * dp_size
-        dist.all_gather_object(gathered, (sample_ids, seq_lengths), group=ps.get_data_parallel_group())
-        sample_ids = [s for ids, _ in gathered for s in ids]
-        seq_lengths = [n for _, lengths in gathered for n in lengths]
+        gathered = [None] * dp_size  # what every DP rank's micro-batches held: ids, real lengths, image grids
+        dist.all_gather_object(gathered, forward_step.take_records(), group=ps.get_data_parallel_group())
+        sample_ids, seq_lengths, image_grids = ([x for rank in gathered for x in rank[k]] for k in range(3))
         elapsed = time.monotonic() - started
-        flops = flops_per_token(num_params, model_config.num_layers, model_config.hidden_size, seq_lengths,
-                                budget.tokens_per_step) * budget.tokens_per_step
+        flops = flops_model.step_flops(seq_lengths, image_grids)
         metrics = {
             **report_to_metrics(report.cpu()), "lr": lr, "grad_norm": float(grad_norm or 0.0) if finite else math.nan,
-            "skipped": not finite, "step_time_s": elapsed, "tokens_per_s": budget.tokens_per_step / elapsed,
+            "skipped": not finite, "step_time_s": elapsed, "tokens": sum(seq_lengths),
+            "tokens_per_s": sum(seq_lengths) / elapsed,  # real tokens: no packing or CP padding
             "consumed_tokens": tokens_done, "memory_gib": peak_memory_gib(),
             "mfu": flops / elapsed / (dist.get_world_size() * recipe.logging.peak_tflops * 1e12)
             if recipe.logging.peak_tflops else 0.0,
@@ -269,15 +268,6 @@ def init_weights(path: str, provider, chunks: list, optimizer) -> None:
     optimizer.reload_model_params()  # the fp32 master copies follow the loaded weights
     if dist.get_rank() == 0:
         print(f"[train] initialised weights from {path}", flush=True)
-
-
-def count_parameters(chunks: list) -> int:
-    """Parameters of the whole model (summed over tensor- and pipeline-parallel ranks)."""
-    from megatron.core import parallel_state as ps
-
-    local = torch.tensor([float(sum(p.numel() for c in chunks for p in c.parameters()))], device=_device())
-    dist.all_reduce(local, group=ps.get_model_parallel_group())
-    return int(local.item())
 
 
 def chunk_iterators(loader, num_chunks: int) -> list:

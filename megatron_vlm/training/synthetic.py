@@ -23,7 +23,7 @@ def synthetic_micro_batch(index: int, *, seq_length: int, vocab_size: int, seed:
     labels = torch.full((seq_length,), -100, dtype=torch.int64)
     loss_mask = torch.zeros(seq_length, dtype=torch.float32)
     positions = torch.zeros(seq_length, dtype=torch.int64)
-    bounds, tasks, ids = [0], [], []
+    bounds, tasks, ids, num_tokens = [0], [], [], []
     start = 0
     while seq_length - start >= 2 * min_len:
         length = int(torch.randint(min_len, max(min_len + 1, seq_length // 2), (1,), generator=gen))
@@ -41,12 +41,14 @@ def synthetic_micro_batch(index: int, *, seq_length: int, vocab_size: int, seed:
         bounds.append(end)
         tasks.append(TASKS[len(ids) % len(TASKS)])
         ids.append(f"mb{index}-s{len(ids)}")
+        num_tokens.append(length)
         start = end
     if start < seq_length:  # the padding tail is its own sub-sequence
         positions[start:] = torch.arange(seq_length - start)
         bounds.append(seq_length)
         tasks.append("padding")
         ids.append(f"mb{index}-pad")
+        num_tokens.append(0)
     return {
         "tokens": tokens[None],
         "labels": labels[None],
@@ -57,6 +59,7 @@ def synthetic_micro_batch(index: int, *, seq_length: int, vocab_size: int, seed:
         "image_grid_thw": torch.zeros(0, 3, dtype=torch.int64),
         "sample_tasks": tasks,
         "sample_ids": ids,
+        "sample_num_tokens": num_tokens,
     }
 
 

@@ -37,7 +37,9 @@ def test_synthetic_batch_follows_the_loader_contract():
     assert b["position_ids"].shape == (3, 1, T)
     cu = b["cu_seqlens"]
     assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == T
-    assert len(b["sample_tasks"]) == len(b["sample_ids"]) == len(cu) - 1
+    assert len(b["sample_tasks"]) == len(b["sample_ids"]) == len(b["sample_num_tokens"]) == len(cu) - 1
+    assert b["sample_num_tokens"] == [0 if t == "padding" else e - s
+                                      for t, s, e in zip(b["sample_tasks"], cu[:-1].tolist(), cu[1:].tolist())]
     # labels are next-token targets where the loss mask is on, -100 elsewhere
     on = b["loss_mask"][0] > 0
     assert (b["labels"][0][~on] == -100).all()
