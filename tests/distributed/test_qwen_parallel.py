@@ -302,6 +302,7 @@ def _vpp_micro_batches() -> list[dict]:
             cu_seqlens=cu, pixel_values=pixels, image_grid_thw=grid,
             sample_tasks=["extract-single"] * len(samples) + ["padding"],
             sample_ids=[f"mb{b}-s{i}" for i in range(len(samples))] + ["padding"],
+            sample_num_tokens=lengths[:-1] + [0],
         ))
     return batches
 
