@@ -61,17 +61,24 @@ def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
     return kwargs
 
 
-def check_virtual_pipeline(recipe: Recipe, num_layers: int) -> None:
-    """Refuse a parallel.vpp that cannot split ``num_layers`` LLM layers into equal virtual chunks.
+def check_virtual_pipeline(recipe: Recipe, num_layers: int, dp: int | None = None) -> None:
+    """Refuse a parallel.vpp that Megatron's interleaved schedule cannot run, before building.
 
     Megatron gives every chunk of the first rank ``first_stage_layers / vpp`` layers and every
-    chunk of the other ranks an equal share of the rest.
+    chunk of the other ranks an equal share of the rest; the schedule runs micro-batches in
+    groups of pp, so (given ``dp``) each data-parallel rank's micro-batches must be a multiple of pp.
     """
     par, first = recipe.parallel, recipe.model.first_stage_layers
     if not par.vpp:
         return
     if par.pp < 2:
         raise RecipeError(f"parallel.vpp={par.vpp} needs parallel.pp >= 2 (got {par.pp})")
+    if dp is not None:
+        micro_batches = recipe.train.global_batch_tokens // recipe.data.max_seq_length // dp
+        if micro_batches % par.pp:
+            raise RecipeError(f"parallel.vpp={par.vpp} runs micro-batches in groups of parallel.pp={par.pp}, but each of "
+                              f"the {dp} data-parallel ranks gets {micro_batches} per step (train.global_batch_tokens / "
+                              f"data.max_seq_length / dp)")
     if first is None:
         if num_layers % (par.pp * par.vpp):
             raise RecipeError(f"{num_layers} LLM layers do not split into parallel.pp x parallel.vpp = "
@@ -142,7 +149,7 @@ class GptProvider:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
         s = self.shape(recipe)
-        check_virtual_pipeline(recipe, s.num_layers)
+        check_virtual_pipeline(recipe, s.num_layers, _data_parallel_size())
         config = self.transformer_config(recipe)
         if torch.cuda.is_available() and te_available():
             from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
@@ -192,7 +199,7 @@ class Qwen25VLProvider:
         from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
 
         cfg = self.model_config(recipe)
-        check_virtual_pipeline(recipe, cfg.text.num_hidden_layers)
+        check_virtual_pipeline(recipe, cfg.text.num_hidden_layers, _data_parallel_size())
         overrides = parallel_and_precision_kwargs(recipe)
         for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
                     "virtual_pipeline_model_parallel_size"):
@@ -235,6 +242,12 @@ class Qwen25VLProvider:
         with torch.no_grad():
             for model in inner:
                 load_full_state_dict(model, full)
+
+
+def _data_parallel_size() -> int | None:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_data_parallel_world_size() if parallel_state.model_parallel_is_initialized() else None
 
 
 def _unwrap(module):

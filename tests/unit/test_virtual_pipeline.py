@@ -59,3 +59,15 @@ def test_check_accepts_exactly_what_megatron_builds(layers, pp, vpp, first):
 def test_vpp_needs_a_pipeline():
     with pytest.raises(RecipeError, match="needs parallel.pp >= 2"):
         check_virtual_pipeline(load_recipe(None, ["parallel.vpp=2"]), 4)
+
+
+@pytest.mark.parametrize("sequences,dp,ok", [(4, 1, True), (4, 2, True), (2, 2, False), (6, 1, True), (3, 1, False)])
+def test_micro_batches_per_rank_must_fill_groups_of_pp(sequences, dp, ok):
+    """Megatron's interleaved schedule refuses M < pp and a last group of 0 < M % pp < pp."""
+    recipe = load_recipe(None, ["parallel.pp=2", "parallel.vpp=2", "data.max_seq_length=64",
+                                f"train.global_batch_tokens={64 * sequences}"])
+    if ok:
+        check_virtual_pipeline(recipe, 4, dp)
+    else:
+        with pytest.raises(RecipeError, match="groups of parallel.pp=2"):
+            check_virtual_pipeline(recipe, 4, dp)
