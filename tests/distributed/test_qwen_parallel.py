@@ -254,16 +254,18 @@ def test_parallel_layout_equals_hf(reference, parallel_results, layout):
 #   2. PP=1 loads that checkpoint, runs, saves; rank 0 exports the PP2xVPP2 checkpoint to HF;
 #   3. PP=2 x VPP=2 with first_stage_layers=2 (1 layer per chunk on rank 0, 3 on rank 1) loads the
 #      PP=1 checkpoint and runs;
-#   4. PP=2 (plain 1F1B) loads the PP=1 checkpoint and runs.
-# Losses (per micro-batch) and gathered gradients must agree across all four; every load must give
-# the HF weights bit for bit, and so must the export.
+#   4., 5. the same as 1. and 2. with tied embeddings (the 3B flavor's), the output layer on the
+#      last chunk of rank 1 sharing the embedding of chunk 0 on rank 0.
+# Losses (per micro-batch) and gathered gradients must agree with the PP=1 run of the same weights;
+# every load must give the HF weights bit for bit, and so must the export.
 
 VPP_LAYERS, VPP_SEQ = 8, 64
-VPP_PHASES = (  # name, pp, vpp, first-stage layers, checkpoint to load (None: the HF weights), to save
-    ("pp2xvpp2", 2, 2, None, None, "vpp"),
-    ("pp1", 1, None, None, "vpp", "pp1"),
-    ("pp2xvpp2-first-stage-2", 2, 2, 2, "pp1", None),
-    ("pp2", 2, None, None, "pp1", None),
+VPP_PHASES = (  # name, pp, vpp, first-stage layers, tied, checkpoint to load (None: HF weights), to save
+    ("pp2xvpp2", 2, 2, None, False, None, "vpp"),
+    ("pp1", 1, None, None, False, "vpp", "pp1"),
+    ("pp2xvpp2-first-stage-2", 2, 2, 2, False, "pp1", None),
+    ("pp2xvpp2-tied", 2, 2, None, True, None, "vpp-tied"),
+    ("pp1-tied", 1, None, None, True, "vpp-tied", None),
 )
 
 
@@ -308,12 +310,13 @@ def _vpp_micro_batches() -> list[dict]:
 
 
 def _vpp_rank_main(full_numpy: dict, root: str, hf_template: str) -> list[dict]:
+    """``full_numpy``: the HF weights in Megatron names, untied (False) and tied (True)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     out = []
-    for name, pp, vpp, first, load, save in VPP_PHASES:
-        out.append(_vpp_phase(pp, vpp, first, full_numpy if load is None else f"{root}/{load}",
+    for name, pp, vpp, first, tied, load, save in VPP_PHASES:
+        out.append(_vpp_phase(pp, vpp, first, tied, full_numpy[tied] if load is None else f"{root}/{load}",
                               f"{root}/{save}" if save else None))
         if name == "pp1" and dist.get_rank() == 0:  # the HF export of a checkpoint saved with vpp
             from megatron_vlm.checkpoint.convert import mcore_to_hf
@@ -324,7 +327,7 @@ def _vpp_rank_main(full_numpy: dict, root: str, hf_template: str) -> list[dict]:
     return out
 
 
-def _vpp_phase(pp: int, vpp, first, source, save_to) -> dict:
+def _vpp_phase(pp: int, vpp, first, tied: bool, source, save_to) -> dict:
     from megatron.core import dist_checkpointing, parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -340,7 +343,7 @@ def _vpp_phase(pp: int, vpp, first, source, save_to) -> dict:
     overrides = dict(pipeline_dtype=torch.float32, calculate_per_token_loss=True)
     if first is not None:
         overrides["num_layers_in_first_pipeline_stage"] = first
-    cfg = tiny_config(num_hidden_layers=VPP_LAYERS)
+    cfg = tiny_config(tied=tied, num_hidden_layers=VPP_LAYERS)
     chunks = [Qwen2_5_VLModel(cfg, attention_backend="torch", vp_stage=v, **overrides)
               for v in (range(vpp) if vpp else [None])]
     if isinstance(source, dict):
@@ -368,6 +371,12 @@ def _vpp_phase(pp: int, vpp, first, source, save_to) -> dict:
         seq_length=VPP_SEQ, micro_batch_size=1, forward_only=False,
     )
     report = reduce_report(losses, None)
+    if tied and pp > 1 and parallel_state.is_rank_in_embedding_group():
+        # finalize_model_grads' step for tied weights: embedding (chunk 0 of the first rank) and
+        # output layer (last chunk of the last rank) add their gradients
+        chunk = chunks[0] if parallel_state.is_pipeline_first_stage() else chunks[-1]
+        torch.distributed.all_reduce(chunk.shared_embedding_or_output_weight().grad,
+                                     group=parallel_state.get_embedding_group())
     grads = {}
     for chunk in chunks:
         grads.update(local_to_full(chunk, {n: p.grad for n, p in chunk.named_parameters() if p.grad is not None}))
@@ -393,24 +402,27 @@ def vpp_results(tmp_path_factory):
     from tests.qwen_utils import hf_model, tiny_config
 
     root = tmp_path_factory.mktemp("vpp")
-    for name in ("vpp", "pp1"):
-        (root / name).mkdir()
+    for *_, save in VPP_PHASES:
+        if save:
+            (root / save).mkdir()
     template = root / "hf-template"
     template.mkdir()
-    cfg = tiny_config(num_hidden_layers=VPP_LAYERS)
-    (template / "config.json").write_text(json.dumps(to_hf_config(cfg)))
-    hf_state = {n: t.detach() for n, t in hf_model(cfg, seed=3).state_dict().items()}
-    full = {n: t.numpy() for n, t in hf_to_mcore(hf_state, cfg).items()}
+    full, hf_state = {}, {}
+    for tied in (False, True):
+        cfg = tiny_config(tied=tied, num_hidden_layers=VPP_LAYERS)
+        hf_state[tied] = {n: t.detach() for n, t in hf_model(cfg, seed=3).state_dict().items()}
+        full[tied] = {n: t.numpy() for n, t in hf_to_mcore(hf_state[tied], cfg).items()}
+    (template / "config.json").write_text(json.dumps(to_hf_config(tiny_config(num_hidden_layers=VPP_LAYERS))))
     per_rank = run_distributed(_vpp_rank_main, 2, full, str(root), str(template), timeout_s=300)
     phases = {name: [rank[i] for rank in per_rank] for i, (name, *_) in enumerate(VPP_PHASES)}
-    return phases, full, hf_state, root
+    return phases, full, hf_state[False], root
 
 
 def _merged(results: list[dict], key: str) -> dict:
     out = {}
     for r in results:
         for name, value in r[key].items():
-            if name in out:  # PP=1: every rank has everything; replicas must agree exactly
+            if name in out:  # PP=1: every rank has everything; tied: embedding and output layer
                 assert _np_equal(out[name], value), f"{key} {name} differs between ranks"
             out[name] = value
     return out
@@ -432,10 +444,10 @@ def test_vpp_chunks_hold_megatron_interleaved_layer_ranges(vpp_results):
 
 def test_vpp_dist_checkpoints_load_across_pp1_and_pp2xvpp2_bit_identical(vpp_results):
     phases, full, _, _ = vpp_results
-    for name, results in phases.items():
-        weights = _merged(results, "weights")
-        assert weights.keys() == full.keys(), name
-        for key, value in full.items():
+    for name, *_, tied, _, _ in VPP_PHASES:
+        weights = _merged(phases[name], "weights")
+        assert weights.keys() == full[tied].keys(), name
+        for key, value in full[tied].items():
             assert _np_equal(weights[key], value), f"{name}: {key} is not the HF weight"
 
 
@@ -451,25 +463,24 @@ def test_vpp_checkpoint_exports_to_the_hf_weights(vpp_results):
         assert torch.equal(exported[name], value), name
 
 
-def test_vpp_loss_and_grads_equal_pp1_over_several_micro_batches(vpp_results):
+@pytest.mark.parametrize("name,reference", [
+    ("pp2xvpp2", "pp1"), ("pp2xvpp2-first-stage-2", "pp1"), ("pp2xvpp2-tied", "pp1-tied"),
+])
+def test_vpp_loss_and_grads_equal_pp1_over_several_micro_batches(vpp_results, name, reference):
     phases, full, _, _ = vpp_results
-    reference = phases["pp1"]
-    ref_loss = torch.from_numpy(reference[0]["loss"])
-    ref_grads = {n: torch.from_numpy(g) for n, g in _merged(reference, "grads").items()}
-    assert ref_grads.keys() == full.keys()  # the text-only micro-batch still leaves vision grads from the others
-    assert all(r["sample_ids"] == reference[0]["sample_ids"] for r in reference)
-    assert len(reference[0]["sample_ids"]) == 9  # every micro-batch's samples, each recorded once
-    for name in ("pp2xvpp2", "pp2xvpp2-first-stage-2", "pp2"):
-        results = phases[name]
-        assert [r["loss"] is not None for r in results] == [False, True], name
-        loss = torch.from_numpy(results[1]["loss"])
-        assert loss[1] == ref_loss[1] and ref_loss[1] > 50  # same target tokens
-        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5, msg=name)
-        # each micro-batch on its own: a swapped activation only perturbs a near-uniform loss a little
-        torch.testing.assert_close(torch.tensor(results[1]["per_mb"]), torch.tensor(reference[0]["per_mb"]),
-                                   rtol=1e-5, atol=1e-5, msg=name)
-        assert results[0]["sample_ids"] == reference[0]["sample_ids"], name  # micro-batches in order, once each
-        grads = {n: torch.from_numpy(g) for n, g in _merged(results, "grads").items()}
-        assert grads.keys() == ref_grads.keys(), name
-        for key, g in ref_grads.items():
-            torch.testing.assert_close(grads[key], g, rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
+    ref, results = phases[reference], phases[name]
+    ref_grads = {n: torch.from_numpy(g) for n, g in _merged(ref, "grads").items()}
+    assert ref_grads.keys() == full[name.endswith("tied")].keys()  # vision grads despite a text-only micro-batch
+    assert ref[0]["sample_ids"] == ref[1]["sample_ids"] and len(ref[0]["sample_ids"]) == 9  # each once
+    assert [r["loss"] is not None for r in results] == [False, True]
+    loss, ref_loss = torch.from_numpy(results[1]["loss"]), torch.from_numpy(ref[0]["loss"])
+    assert loss[1] == ref_loss[1] and ref_loss[1] > 50  # same target tokens
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    # each micro-batch on its own: a swapped activation only perturbs a near-uniform loss a little
+    torch.testing.assert_close(torch.tensor(results[1]["per_mb"]), torch.tensor(ref[0]["per_mb"]),
+                               rtol=1e-5, atol=1e-5)
+    assert results[0]["sample_ids"] == ref[0]["sample_ids"]  # micro-batches in order, each once
+    grads = {n: torch.from_numpy(g) for n, g in _merged(results, "grads").items()}
+    assert grads.keys() == ref_grads.keys()
+    for key, g in ref_grads.items():
+        torch.testing.assert_close(grads[key], g, rtol=1e-5, atol=1e-6, msg=key)
