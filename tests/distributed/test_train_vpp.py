@@ -3,8 +3,10 @@
 Both runs start from one HF directory (``checkpoint.init_from``: converted on the fly into every
 chunk) and train 2 steps on the same synthetic global batches: PP=1 as 2 data-parallel ranks of 2
 micro-batches each, PP=2 x VPP=2 as 4 micro-batches through 2 chunks per rank. Loss and grad norm
-of both steps (the second after an optimizer step) must agree. Model-level checks (gradients per
-parameter, image batches, checkpoints across layouts) are in test_qwen_parallel.py.
+of both steps (the second after an optimizer step) must agree, and the final trainer checkpoints
+(the vpp one holds model0/model1 and the optimizer state) export to the same HF weights.
+Model-level checks (gradients per parameter, image batches, checkpoints across layouts, tied
+embeddings) are in test_qwen_parallel.py.
 
     python -m pytest tests/distributed/test_train_vpp.py -q
 """
@@ -31,17 +33,25 @@ def _recipe(tmp: str, name: str, *extra: str):
     ])
 
 
-def _both(tmp: str, init: str, second_port: int) -> dict:
-    """PP=1 then PP=2 x VPP=2 in one spawn (spawning dominates the cost)."""
+def _both(tmp: str, init: str, ports: list[int]) -> dict:
+    """PP=1 then PP=2 x VPP=2 in one spawn (spawning dominates the cost), then rank 0 exports both
+    final checkpoints to HF."""
     import os
 
+    from megatron_vlm.checkpoint.convert import mcore_to_hf
+    from megatron_vlm.parallel import destroy
     from megatron_vlm.training.loop import train
 
     out = {}
-    for run, extra in (("pp1", ()), ("vpp", ("parallel.pp=2", "parallel.vpp=2"))):
+    for run, extra, port in (("pp1", (), ports[0]), ("vpp", ("parallel.pp=2", "parallel.vpp=2"), ports[1])):
         history = train(_recipe(tmp, run, init, *extra)).history
         out[run] = [{k: m[k] for k in ("loss", "grad_norm", "target_tokens")} for m in history]
-        os.environ["MASTER_PORT"] = str(second_port)  # train() tore the process group down: meet afresh
+        os.environ["MASTER_PORT"] = str(port)  # train() tore the process group down: meet afresh
+    if os.environ["RANK"] == "0":  # the converter starts its own one-rank group
+        os.environ.update(WORLD_SIZE="1", MASTER_PORT=str(ports[2]))
+        for run in ("pp1", "vpp"):
+            mcore_to_hf(str(Path(tmp) / run), str(Path(tmp) / f"hf-{run}"), progress=lambda msg: None)
+        destroy()
     return out
 
 
@@ -69,7 +79,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train-vpp")
     _random_hf_dir(tmp / "hf")
     init = f"checkpoint.init_from={tmp / 'hf'}"
-    per_rank = run_distributed(_both, 2, str(tmp), init, free_port(), timeout_s=300)
+    per_rank = run_distributed(_both, 2, str(tmp), init, [free_port() for _ in range(3)], timeout_s=300)
     return tmp, [r["pp1"] for r in per_rank], [r["vpp"] for r in per_rank]
 
 
@@ -83,3 +93,18 @@ def test_pp2xvpp2_trains_like_pp1(runs):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), step
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), step
     assert vpp[0][1]["loss"] != pytest.approx(ref[0]["loss"], rel=1e-4)  # the step changed the weights
+
+
+def test_pp2xvpp2_checkpoint_exports_like_the_pp1_one(runs):
+    import torch
+    from safetensors.torch import load_file
+
+    tmp, _, _ = runs
+    exports = {}
+    for run in ("pp1", "vpp"):
+        exports[run] = {}
+        for file in sorted((tmp / f"hf-{run}").glob("*.safetensors")):
+            exports[run].update(load_file(file))
+    assert exports["vpp"].keys() == exports["pp1"].keys()
+    for name, weight in exports["pp1"].items():  # 2 Adam steps of lr 1e-3 from weights of scale 0.05
+        torch.testing.assert_close(exports["vpp"][name], weight, rtol=0, atol=1e-5, msg=name)
