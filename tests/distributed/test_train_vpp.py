@@ -1,7 +1,8 @@
 """The trainer at PP=2 x VPP=2 (interleaved 1F1B, Qwen2.5-VL debug model) follows the PP=1 run step for step.
 
 Both runs start from one HF directory (``checkpoint.init_from``: converted on the fly into every
-chunk) and train 2 steps on the same synthetic global batches: PP=1 as 2 data-parallel ranks of 2
+chunk) and train 2 steps on the same synthetic global batches, packed to variable lengths (56 or
+64 tokens, so pipeline stages exchange shapes first): PP=1 as 2 data-parallel ranks of 2
 micro-batches each, PP=2 x VPP=2 as 4 micro-batches through 2 chunks per rank. Loss and grad norm
 of both steps (the second after an optimizer step) must agree, and the final trainer checkpoints
 (the vpp one holds model0/model1 and the optimizer state) export to the same HF weights.
@@ -29,7 +30,7 @@ def _recipe(tmp: str, name: str, *extra: str):
         "model.kind=qwen2_5_vl", "model.flavor=debug", f"model.num_layers={LAYERS}", "train.data_source=synthetic",
         f"data.max_seq_length={SEQ}", f"train.global_batch_tokens={4 * SEQ}", f"train.tokens={40 * SEQ}",
         "train.precision=fp32", "train.lr=1e-3", "train.max_steps=2", f"checkpoint.dir={Path(tmp) / name}",
-        "logging.wandb_mode=disabled", *extra,
+        "data.seq_length_multiple=8", "logging.wandb_mode=disabled", *extra,
     ])
 
 
