@@ -250,11 +250,6 @@ def build_data(recipe: Recipe, provider, dp_rank: int, dp_size: int):
     if data.variable_seq_length and data.seq_length_multiple % unit:
         raise RecipeError(f"data.seq_length_multiple={data.seq_length_multiple} must be a multiple of {unit} "
                           "(2 x parallel.cp, and cp x tp with sequence parallelism)")
-    if data.variable_seq_length and par.vpp and par.pp == 2:
-        # Megatron 0.16 exchanges shapes with one batched send/recv list; at pp=2 the interleaved schedule sends
-        # activations and gradients to the same peer at once and the two shapes arrive swapped (pp > 2 is fine).
-        raise RecipeError("variable-length packing with interleaved pipelining needs parallel.pp > 2 "
-                          "(set data.variable_seq_length=false at pp=2 with vpp)")
     if source == "synthetic":
         from megatron_vlm.training.synthetic import SyntheticPackedBatches
 

@@ -29,6 +29,8 @@ def te_available() -> bool:
 
 def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
     """TransformerConfig arguments that come from the recipe, not from the model's shape."""
+    from megatron_vlm.models.qwen2_5_vl.model import pipeline_p2p_options
+
     par, train = recipe.parallel, recipe.train
     if train.fp8 and not te_available():
         raise RecipeError(f"train.fp8={train.fp8} needs Transformer Engine, which is not installed (set train.fp8=null)")
@@ -48,6 +50,7 @@ def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
         use_cpu_initialization=True,
         fp8=train.fp8,
         num_layers_in_first_pipeline_stage=recipe.model.first_stage_layers,
+        **pipeline_p2p_options(par.pp, par.vpp),
     )
     if recipe.model.recompute == "selective":
         kwargs.update(recompute_granularity="selective")
@@ -56,6 +59,36 @@ def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
     elif recipe.model.recompute != "none":
         raise RecipeError(f"model.recompute must be none, selective or full, got {recipe.model.recompute!r}")
     return kwargs
+
+
+def check_virtual_pipeline(recipe: Recipe, num_layers: int, dp: int | None = None) -> None:
+    """Refuse a parallel.vpp that Megatron's interleaved schedule cannot run, before building.
+
+    Megatron gives every chunk of the first rank ``first_stage_layers / vpp`` layers and every
+    chunk of the other ranks an equal share of the rest; the schedule runs micro-batches in
+    groups of pp, so (given ``dp``) each data-parallel rank's micro-batches must be a multiple of pp.
+    """
+    par, first = recipe.parallel, recipe.model.first_stage_layers
+    if not par.vpp:
+        return
+    if par.pp < 2:
+        raise RecipeError(f"parallel.vpp={par.vpp} needs parallel.pp >= 2 (got {par.pp})")
+    if dp is not None:
+        micro_batches = recipe.train.global_batch_tokens // recipe.data.max_seq_length // dp
+        if micro_batches % par.pp:
+            raise RecipeError(f"parallel.vpp={par.vpp} runs micro-batches in groups of parallel.pp={par.pp}, but each of "
+                              f"the {dp} data-parallel ranks gets {micro_batches} per step (train.global_batch_tokens / "
+                              f"data.max_seq_length / dp)")
+    if first is None:
+        if num_layers % (par.pp * par.vpp):
+            raise RecipeError(f"{num_layers} LLM layers do not split into parallel.pp x parallel.vpp = "
+                              f"{par.pp} x {par.vpp} equal chunks")
+        return
+    rest, others = num_layers - first, par.pp - 1
+    if first % par.vpp or rest <= 0 or rest % (others * par.vpp):
+        raise RecipeError(f"model.first_stage_layers={first} does not fit {num_layers} LLM layers at parallel.pp={par.pp} "
+                          f"x parallel.vpp={par.vpp}: it and the other {rest} layers split over {others} rank(s) "
+                          f"must give each virtual chunk a whole number (>= 1) of layers")
 
 
 def block_causal_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
@@ -116,6 +149,7 @@ class GptProvider:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
         s = self.shape(recipe)
+        check_virtual_pipeline(recipe, s.num_layers, _data_parallel_size())
         config = self.transformer_config(recipe)
         if torch.cuda.is_available() and te_available():
             from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
@@ -164,15 +198,15 @@ class Qwen25VLProvider:
     def build(self, recipe: Recipe, pre_process: bool, post_process: bool, vp_stage: int | None):
         from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
 
-        if recipe.parallel.vpp:
-            raise RecipeError("parallel.vpp (interleaved pipeline) is not supported for qwen2_5_vl yet")
+        cfg = self.model_config(recipe)
+        check_virtual_pipeline(recipe, cfg.text.num_hidden_layers, _data_parallel_size())
         overrides = parallel_and_precision_kwargs(recipe)
         for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
                     "virtual_pipeline_model_parallel_size"):
             overrides.pop(key)  # the model reads the layout from parallel_state
         spec = "te" if torch.cuda.is_available() and te_available() else "local"
-        model = Qwen2_5_VLModel(self.model_config(recipe), spec=spec, pre_process=pre_process,
-                                post_process=post_process, **overrides)
+        model = Qwen2_5_VLModel(cfg, spec=spec, pre_process=pre_process, post_process=post_process,
+                                vp_stage=vp_stage, **overrides)
         if not hasattr(model, "model_type"):  # Megatron's schedules read it off the model
             from megatron.core.enums import ModelType
 
@@ -208,6 +242,12 @@ class Qwen25VLProvider:
         with torch.no_grad():
             for model in inner:
                 load_full_state_dict(model, full)
+
+
+def _data_parallel_size() -> int | None:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_data_parallel_world_size() if parallel_state.model_parallel_is_initialized() else None
 
 
 def _unwrap(module):

@@ -5,6 +5,9 @@ Each rank loads its shard of one HF state dict mapped by the name map (no re-see
 Megatron's pipeline schedule forward-only (logits) and forward-backward (loss, grads); the
 parent compares with HF run sample by sample. Tolerance as in tests/unit/test_qwen_model.py,
 plus 1e-5 relative on gradients (sums over ~100 tokens in a different order).
+
+The second part (not slow, 2 ranks) checks the interleaved pipeline (PP=2 x VPP=2) against PP=1
+over several packed micro-batches, and dist checkpoints and the HF export across those layouts.
 """
 
 from __future__ import annotations
@@ -239,3 +242,245 @@ def test_parallel_layout_equals_hf(reference, parallel_results, layout):
             torch.testing.assert_close(g, grads[name], rtol=1e-5, atol=1e-6, msg=f"rank {rank}: {name}")
         covered |= set(r["grads"])
     assert covered == set(grads)
+
+
+# ------------------------------------------------- interleaved pipeline (PP=2 x VPP=2) against PP=1
+#
+# Two ranks, one spawn, one source of truth (HF weights mapped by the name map), four packed
+# micro-batches (three with images, one text-only) through the trainer's ForwardStep and, for the
+# chunks, the loop's chunk_iterators:
+#   1. PP=2 x VPP=2 (2 layers per chunk) loads the HF weights into every chunk, runs
+#      forward-backward, saves a dist checkpoint;
+#   2. PP=1 loads that checkpoint, runs, saves; rank 0 exports the PP2xVPP2 checkpoint to HF;
+#   3. PP=2 x VPP=2 with first_stage_layers=2 (1 layer per chunk on rank 0, 3 on rank 1) loads the
+#      PP=1 checkpoint and runs;
+#   4., 5. the same as 1. and 2. with tied embeddings (the 3B flavor's), the output layer on the
+#      last chunk of rank 1 sharing the embedding of chunk 0 on rank 0.
+# Losses (per micro-batch) and gathered gradients must agree with the PP=1 run of the same weights;
+# every load must give the HF weights bit for bit, and so must the export.
+
+VPP_LAYERS, VPP_SEQ = 8, 64
+VPP_PHASES = (  # name, pp, vpp, first-stage layers, tied, checkpoint to load (None: HF weights), to save
+    ("pp2xvpp2", 2, 2, None, False, None, "vpp"),
+    ("pp1", 1, None, None, False, "vpp", "pp1"),
+    ("pp2xvpp2-first-stage-2", 2, 2, 2, False, "pp1", None),
+    ("pp2xvpp2-tied", 2, 2, None, True, None, "vpp-tied"),
+    ("pp1-tied", 1, None, None, True, "vpp-tied", None),
+)
+
+
+def _vpp_micro_batches() -> list[dict]:
+    """Packed micro-batches of VPP_SEQ tokens in the loader's format (docs/formats.md section 4)."""
+    from megatron_vlm.models.qwen2_5_vl.position_ids import packed_mrope_position_ids
+    from tests.qwen_utils import IMAGE, VIDEO
+    from tests.unit.test_qwen_model import sample
+
+    plans = (
+        [([[1, 4, 6], [1, 6, 8]], 4), ([], 7), ([[1, 6, 4]], 4)],
+        [([[1, 8, 8]], 5), ([], 9)],
+        [([], 12), ([], 20)],  # text only
+        [([[1, 4, 4]], 3), ([[1, 6, 6], [1, 4, 8]], 4)],
+    )
+    batches = []
+    for b, plan in enumerate(plans):
+        samples = [sample(grids, seed=100 + 10 * b + i, text=text) for i, (grids, text) in enumerate(plan)]
+        ids = torch.cat([s[0] for s in samples])
+        lengths = [len(s[0]) for s in samples]
+        assert len(ids) < VPP_SEQ
+        lengths.append(VPP_SEQ - len(ids))  # the padding tail
+        ids = torch.cat([ids, torch.zeros(VPP_SEQ - len(ids), dtype=torch.long)])
+        cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+        labels = torch.roll(ids, -1)
+        loss_mask = torch.zeros(VPP_SEQ)
+        for start, end in zip(cu[:-2].tolist(), cu[1:-1].tolist()):
+            loss_mask[start : end - 1] = (ids[start + 1 : end] < 240).float()
+        labels[loss_mask == 0] = -100
+        grids = [s[1] for s in samples if s[1] is not None]
+        grid = torch.cat(grids) if grids else torch.zeros(0, 3, dtype=torch.long)
+        pixels = torch.cat([s[2] for s in samples if s[2] is not None]) if grids else torch.zeros(0, 1176)
+        pos = packed_mrope_position_ids(ids, cu, grid if grids else None, image_token_id=IMAGE, video_token_id=VIDEO)
+        batches.append(dict(
+            tokens=ids[None], labels=labels[None], loss_mask=loss_mask[None], position_ids=pos[:, None],
+            cu_seqlens=cu, pixel_values=pixels, image_grid_thw=grid,
+            sample_tasks=["extract-single"] * len(samples) + ["padding"],
+            sample_ids=[f"mb{b}-s{i}" for i in range(len(samples))] + ["padding"],
+            sample_num_tokens=lengths[:-1] + [0],
+        ))
+    return batches
+
+
+def _vpp_rank_main(full_numpy: dict, root: str, hf_template: str) -> list[dict]:
+    """``full_numpy``: the HF weights in Megatron names, untied (False) and tied (True)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    out = []
+    for name, pp, vpp, first, tied, load, save in VPP_PHASES:
+        out.append(_vpp_phase(pp, vpp, first, tied, full_numpy[tied] if load is None else f"{root}/{load}",
+                              f"{root}/{save}" if save else None))
+        if name == "pp1" and dist.get_rank() == 0:  # the HF export of a checkpoint saved with vpp
+            from megatron_vlm.checkpoint.convert import mcore_to_hf
+
+            mcore_to_hf(f"{root}/vpp", f"{root}/hf-export", hf_template=hf_template, progress=lambda msg: None)
+        dist.barrier()
+        parallel_state.destroy_model_parallel()
+    return out
+
+
+def _vpp_phase(pp: int, vpp, first, tied: bool, source, save_to) -> dict:
+    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
+    from megatron_vlm.models.qwen2_5_vl.weights import load_full_state_dict, local_to_full
+    from megatron_vlm.parallel import ParallelLayout, initialize
+    from megatron_vlm.training.forward_step import ForwardStep, reduce_report
+    from megatron_vlm.training.loop import chunk_iterators
+    from megatron_vlm.training.models import Qwen25VLProvider
+    from tests.qwen_utils import tiny_config
+
+    initialize(ParallelLayout(pp=pp, vpp=vpp), seed=17)  # a different random init in every phase
+    overrides = dict(pipeline_dtype=torch.float32, calculate_per_token_loss=True)
+    if first is not None:
+        overrides["num_layers_in_first_pipeline_stage"] = first
+    cfg = tiny_config(tied=tied, num_hidden_layers=VPP_LAYERS)
+    chunks = [Qwen2_5_VLModel(cfg, attention_backend="torch", vp_stage=v, **overrides)
+              for v in (range(vpp) if vpp else [None])]
+    if isinstance(source, dict):
+        for chunk in chunks:  # what Qwen25VLProvider.load_hf does
+            load_full_state_dict(chunk, {n: torch.from_numpy(a) for n, a in source.items()})
+    else:
+        state = {f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)} if vpp else \
+            {"model": chunks[0].sharded_state_dict()}  # as training/checkpointing.py names them
+        loaded = dist_checkpointing.load(state, source)
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded[f"model{i}" if vpp else "model"], strict=True)
+    weights = {}
+    for chunk in chunks:
+        weights.update(local_to_full(chunk, {n: p.detach().clone() for n, p in chunk.named_parameters()}))
+    if save_to is not None:
+        state = {f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)} if vpp else \
+            {"model": chunks[0].sharded_state_dict()}
+        dist_checkpointing.save(state, save_to)
+
+    batches = _vpp_micro_batches()
+    data = chunk_iterators(iter(batches), len(chunks)) if vpp else iter(batches)
+    step = ForwardStep(Qwen25VLProvider(), 1, 0, torch.device("cpu"))
+    losses = get_forward_backward_func()(
+        forward_step_func=step, data_iterator=data, model=chunks, num_microbatches=len(batches),
+        seq_length=VPP_SEQ, micro_batch_size=1, forward_only=False,
+    )
+    report = reduce_report(losses, None)
+    if tied and pp > 1 and parallel_state.is_rank_in_embedding_group():
+        # finalize_model_grads' step for tied weights: embedding (chunk 0 of the first rank) and
+        # output layer (last chunk of the last rank) add their gradients
+        chunk = chunks[0] if parallel_state.is_pipeline_first_stage() else chunks[-1]
+        torch.distributed.all_reduce(chunk.shared_embedding_or_output_weight().grad,
+                                     group=parallel_state.get_embedding_group())
+    grads = {}
+    for chunk in chunks:
+        grads.update(local_to_full(chunk, {n: p.grad for n, p in chunk.named_parameters() if p.grad is not None}))
+    last = parallel_state.is_pipeline_last_stage()
+    layers = [[layer.layer_number - 1 for layer in c.language_model.decoder.layers] for c in chunks]
+    return dict(
+        loss=report[:2].numpy() if last else None,  # (loss sum, target tokens)
+        per_mb=[r["lm loss"][:2].tolist() for r in losses],  # (loss sum, target tokens) per micro-batch
+        grads={n: g.numpy() for n, g in grads.items()},
+        weights={n: w.numpy() for n, w in weights.items()},
+        layers=layers,
+        has_vision=[c.vision is not None for c in chunks],
+        sample_ids=step.take_records()[0],
+    )
+
+
+@pytest.fixture(scope="module")
+def vpp_results(tmp_path_factory):
+    import json
+
+    from megatron_vlm.checkpoint.hf_names import hf_to_mcore
+    from megatron_vlm.models.qwen2_5_vl.config import to_hf_config
+    from tests.qwen_utils import hf_model, tiny_config
+
+    root = tmp_path_factory.mktemp("vpp")
+    for *_, save in VPP_PHASES:
+        if save:
+            (root / save).mkdir()
+    template = root / "hf-template"
+    template.mkdir()
+    full, hf_state = {}, {}
+    for tied in (False, True):
+        cfg = tiny_config(tied=tied, num_hidden_layers=VPP_LAYERS)
+        hf_state[tied] = {n: t.detach() for n, t in hf_model(cfg, seed=3).state_dict().items()}
+        full[tied] = {n: t.numpy() for n, t in hf_to_mcore(hf_state[tied], cfg).items()}
+    (template / "config.json").write_text(json.dumps(to_hf_config(tiny_config(num_hidden_layers=VPP_LAYERS))))
+    per_rank = run_distributed(_vpp_rank_main, 2, full, str(root), str(template), timeout_s=300)
+    phases = {name: [rank[i] for rank in per_rank] for i, (name, *_) in enumerate(VPP_PHASES)}
+    return phases, full, hf_state[False], root
+
+
+def _merged(results: list[dict], key: str) -> dict:
+    out = {}
+    for r in results:
+        for name, value in r[key].items():
+            if name in out:  # PP=1: every rank has everything; tied: embedding and output layer
+                assert _np_equal(out[name], value), f"{key} {name} differs between ranks"
+            out[name] = value
+    return out
+
+
+def _np_equal(a, b) -> bool:
+    return a.shape == b.shape and (a == b).all()
+
+
+def test_vpp_chunks_hold_megatron_interleaved_layer_ranges(vpp_results):
+    phases, *_ = vpp_results
+    # Interleaved: chunk v of rank r holds the (v * pp + r)-th slice of the layers.
+    assert [r["layers"] for r in phases["pp2xvpp2"]] == [[[0, 1], [4, 5]], [[2, 3], [6, 7]]]
+    assert [r["has_vision"] for r in phases["pp2xvpp2"]] == [[True, False], [False, False]]
+    # first_stage_layers=2 over 2 chunks: 1 layer per chunk on rank 0, the other 6 as 3 per chunk on rank 1.
+    assert [r["layers"] for r in phases["pp2xvpp2-first-stage-2"]] == [[[0], [4]], [[1, 2, 3], [5, 6, 7]]]
+    assert [r["layers"] for r in phases["pp1"]] == [[list(range(VPP_LAYERS))]] * 2
+
+
+def test_vpp_dist_checkpoints_load_across_pp1_and_pp2xvpp2_bit_identical(vpp_results):
+    phases, full, _, _ = vpp_results
+    for name, *_, tied, _, _ in VPP_PHASES:
+        weights = _merged(phases[name], "weights")
+        assert weights.keys() == full[tied].keys(), name
+        for key, value in full[tied].items():
+            assert _np_equal(weights[key], value), f"{name}: {key} is not the HF weight"
+
+
+def test_vpp_checkpoint_exports_to_the_hf_weights(vpp_results):
+    from safetensors.torch import load_file
+
+    _, _, hf_state, root = vpp_results
+    exported = {}
+    for file in sorted((root / "hf-export").glob("*.safetensors")):
+        exported.update(load_file(file))
+    assert exported.keys() == hf_state.keys()
+    for name, value in hf_state.items():
+        assert torch.equal(exported[name], value), name
+
+
+@pytest.mark.parametrize("name,reference", [
+    ("pp2xvpp2", "pp1"), ("pp2xvpp2-first-stage-2", "pp1"), ("pp2xvpp2-tied", "pp1-tied"),
+])
+def test_vpp_loss_and_grads_equal_pp1_over_several_micro_batches(vpp_results, name, reference):
+    phases, full, _, _ = vpp_results
+    ref, results = phases[reference], phases[name]
+    ref_grads = {n: torch.from_numpy(g) for n, g in _merged(ref, "grads").items()}
+    assert ref_grads.keys() == full[name.endswith("tied")].keys()  # vision grads despite a text-only micro-batch
+    assert ref[0]["sample_ids"] == ref[1]["sample_ids"] and len(ref[0]["sample_ids"]) == 9  # each once
+    assert [r["loss"] is not None for r in results] == [False, True]
+    loss, ref_loss = torch.from_numpy(results[1]["loss"]), torch.from_numpy(ref[0]["loss"])
+    assert loss[1] == ref_loss[1] and ref_loss[1] > 50  # same target tokens
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    # each micro-batch on its own: a swapped activation only perturbs a near-uniform loss a little
+    torch.testing.assert_close(torch.tensor(results[1]["per_mb"]), torch.tensor(ref[0]["per_mb"]),
+                               rtol=1e-5, atol=1e-5)
+    assert results[0]["sample_ids"] == ref[0]["sample_ids"]  # micro-batches in order, each once
+    grads = {n: torch.from_numpy(g) for n, g in _merged(results, "grads").items()}
+    assert grads.keys() == ref_grads.keys()
+    for key, g in ref_grads.items():
+        torch.testing.assert_close(grads[key], g, rtol=1e-5, atol=1e-6, msg=key)

@@ -160,7 +160,6 @@ def test_overfull_pack_is_refused(qwen_tokenizer_dir):
     (["parallel.cp=4", "data.seq_length_multiple=4"], "must be a multiple of 8"),  # 2 x cp
     (["parallel.cp=2", "parallel.tp=8", "parallel.sequence_parallel=true", "data.seq_length_multiple=8"],
      "must be a multiple of 16"),  # cp x tp
-    (["parallel.pp=2", "parallel.vpp=2"], "needs parallel.pp > 2"),
 ])
 def test_trainer_refuses_variable_lengths_the_layout_cannot_split(overrides, message):
     from megatron_vlm.training.config import RecipeError, load_recipe

@@ -12,6 +12,11 @@ too and converted). Under tensor parallelism logits come back gathered to the fu
 
 Pipeline parallelism: the ViT and the embedding live on the first stage only; the first stage
 may get fewer LLM layers (``num_layers_in_first_pipeline_stage``) to balance the ViT's cost.
+Interleaved (virtual) pipelines build one model per ``vp_stage`` on each rank; each chunk holds
+Megatron's layer range for (pp rank, vp_stage), with global layer numbers, so its
+``sharded_state_dict()`` uses the same keys and offsets as any other layout. The ViT and the
+embedding live on chunk 0 of the first rank, the output layer on the last chunk of the last rank;
+with fewer first-stage layers every chunk of the first rank gets ``first_stage_layers / vpp``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ def _parallel_sizes() -> dict:
     return {
         "tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
         "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
+        "virtual_pipeline_model_parallel_size": parallel_state.get_virtual_pipeline_model_parallel_world_size(),
         "context_parallel_size": parallel_state.get_context_parallel_world_size(),
     }
 
@@ -65,14 +71,30 @@ def text_transformer_config(cfg: Qwen2_5_VLConfig, **overrides) -> TransformerCo
         add_bias_linear=False, add_qkv_bias=True, mrope_section=list(t.mrope_section),
         softmax_scale=None if rope.attention_factor == 1.0 else scale,
     )
+    kwargs.update(pipeline_p2p_options(kwargs["pipeline_model_parallel_size"],
+                                       kwargs.get("virtual_pipeline_model_parallel_size")))
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
+
+
+def pipeline_p2p_options(pp: int, vpp: int | None) -> dict:
+    """TransformerConfig p2p settings the interleaved schedule needs to be correct at this layout.
+
+    At PP=2 the previous and the next stage are the same rank, and a batched send/recv cannot
+    tell a forward activation from a backward gradient (same shape; Megatron-LM issue #750):
+    they were silently swapped. Unbatched, overlapped p2p sends the two directions on two
+    different process groups.
+    """
+    if vpp and pp == 2:
+        return {"overlap_p2p_comm": True, "batch_p2p_comm": False}
+    return {}
 
 
 def vision_transformer_configs(cfg: Qwen2_5_VLConfig, **overrides) -> tuple[TransformerConfig, TransformerConfig]:
     """Configs of the ViT blocks and of the merger MLP (TP like the LLM; no SP, PP or CP)."""
     v = cfg.vision
-    sizes = dict(_parallel_sizes(), pipeline_model_parallel_size=1, context_parallel_size=1)
+    sizes = dict(_parallel_sizes(), pipeline_model_parallel_size=1, virtual_pipeline_model_parallel_size=None,
+                 context_parallel_size=1)
     base = dict(_COMMON, **sizes, add_bias_linear=True, layernorm_epsilon=v.rms_norm_eps)
     for key in ("params_dtype", "bf16", "fp16", "recompute_granularity", "recompute_method", "recompute_num_layers"):
         if key in overrides:
@@ -103,14 +125,19 @@ class Qwen2_5_VLModel(MegatronModule):
     ):
         """``config_overrides`` go to the LLM's TransformerConfig (e.g. ``sequence_parallel=True``,
         ``params_dtype=torch.bfloat16, bf16=True``, ``num_layers_in_first_pipeline_stage=2``).
-        ``vp_stage``: this chunk's virtual pipeline stage (interleaved schedule); pass
-        ``pre_process``/``post_process`` for it too."""
+        ``vp_stage``: this chunk's virtual pipeline stage (interleaved schedule; required when the
+        layout has a virtual pipeline size). ``pre_process``/``post_process`` default to whether
+        this (rank, vp_stage) is the first / last stage of the whole pipeline."""
         text_config = text_transformer_config(cfg, **config_overrides)
         super().__init__(config=text_config)
+        vpp = text_config.virtual_pipeline_model_parallel_size
+        if (vp_stage is None) != (vpp is None) or (vp_stage is not None and not 0 <= vp_stage < vpp):
+            raise ValueError(f"vp_stage={vp_stage} does not fit virtual_pipeline_model_parallel_size={vpp}")
         if pre_process is None:
-            pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True) if _pp_initialized() else True
+            pre_process = parallel_state.is_pipeline_first_stage(False, vp_stage) if _pp_initialized() else True
         if post_process is None:
-            post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True) if _pp_initialized() else True
+            post_process = parallel_state.is_pipeline_last_stage(False, vp_stage) if _pp_initialized() else True
+        self.vp_stage = vp_stage  # read by Float16Module and the pipeline schedules
         self.cfg = cfg
         self.spec = spec
         self.model_type = ModelType.encoder_or_decoder  # read by Megatron's pipeline schedules
