@@ -2,7 +2,8 @@
 """Loader throughput and packing efficiency on a pool-native recipe, with real rendered pages.
 
     PYTHONPATH=$PWD python benchmarks/bench_loader.py --tokenizer TOKENIZER_DIR [--docs 60] [--sequences 6]
-        [--pages-range 32 50] [--pack-buffer 32] [--image-backend pil|dali] [--workdir DIR]
+        [--pages-range 32 50] [--pack-buffer 32] [--pad-multiple 8] [--seq-length-multiple 128]
+        [--image-backend pil|dali] [--workdir DIR]
 
 Renders a few US-Letter pages of the sample PDF corpus with the pool stage at 144 DPI
 (1224x1584, resized by the loader to 1232x1596 = 2,508 tokens), writes a pool of documents with page counts drawn from
@@ -11,10 +12,14 @@ shards with a pool-native recipe at max length 131,072, then:
   - loader throughput: 128K-token packed sequences per second of one loader worker (decode,
     resize, normalise, patchify, tokenize, pack, mRoPE), timed over ``--sequences`` sequences;
   - packing efficiency (sample tokens / total) of the loader's best-fit rule over every sample
-    built (metadata only, in shard order), and over the sequences the loader produced.
+    built (metadata only, in shard order), and over the sequences the loader produced, in both
+    modes: fixed length (every sequence padded to 131,072) and variable length (the recipe
+    default: each sub-sequence padded to ``--pad-multiple``, 2 x CP of the 7B recipe, and the
+    sequence to ``--seq-length-multiple``).
 With the paper's pool-native page range (32-50 pages of ~2,508 tokens, 80K-125K tokens per
-instance) no two instances fit in 131,072 tokens, so efficiency is bounded by mean length /
-131,072 (~80%) whatever the packer; ``--pages-range 1 50`` shows the packer on a pool's full range.
+instance) no two instances fit in 131,072 tokens, so fixed-length efficiency is bounded by mean
+length / 131,072 (~80%) whatever the packer; variable length loses only the rounding.
+``--pages-range 1 50`` shows the packer on a pool's full range.
 Prints the figures and the command that produced them.
 """
 
@@ -80,20 +85,24 @@ def write_pool_and_records(root: Path, pages: list[bytes], page_counts: list[int
     (root / "qa" / "records-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def simulate_packing(lengths: list[int], max_length: int, buffer: int) -> float:
-    """Efficiency of the loader's best fit over a stream of sample lengths (metadata only)."""
-    from megatron_vlm.data.packing import choose_best_fit
+def simulate_packing(lengths: list[int], max_length: int, buffer: int, pad_multiple: int = 1,
+                     length_multiple: int = 128) -> tuple[float, float]:
+    """(fixed, variable) efficiency of the loader's best fit over a stream of sample lengths (metadata only)."""
+    from megatron_vlm.data.packing import choose_best_fit, padded_length, sequence_length
 
-    stream, buf, used, seqs = iter(lengths), [], 0, 0
+    stream, buf, used = iter(lengths), [], 0
+    fixed_total = variable_total = 0
     while True:
         buf += [x for _, x in zip(range(buffer - len(buf)), stream)]
         if not buf:
             break
-        chosen = set(choose_best_fit(buf, max_length))
+        padded = [padded_length(x, pad_multiple) for x in buf]
+        chosen = set(choose_best_fit(padded, max_length))
         used += sum(buf[i] for i in chosen)
-        seqs += 1
+        fixed_total += max_length
+        variable_total += sequence_length(sum(padded[i] for i in chosen), max_length, length_multiple)
         buf = [x for i, x in enumerate(buf) if i not in chosen]
-    return used / (seqs * max_length)
+    return used / fixed_total, used / variable_total
 
 
 def main(argv=None) -> int:
@@ -103,6 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--sequences", type=int, default=6, help="packed sequences to time the loader on (0: packing only)")
     p.add_argument("--pages-range", type=int, nargs=2, default=[32, 50])
     p.add_argument("--pack-buffer", type=int, default=32)
+    p.add_argument("--pad-multiple", type=int, default=8, help="sub-sequence padding (2 x CP; the 7B recipe's 8)")
+    p.add_argument("--seq-length-multiple", type=int, default=128, help="variable-length sequences end at a multiple of this")
     p.add_argument("--budget", type=int, default=0, help="token budget for the build (default: ~2 passes over the pool)")
     p.add_argument("--image-backend", default="pil", choices=["pil", "dali"])
     p.add_argument("--workdir", default=None)
@@ -127,11 +138,14 @@ def main(argv=None) -> int:
     index = build(root / "pool", root / "qa", recipe, root / "shards")
 
     lengths = [json.loads(line)["num_tokens"] for line in _instance_lines(root / "shards", index)]
-    sim = simulate_packing(lengths, recipe.max_seq_length, args.pack_buffer)
+    fixed, variable = simulate_packing(lengths, recipe.max_seq_length, args.pack_buffer, args.pad_multiple,
+                                       args.seq_length_multiple)
 
     print()
     print(f"samples built: {len(lengths)}, mean length {sum(lengths) / len(lengths):,.0f} tokens, max length {recipe.max_seq_length}")
-    print(f"packing efficiency (best fit, buffer {args.pack_buffer}): {sim:.2%} over all {len(lengths)} samples")
+    print(f"packing efficiency (best fit, buffer {args.pack_buffer}, pad multiple {args.pad_multiple}) over all {len(lengths)} samples:")
+    print(f"  fixed length (every sequence {recipe.max_seq_length} tokens): {fixed:.2%}")
+    print(f"  variable length (sequences end at a multiple of {args.seq_length_multiple}): {variable:.2%}")
     if args.sequences > 0:
         time_loader(root / "shards", args)
     print(f"command: {command}")
@@ -143,17 +157,23 @@ def time_loader(shard_dir: Path, args) -> None:
     from megatron_vlm.data.packing import packing_efficiency
 
     loader = PackedLoader(shard_dir, args.tokenizer, num_workers=0, pack_buffer=args.pack_buffer,
-                          image_backend=args.image_backend)
+                          image_backend=args.image_backend, pad_multiple=args.pad_multiple,
+                          seq_length_multiple=args.seq_length_multiple)  # variable length, the recipe default
     next(loader)  # warm-up: tokenizer load, first shard scan
     t0, c0 = time.perf_counter(), time.process_time()
-    effs = []
+    effs, tokens = [], 0
     for _ in range(args.sequences):
-        effs.append(packing_efficiency(next(loader)))
+        batch = next(loader)
+        effs.append(packing_efficiency(batch))
+        tokens += sum(batch["sample_num_tokens"])
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     loader.close()
-    print(f"loader throughput: {args.sequences / dt:.3f} sequences/s per worker ({dt / args.sequences:.2f} s wall per 128K-token sequence, pages 1232x1596, backend {args.image_backend})")
+    max_length = loader.max_length
+    print(f"loader throughput: {args.sequences / dt:.3f} sequences/s per worker ({dt / args.sequences:.2f} s wall per sequence "
+          f"of up to {max_length} tokens, {tokens / dt:,.0f} sample tokens/s, pages 1232x1596, backend {args.image_backend})")
     print(f"  CPU time: {cpu / args.sequences:.2f} CPU-s per sequence -> {args.sequences / cpu:.3f} sequences/s for a worker with a core to itself")
-    print(f"packing efficiency over the {len(effs)} timed sequences: {sum(effs) / len(effs):.2%}")
+    print(f"packing efficiency over the {len(effs)} timed sequences: {sum(effs) / len(effs):.2%} variable length, "
+          f"{tokens / (len(effs) * max_length):.2%} had they been padded to {max_length}")
 
 
 def _instance_lines(shard_dir: Path, index: dict):

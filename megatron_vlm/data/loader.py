@@ -13,6 +13,10 @@ batch in flight: at 128K tokens of pages its float32 pixels are ~2.5 GB, and Dat
 hand it over through shared memory, so /dev/shm must hold num_workers x prefetch_factor of them
 (run containers with --ipc=host); ``pixel_dtype=torch.bfloat16`` halves it.
 
+Length. ``variable_seq_length`` (the recipe default) ends each sequence at its samples' total
+rounded up to ``seq_length_multiple`` instead of padding it to max_length (``packing.pack``);
+the samples in each sequence, and so the state below, are the same either way.
+
 State. Each micro-batch carries its stream's state after producing it: epoch, next sample g,
 and the buffer as sample numbers (re-read on resume), plus skip counts. ``PackedLoader`` keeps
 the state of the last batch it handed out per worker and which worker is next; restoring it
@@ -81,8 +85,10 @@ class ShardStream:
 
     def __init__(self, shard_dir, index: dict, stream: int, num_streams: int, max_length: int, tokenizer_dir: str,
                  pack_buffer: int = 32, pad_multiple: int = 1, image_backend: str = "pil", seed: int = 0,
-                 epochs: int | None = None, state: dict | None = None, pixel_dtype: torch.dtype = torch.float32):
+                 epochs: int | None = None, state: dict | None = None, pixel_dtype: torch.dtype = torch.float32,
+                 length_multiple: int | None = None):
         self.dir = Path(shard_dir)
+        self.length_multiple = length_multiple  # None: every sequence is max_length long (packing.pack)
         self.shards = [s["name"] for s in index["shards"]]
         self.counts = [s["samples"] for s in index["shards"]]
         self.stream, self.num_streams = stream, num_streams
@@ -222,7 +228,7 @@ class ShardStream:
                 continue
             if direct and len(samples) < len(picked):  # drop the rows of skipped samples
                 pixels = torch.cat([s.pixel_values for s in samples])
-            batch = pack(samples, self.max_length, self.pad_multiple, pixels)
+            batch = pack(samples, self.max_length, self.pad_multiple, pixels, self.length_multiple)
             batch["loader_state"] = self.state()
             yield batch
 
@@ -242,6 +248,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
         stream = ShardStream(
             ld.shard_dir, ld.index, ld.dp_rank * num + k, ld.dp_size * num, ld.max_length, ld.tokenizer_dir,
             ld.pack_buffer, ld.pad_multiple, ld.image_backend, ld.seed, ld.epochs, ld.stream_states.get(k), ld.pixel_dtype,
+            ld.seq_length_multiple if ld.variable_seq_length else None,
         )
         for batch in stream:
             batch["loader_state"] = (k, batch["loader_state"])
@@ -259,7 +266,8 @@ class PackedLoader:
     def __init__(self, shard_dir, tokenizer_dir, dp_rank: int = 0, dp_size: int = 1, num_workers: int = 2,
                  max_length: int | None = None, pack_buffer: int = 32, pad_multiple: int = 1, image_backend: str = "pil",
                  seed: int | None = None, epochs: int | None = None, state: dict | None = None,
-                 pixel_dtype: torch.dtype = torch.float32, prefetch_factor: int = 1):
+                 pixel_dtype: torch.dtype = torch.float32, prefetch_factor: int = 1, variable_seq_length: bool = True,
+                 seq_length_multiple: int = 128):
         self.shard_dir = str(shard_dir)
         index_path = Path(shard_dir) / "index.json"
         if not index_path.is_file():
@@ -273,6 +281,9 @@ class PackedLoader:
         self.pack_buffer, self.pad_multiple, self.image_backend = pack_buffer, pad_multiple, image_backend
         self.seed = self.index["seed"] if seed is None else seed
         self.epochs, self.pixel_dtype, self.prefetch_factor = epochs, pixel_dtype, prefetch_factor
+        self.variable_seq_length, self.seq_length_multiple = variable_seq_length, seq_length_multiple
+        if variable_seq_length and seq_length_multiple % pad_multiple:
+            raise ValueError(f"seq_length_multiple {seq_length_multiple} is not a multiple of pad_multiple {pad_multiple}")
         self.stream_states: dict[int, dict] = {}
         self.next_worker = 0
         self._it = None
@@ -281,6 +292,7 @@ class PackedLoader:
 
     @classmethod
     def from_recipe(cls, recipe, dp_rank: int, dp_size: int, **kw) -> PackedLoader:
+        kw = {"variable_seq_length": recipe.variable_seq_length, "seq_length_multiple": recipe.seq_length_multiple, **kw}
         return cls(recipe.shards, recipe.tokenizer, dp_rank, dp_size, recipe.num_workers, recipe.max_seq_length,
                    recipe.pack_buffer, recipe.pad_multiple, recipe.image_backend, recipe.seed, **kw)
 

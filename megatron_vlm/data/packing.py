@@ -1,15 +1,23 @@
-"""Packing tokenized samples into one max-length THD sequence with sub-sequence boundaries.
+"""Packing tokenized samples into one THD sequence (at most max_length) with sub-sequence boundaries.
 
 ``choose_best_fit`` picks which buffered samples go into the next sequence: the longest sample
-first, then repeatedly the longest one that still fits (best fit over the buffer), so long
-documents are never starved and the space left is filled as tightly as the buffer allows.
-``pack`` lays the chosen samples end to end: each sample is one sub-sequence, padded at its end
-to a multiple of ``pad_multiple`` (2 x context-parallel size, so every sub-sequence splits into
-2*CP equal chunks), and the rest of the sequence is one padding sub-sequence (task and id ``"padding"``, 0 sample
-tokens). Labels are the
-next token only where that token is an answer target in the same sub-sequence, so no label and
-no attention (cu_seqlens) crosses a sample boundary; mRoPE ids restart at 0 in every
-sub-sequence. The micro-batch layout is docs/formats.md section 4.
+first, then repeatedly the longest one that still fits ``max_length`` (best fit over the
+buffer), so long documents are never starved and the space left is filled as tightly as the
+buffer allows. ``pack`` lays the chosen samples end to end: each sample is one sub-sequence,
+padded at its end to a multiple of ``pad_multiple`` (2 x context-parallel size, so every
+sub-sequence splits into 2*CP equal chunks), then one padding sub-sequence (task and id
+``"padding"``, 0 sample tokens) ends the sequence at its length T:
+
+- fixed length (``length_multiple=None``): T = max_length, always; what pipeline schedules with
+  one fixed activation shape and the benchmarks of a fixed shape want;
+- variable length (``length_multiple=m``): T = the sub-sequences' total rounded up to a multiple
+  of m (capped at max_length), so the padding is < m tokens instead of whatever one long
+  document leaves of max_length (~20% with the paper's pool-native 80K-125K-token documents).
+  Which samples go together is the same in both modes (best fit against max_length).
+
+Labels are the next token only where that token is an answer target in the same sub-sequence,
+so no label and no attention (cu_seqlens) crosses a sample boundary; mRoPE ids restart at 0 in
+every sub-sequence. The micro-batch layout is docs/formats.md section 4.
 """
 
 from __future__ import annotations
@@ -64,23 +72,37 @@ def choose_best_fit(lengths: list[int], capacity: int) -> list[int]:
     return chosen
 
 
-def pack(samples: list[Sample], max_length: int, pad_multiple: int = 1, pixel_values: torch.Tensor | None = None) -> dict:
+def sequence_length(used: int, max_length: int, length_multiple: int | None) -> int:
+    """Length T of a packed sequence whose sub-sequences take ``used`` tokens (module docstring)."""
+    if length_multiple is None:
+        return max_length
+    return min(max_length, max(length_multiple, padded_length(used, length_multiple)))
+
+
+def pack(samples: list[Sample], max_length: int, pad_multiple: int = 1, pixel_values: torch.Tensor | None = None,
+         length_multiple: int | None = None) -> dict:
     """One packed micro-batch (docs/formats.md section 4) from samples that fit ``max_length``.
 
+    The sequence is ``max_length`` long when ``length_multiple`` is None, else the samples'
+    padded total rounded up to a multiple of ``length_multiple`` (at most ``max_length``).
     ``pixel_values``, when given, is the samples' pixels already concatenated (saves a copy of
     what is ~2.5 GB at 128K tokens of pages).
     """
     if max_length % pad_multiple:
         raise ValueError(f"max_length {max_length} is not a multiple of pad_multiple {pad_multiple}")
-    tokens = torch.full((max_length,), PAD_ID, dtype=torch.int64)
-    labels = torch.full((max_length,), IGNORE_INDEX, dtype=torch.int64)
-    position_ids = torch.zeros(3, max_length, dtype=torch.int64)
+    if length_multiple is not None and length_multiple % pad_multiple:
+        raise ValueError(f"length_multiple {length_multiple} is not a multiple of pad_multiple {pad_multiple}")
+    ends = [padded_length(len(s), pad_multiple) for s in samples]
+    if sum(ends) > max_length:
+        raise ValueError(f"samples need more than {max_length} tokens")
+    total = sequence_length(sum(ends), max_length, length_multiple)
+    tokens = torch.full((total,), PAD_ID, dtype=torch.int64)
+    labels = torch.full((total,), IGNORE_INDEX, dtype=torch.int64)
+    position_ids = torch.zeros(3, total, dtype=torch.int64)
     bounds = [0]
-    for s in samples:
+    for s, padded in zip(samples, ends):
         n, start = len(s), bounds[-1]
-        end = start + padded_length(n, pad_multiple)
-        if end > max_length:
-            raise ValueError(f"samples need more than {max_length} tokens")
+        end = start + padded
         tokens[start : start + n] = s.input_ids
         # Label at i is the token at i+1 when that token is a target of this same sample.
         shifted_target = s.target_mask[1:]
@@ -92,9 +114,9 @@ def pack(samples: list[Sample], max_length: int, pad_multiple: int = 1, pixel_va
             position_ids[:, start + n : end] = torch.arange(nxt, nxt + end - start - n)
         bounds.append(end)
     tasks, ids, lengths = [s.task for s in samples], [s.id for s in samples], [len(s) for s in samples]
-    if bounds[-1] < max_length:
-        position_ids[:, bounds[-1] :] = torch.arange(max_length - bounds[-1])
-        bounds.append(max_length)
+    if bounds[-1] < total:
+        position_ids[:, bounds[-1] :] = torch.arange(total - bounds[-1])
+        bounds.append(total)
         tasks, ids, lengths = tasks + [PADDING], ids + [PADDING], lengths + [0]
     pixel_dtype = samples[0].pixel_values.dtype if samples else torch.float32
     return {

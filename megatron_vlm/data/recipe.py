@@ -60,6 +60,12 @@ class DataRecipe:
     """Loader: samples held (metadata only) to choose a best fit from."""
     pad_multiple: int = 1
     """Loader: each sub-sequence is padded to a multiple of this (2 x context-parallel size)."""
+    variable_seq_length: bool = True
+    """Loader: end each packed sequence at its samples' total rounded up to `seq_length_multiple`
+    (true), or pad every sequence to `max_seq_length` (false: one fixed shape). docs/data.md."""
+    seq_length_multiple: int = 128
+    """Loader, variable length: sequence lengths are multiples of this (or max_seq_length); a
+    multiple of pad_multiple, of 2 x CP, and of CP x TP with sequence parallelism."""
     image_backend: str = "pil"
     """Loader: `pil` (CPU) or `dali` (GPU decode and resize, when nvidia.dali is installed)."""
 
@@ -98,6 +104,8 @@ class DataRecipe:
             raise ValueError("long_share must be in [0, 1] and pages_range [min, max]")
         if self.max_seq_length % self.pad_multiple:
             raise ValueError("max_seq_length must be a multiple of pad_multiple")
+        if self.variable_seq_length and (self.seq_length_multiple < 1 or self.seq_length_multiple % self.pad_multiple):
+            raise ValueError("seq_length_multiple must be a positive multiple of pad_multiple")
 
     def task_shares(self) -> dict[str, float]:
         """Target share of every task, the short-context share included, summing to 1."""

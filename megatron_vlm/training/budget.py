@@ -1,9 +1,19 @@
 """From a token budget to steps and micro-batches, and the learning-rate schedule over those steps.
 
-One micro-batch is one packed sequence of ``seq_length`` tokens (docs/formats.md section 4), so a
-global batch of ``global_batch_tokens`` is ``global_batch_tokens / seq_length`` sequences, split
-evenly over the data-parallel ranks (CP and TP ranks share a sequence). With LongPT's numbers,
-5B tokens at 4M-token batches of 131,072-token sequences: 32 sequences per step, 1,192 steps.
+One micro-batch is one packed sequence of at most ``seq_length`` tokens (docs/formats.md section
+4), so a global batch of ``global_batch_tokens`` is ``global_batch_tokens / seq_length``
+sequences, split evenly over the data-parallel ranks (CP and TP ranks share a sequence). With
+LongPT's numbers, 5B tokens at 4M-token batches of 131,072-token sequences: 32 sequences per
+step, 1,192 steps.
+
+The budget counts sequence SLOTS (``seq_length`` tokens each), not real tokens. So the number of
+steps and the LR schedule are known before training, and a step trains on the same samples
+whether the loader pads sequences to ``seq_length`` or ends them at their real length
+(``data.variable_seq_length``): the best fit that fills a slot is the same, and variable length
+only stops computing the padding. Real tokens per step are the slots times the packing
+efficiency: with pool-native documents (80K-125K tokens, one per 131,072-token slot) ~80%, so
+LongPT's 5B-token budget trains on ~4.0B real tokens (1,192 x 32 documents of ~105K). Throughput
+(tokens/s) and MFU count real tokens (training/loop.py); ``consumed_tokens`` counts slots.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ class Budget:
     micro_batches_per_rank: int
     """Micro-batches (packed sequences) each data-parallel rank runs per step (gradient accumulation)."""
     tokens_per_step: int
-    """Tokens in one global batch (padding included)."""
+    """Sequence slots of one global batch in tokens (sequences x seq_length); real tokens are fewer."""
 
 
 def plan_budget(total_tokens: int, global_batch_tokens: int, seq_length: int, dp: int) -> Budget:

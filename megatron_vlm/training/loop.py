@@ -122,7 +122,8 @@ def _train(recipe: Recipe) -> TrainResult:
     logger = RunLogger(recipe, last_step, active=is_rank0, wandb_run_id=train_state.get("wandb_run_id"))
     logger.console(
         f"{budget.total_steps} steps in the budget, running {start_step + 1}..{last_step}; "
-        f"{budget.sequences_per_step} sequences of {recipe.data.max_seq_length} tokens per step, "
+        f"{budget.sequences_per_step} sequences of {'up to ' if recipe.data.variable_seq_length else ''}"
+        f"{recipe.data.max_seq_length} tokens per step, "
         f"{budget.micro_batches_per_rank} micro-batches on each of {dp_size} data-parallel ranks"
         + (f"; resumed from {resume_from}" if resume_from else "")
     )
@@ -158,7 +159,7 @@ def _train(recipe: Recipe) -> TrainResult:
 
         losses = forward_backward(
             forward_step_func=forward_step, data_iterator=data_iterator, model=chunks,
-            num_microbatches=budget.micro_batches_per_rank, seq_length=recipe.data.max_seq_length // cp_size,
+            num_microbatches=budget.micro_batches_per_rank, seq_length=recipe.data.max_seq_length,
             micro_batch_size=1, forward_only=False,
         )
         report = reduce_report(losses, dp_cp_group).to(_device())
@@ -235,18 +236,31 @@ def build_model(provider, recipe: Recipe) -> tuple[list, object]:
         chunks.append(chunk)
     chunks = wrap_ddp(chunks, config, recipe)
     config.finalize_model_grads_func = finalize_model_grads
+    # Variable-length packing: pipeline stages exchange each micro-batch's activation shape first.
+    config.variable_seq_lengths = recipe.data.variable_seq_length
     config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
     return chunks, config
 
 
 def build_data(recipe: Recipe, provider, dp_rank: int, dp_size: int):
     """This data-parallel rank's micro-batch stream (docs/formats.md section 4), with state_dict()."""
-    source, data = recipe.train.data_source, recipe.data
+    source, data, par = recipe.train.data_source, recipe.data, recipe.parallel
+    # Variable lengths must still split evenly over CP ranks (2*cp chunks) and, with sequence parallelism, TP ranks.
+    unit = math.lcm(2 * par.cp if par.cp > 1 else 1, par.cp * par.tp if par.sequence_parallel else 1)
+    if data.variable_seq_length and data.seq_length_multiple % unit:
+        raise RecipeError(f"data.seq_length_multiple={data.seq_length_multiple} must be a multiple of {unit} "
+                          "(2 x parallel.cp, and cp x tp with sequence parallelism)")
+    if data.variable_seq_length and par.vpp and par.pp == 2:
+        # Megatron 0.16 exchanges shapes with one batched send/recv list; at pp=2 the interleaved schedule sends
+        # activations and gradients to the same peer at once and the two shapes arrive swapped (pp > 2 is fine).
+        raise RecipeError("variable-length packing with interleaved pipelining needs parallel.pp > 2 "
+                          "(set data.variable_seq_length=false at pp=2 with vpp)")
     if source == "synthetic":
         from megatron_vlm.training.synthetic import SyntheticPackedBatches
 
         return SyntheticPackedBatches(seq_length=data.max_seq_length, vocab_size=provider.vocab_size(recipe),
-                                      dp_rank=dp_rank, dp_size=dp_size, seed=data.seed)
+                                      dp_rank=dp_rank, dp_size=dp_size, seed=data.seed,
+                                      length_multiple=data.seq_length_multiple if data.variable_seq_length else None)
     if source != "shards":
         raise RecipeError(f"train.data_source must be shards or synthetic, got {source!r}")
     if not data.tokenizer or not (Path(data.tokenizer) / "tokenizer.json").is_file():

@@ -6,17 +6,21 @@ random "question" followed by an "answer" that is the question shifted by one to
 small model can learn it. The dataset is ``num_batches`` micro-batches, cycled; the stream is
 split over data-parallel ranks round-robin (rank r takes micro-batches r, r+dp, r+2dp, ...).
 ``state_dict()`` / ``load_state_dict()`` restore the exact position, as the real loader does.
+With ``length_multiple`` (the recipe's variable-length packing) the padding tail is cut so the
+sequence ends at a multiple of it, as the real loader's variable-length mode does.
 """
 
 from __future__ import annotations
 
 import torch
 
+from megatron_vlm.data.packing import sequence_length
+
 TASKS = ("extract-single", "extract-multi", "reasoning")
 
 
 def synthetic_micro_batch(index: int, *, seq_length: int, vocab_size: int, seed: int, num_batches: int,
-                          min_len: int = 8) -> dict:
+                          min_len: int = 8, length_multiple: int | None = None) -> dict:
     """Micro-batch number ``index`` of the stream (a pure function of its arguments)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + index % num_batches)
     tokens = torch.zeros(seq_length, dtype=torch.int64)
@@ -43,6 +47,9 @@ def synthetic_micro_batch(index: int, *, seq_length: int, vocab_size: int, seed:
         ids.append(f"mb{index}-s{len(ids)}")
         num_tokens.append(length)
         start = end
+    if length_multiple is not None:  # variable length: cut the padding tail
+        seq_length = sequence_length(start, seq_length, length_multiple)
+        tokens, labels, loss_mask, positions = (t[:seq_length] for t in (tokens, labels, loss_mask, positions))
     if start < seq_length:  # the padding tail is its own sub-sequence
         positions[start:] = torch.arange(seq_length - start)
         bounds.append(seq_length)
@@ -67,8 +74,9 @@ class SyntheticPackedBatches:
     """Iterator over this data-parallel rank's share of the synthetic stream, with resumable state."""
 
     def __init__(self, *, seq_length: int, vocab_size: int, dp_rank: int = 0, dp_size: int = 1,
-                 seed: int = 1234, num_batches: int = 16):
+                 seed: int = 1234, num_batches: int = 16, length_multiple: int | None = None):
         self.seq_length, self.vocab_size, self.seed, self.num_batches = seq_length, vocab_size, seed, num_batches
+        self.length_multiple = length_multiple
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.consumed = 0
 
@@ -79,7 +87,7 @@ class SyntheticPackedBatches:
         index = self.consumed * self.dp_size + self.dp_rank
         self.consumed += 1
         return synthetic_micro_batch(index, seq_length=self.seq_length, vocab_size=self.vocab_size,
-                                     seed=self.seed, num_batches=self.num_batches)
+                                     seed=self.seed, num_batches=self.num_batches, length_multiple=self.length_multiple)
 
     def state_dict(self) -> dict:
         return {"consumed": self.consumed, "dp_rank": self.dp_rank, "dp_size": self.dp_size}

@@ -8,6 +8,8 @@ so the micro-batches hold several sub-sequences of different lengths, each with 
 image's tokens straddle the edge between the two CP ranks' chunks (checked below, on the same stream).
 Each CP rank sums the token losses of its chunks and counts its target tokens; Megatron's
 finalize_model_grads divides by the count summed over DP x CP, so the mean is over the whole batch.
+The sequences are variable-length (the recipe default): each ends at a multiple of LENGTH_MULTIPLE,
+not at max_seq_length, so the CP split sees totals other than the max length (checked on the stream).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ STEPS = 2
 SEQ = 256
 MICRO_BATCHES = 2
 PEAK_TFLOPS = 1.0
+LENGTH_MULTIPLE = 32  # data.seq_length_multiple: a multiple of 2 x CP
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +55,12 @@ def stream(image_shards, qwen_tokenizer_dir):
     """The micro-batches the trainer reads (one DP rank, the recipe's loader settings), in order."""
     from megatron_vlm.data.loader import PackedLoader
 
-    loader = PackedLoader(image_shards, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, max_length=SEQ)
-    return [batch for _, batch in zip(range(STEPS * MICRO_BATCHES), loader)]
+    loader = PackedLoader(image_shards, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, max_length=SEQ,
+                          seq_length_multiple=LENGTH_MULTIPLE)
+    batches = [batch for _, batch in zip(range(STEPS * MICRO_BATCHES), loader)]
+    lengths = [b["tokens"].shape[1] for b in batches]
+    assert all(n % LENGTH_MULTIPLE == 0 for n in lengths) and min(lengths) < SEQ, lengths
+    return batches
 
 
 def _train(cp: int, shard_dir: str, tokenizer_dir: str, ckpt_dir: str):
@@ -77,7 +84,8 @@ def _train(cp: int, shard_dir: str, tokenizer_dir: str, ckpt_dir: str):
     recipe = load_recipe(None, [
         "model.kind=qwen2_5_vl", "model.flavor=debug", f"parallel.cp={cp}", "parallel.distributed_optimizer=false",
         "train.data_source=shards", f"data.shards={shard_dir}", f"data.tokenizer={tokenizer_dir}", "data.num_workers=0",
-        "data.pack_buffer=8", f"data.max_seq_length={SEQ}", f"train.global_batch_tokens={SEQ * MICRO_BATCHES}",
+        "data.pack_buffer=8", f"data.max_seq_length={SEQ}", f"data.seq_length_multiple={LENGTH_MULTIPLE}",
+        f"train.global_batch_tokens={SEQ * MICRO_BATCHES}",
         f"train.tokens={SEQ * MICRO_BATCHES * STEPS}", "train.precision=fp32", "train.lr=1e-3", "train.warmup_steps=1",
         f"checkpoint.dir={ckpt_dir}", "checkpoint.resume=false", "logging.wandb_mode=disabled", f"logging.peak_tflops={PEAK_TFLOPS}",
     ])

@@ -71,7 +71,8 @@ def _samples_per_step(ckpt_dir: Path) -> dict[int, list[str]]:
 def uninterrupted(tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("straight")
     result = run_distributed(_train, 2, str(ckpt), timeout_s=300)[0]
-    return result, _samples_per_step(ckpt)
+    records = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
+    return result, _samples_per_step(ckpt), records
 
 
 def test_loss_falls_on_the_fixed_dataset(uninterrupted):
@@ -82,9 +83,26 @@ def test_loss_falls_on_the_fixed_dataset(uninterrupted):
         assert losses[s + 4] < losses[s] - 0.05, losses
 
 
+def test_throughput_counts_real_tokens_not_padding(uninterrupted):
+    """tokens/s is over the samples' tokens: step s holds micro-batches 4(s-1)..4s-1 of the stream,
+    whose tokens outside the padding tail are counted here from the dataset itself."""
+    from megatron_vlm.training.synthetic import synthetic_micro_batch
+
+    for record in uninterrupted[2]:
+        step = record["step"]
+        real = 0
+        for i in range(4 * (step - 1), 4 * step):
+            batch = synthetic_micro_batch(i, seq_length=64, vocab_size=256, seed=1234, num_batches=16)
+            cu = batch["cu_seqlens"].tolist()
+            real += sum(b - a for a, b, task in zip(cu, cu[1:], batch["sample_tasks"]) if task != "padding")
+        assert record["tokens"] == real < 4 * 64
+        assert record["tokens_per_s"] == pytest.approx(real / record["step_time_s"])
+        assert record["consumed_tokens"] == step * 4 * 64  # the budget counts sequence slots
+
+
 @pytest.mark.slow(30)
 def test_killed_run_resumes_bitwise_with_the_exact_stream(tmp_path, uninterrupted):
-    straight, straight_samples = uninterrupted
+    straight, straight_samples, _ = uninterrupted
     with pytest.raises(RankFailed, match="died"):
         run_distributed(_train, 2, str(tmp_path), 6, timeout_s=300)
     assert (tmp_path / "latest").read_text().strip() == "iter_0000004"

@@ -160,3 +160,25 @@ def test_tail_with_loss_is_not_trimmed():
 def test_bad_cu_seqlens():
     with pytest.raises(ValueError, match="increase strictly"):
         cp_partition(torch.tensor([0, 4, 4, 8]), 2)
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_variable_length_pack_splits_without_growing_or_trimming(cp):
+    """A variable-length pack (sub-sequences padded to 2*CP, length a multiple of 8*CP, not the max
+    length) splits into T/CP slots per rank and unsplits to every one of its T tokens."""
+    from megatron_vlm.data.packing import Sample, pack
+
+    def sample(name, n, first):
+        ids = torch.arange(first, first + n)
+        return Sample(name, "reasoning", ids, ids % 3 == 0, torch.zeros(0, 1176), torch.zeros(0, 3, dtype=torch.int64))
+
+    batch = pack([sample("a", 13, 1), sample("b", 6, 50)], 256, pad_multiple=2 * cp, length_multiple=8 * cp)
+    T = batch["tokens"].shape[1]
+    assert T < 256 and T % (8 * cp) == 0 and batch["sample_ids"][-1] == "padding"
+    shares = [split_batch_for_cp(batch, cp, r) for r in range(cp)]
+    part = shares[0]["cp_partition"]
+    assert part.cu_seqlens_padded.tolist() == part.cu_seqlens.tolist() == batch["cu_seqlens"].tolist()
+    for s in shares:
+        assert s["tokens"].shape == (1, T // cp)
+    for key, dim in (("tokens", 1), ("labels", 1), ("loss_mask", 1), ("position_ids", 2)):
+        assert torch.equal(unsplit([s[key] for s in shares], part, dim=dim), batch[key]), key

@@ -54,7 +54,10 @@ def test_token_counts_equal_build_for_every_sample(shards, qwen_tokenizer_dir):
             assert sid not in seen
             seen[sid] = n
             assert cu[k + 1] - cu[k] == n  # pad_multiple 1: the sub-sequence is the sample
-        assert batch["tokens"].shape == (1, 512) and batch["position_ids"].shape == (3, 1, 512)
+        # Variable length (the default): the samples' total rounded up to 128, at most max length 512.
+        used = sum(batch["sample_num_tokens"])
+        assert cu[-1] == min(512, used + -used % 128) and cu[-1] % 128 == 0
+        assert batch["tokens"].shape == (1, cu[-1]) and batch["position_ids"].shape == (3, 1, cu[-1])
         assert batch["pixel_values"].shape == (int(batch["image_grid_thw"].prod(-1).sum()), 1176)
     assert seen == {k: r["num_tokens"] for k, r in built.items()}
     assert sum(loader.skipped.values()) == 0
@@ -81,8 +84,9 @@ def test_resume_equals_uninterrupted_2dp_2workers(shards, qwen_tokenizer_dir, st
     shard_dir, _ = shards
     total = 10  # beyond one epoch for each rank: the epoch boundary is crossed after resume
     for rank in range(2):
-        kw = dict(dp_rank=rank, dp_size=2, num_workers=2, pack_buffer=4, max_length=256)
+        kw = dict(dp_rank=rank, dp_size=2, num_workers=2, pack_buffer=4, max_length=256, seq_length_multiple=32)
         straight = _take(PackedLoader(shard_dir, qwen_tokenizer_dir, **kw), total)
+        assert len({b["tokens"].shape[1] for b in straight}) > 1  # variable length (the default), and it varies
         first = PackedLoader(shard_dir, qwen_tokenizer_dir, **kw)
         head = _take(first, steps_before)
         state = json.loads(json.dumps(first.state_dict()))  # what goes into a checkpoint
@@ -91,7 +95,7 @@ def test_resume_equals_uninterrupted_2dp_2workers(shards, qwen_tokenizer_dir, st
             resumed = PackedLoader(shard_dir, qwen_tokenizer_dir, state=state, **kw)
         else:  # as the trainer does it: from the recipe's data section, then load_state_dict
             recipe = DataRecipe(shards=str(shard_dir), tokenizer=str(qwen_tokenizer_dir), num_workers=2, pack_buffer=4,
-                                max_seq_length=256, seed=1234)
+                                max_seq_length=256, seed=1234, seq_length_multiple=32)
             resumed = PackedLoader.from_recipe(recipe, dp_rank=1, dp_size=2)
             resumed.load_state_dict(state)
         tail = _take(resumed, total - steps_before)
@@ -180,3 +184,27 @@ def test_pad_multiple_for_context_parallel(shards, qwen_tokenizer_dir):
                 assert batch["sample_num_tokens"][k] == built[sid]["num_tokens"] <= cu[k + 1] - cu[k] < built[sid]["num_tokens"] + 8
                 n += 1
     assert n == len(built)
+
+
+def test_fixed_and_variable_length_hold_the_same_samples(shards, qwen_tokenizer_dir):
+    """The mode changes only where a sequence ends: same samples per batch, the variable batch is
+    the fixed one with its padding tail cut to < seq_length_multiple tokens."""
+    shard_dir, _ = shards
+    kw = dict(num_workers=0, pack_buffer=8, pad_multiple=4, epochs=1)
+    fixed = list(PackedLoader(shard_dir, qwen_tokenizer_dir, variable_seq_length=False, **kw))
+    var = list(PackedLoader(shard_dir, qwen_tokenizer_dir, seq_length_multiple=32, **kw))
+    assert len(fixed) == len(var) > 3
+    lengths = set()
+    for f, v in zip(fixed, var):
+        real = [i for i in v["sample_ids"] if i != "padding"]
+        assert real == [i for i in f["sample_ids"] if i != "padding"]
+        t = v["tokens"].shape[1]
+        used = int(f["cu_seqlens"][len(real)])
+        assert f["tokens"].shape[1] == 512 and t % 32 == 0 and used <= t < used + 32
+        lengths.add(t)
+        for key in ("tokens", "labels", "loss_mask"):
+            assert torch.equal(v[key], f[key][:, :t]), key
+        assert torch.equal(v["position_ids"], f["position_ids"][:, :, :t])
+        assert v["cu_seqlens"][: len(real) + 1].tolist() == f["cu_seqlens"][: len(real) + 1].tolist()
+        assert torch.equal(v["pixel_values"], f["pixel_values"])
+    assert len(lengths) > 1  # the lengths do vary

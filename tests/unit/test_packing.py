@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import types
 
 import pytest
 import torch
@@ -52,18 +53,25 @@ def test_best_fit_rule_against_a_direct_reading():
             assert lengths[a] >= lengths[b]
 
 
-@pytest.mark.parametrize("pad_multiple", [1, 4])
-def test_no_crossing_and_mrope_per_sample(qwen_tokenizer_dir, pad_multiple):
+@pytest.mark.parametrize("pad_multiple, length_multiple", [(1, None), (4, None), (1, 16), (4, 32)])
+def test_no_crossing_and_mrope_per_sample(qwen_tokenizer_dir, pad_multiple, length_multiple):
     samples = _samples(qwen_tokenizer_dir, 7)
     max_length = 4 * max(len(s) for s in samples)
-    max_length += -max_length % pad_multiple
+    max_length += -max_length % (length_multiple or pad_multiple)
     chosen = choose_best_fit([len(s) + -len(s) % pad_multiple for s in samples], max_length)
     picked = [samples[i] for i in chosen]
-    batch = pack(picked, max_length, pad_multiple)
+    batch = pack(picked, max_length, pad_multiple, length_multiple=length_multiple)
 
     tokens, labels = batch["tokens"][0], batch["labels"][0]
     cu = batch["cu_seqlens"].tolist()
-    assert cu[0] == 0 and cu[-1] == max_length and batch["cu_seqlens"].dtype == torch.int32
+    used = sum(len(s) + -len(s) % pad_multiple for s in picked)
+    # Fixed: always max_length. Variable: the used length rounded up to length_multiple.
+    expected = max_length if length_multiple is None else used + -used % length_multiple
+    assert cu[0] == 0 and cu[-1] == expected == tokens.shape[0] and batch["cu_seqlens"].dtype == torch.int32
+    assert batch["labels"].shape == batch["loss_mask"].shape == (1, expected)
+    assert batch["position_ids"].shape == (3, 1, expected)
+    if length_multiple is not None:
+        assert expected <= max_length and expected % length_multiple == 0 and expected - used < length_multiple
     assert all((b - a) % pad_multiple == 0 for a, b in zip(cu, cu[1:]))
     grids = iter(batch["image_grid_thw"])
     for k, s in enumerate(picked):
@@ -85,11 +93,40 @@ def test_no_crossing_and_mrope_per_sample(qwen_tokenizer_dir, pad_multiple):
         assert torch.equal(batch["position_ids"][:, 0, a : a + n], ref)
     assert (labels[cu[len(picked)] :] == IGNORE_INDEX).all()
     assert torch.equal(batch["loss_mask"][0], (labels != IGNORE_INDEX).float())
-    tail = ["padding"] if cu[len(picked)] < max_length else []
+    tail = ["padding"] if cu[len(picked)] < expected else []
     assert batch["sample_ids"] == [s.id for s in picked] + tail and batch["sample_tasks"][-1] == (tail or [picked[-1].task])[0]
     assert len(batch["sample_tasks"]) == len(cu) - 1 == len(batch["sample_num_tokens"])
     assert batch["pixel_values"].shape[0] == sum(s.pixel_values.shape[0] for s in picked)
-    assert packing_efficiency(batch) == sum(len(s) for s in picked) / max_length
+    assert packing_efficiency(batch) == sum(len(s) for s in picked) / expected
+
+
+def _text_sample(name: str, n: int) -> Sample:
+    ids = torch.arange(100, 100 + n)
+    return Sample(name, "reasoning", ids, ids >= 100 + n - 2, torch.zeros(0, 1176), torch.zeros(0, 3, dtype=torch.int64))
+
+
+def test_variable_length_layout_and_efficiency_by_hand():
+    # Samples of 5 and 3 tokens, pad_multiple 2: sub-sequences of 6 and 4 (10 tokens); variable
+    # length with multiple 8 ends the sequence at 16 (a 6-token padding tail); fixed at 64.
+    a, b = _text_sample("a", 5), _text_sample("b", 3)
+    var = pack([a, b], 64, pad_multiple=2, length_multiple=8)
+    assert var["cu_seqlens"].tolist() == [0, 6, 10, 16] and var["tokens"].shape == (1, 16)
+    assert var["sample_ids"] == ["a", "b", "padding"] and var["sample_num_tokens"] == [5, 3, 0]
+    assert (var["tokens"][0, 10:] == PAD_ID).all() and var["position_ids"][0, 0, 10:].tolist() == list(range(6))
+    assert packing_efficiency(var) == 8 / 16
+    fixed = pack([a, b], 64, pad_multiple=2)
+    assert fixed["cu_seqlens"].tolist() == [0, 6, 10, 64] and packing_efficiency(fixed) == 8 / 64
+    # Same samples, same tokens, labels and positions: the variable sequence is the fixed one cut short.
+    for key in ("tokens", "labels", "loss_mask"):
+        assert torch.equal(var[key], fixed[key][:, :16]), key
+    assert torch.equal(var["position_ids"], fixed["position_ids"][:, :, :16])
+    # A pack that ends on a multiple has no padding tail; the length is capped at max_length.
+    full = pack([_text_sample("c", 16)], 64, pad_multiple=2, length_multiple=8)
+    assert full["cu_seqlens"].tolist() == [0, 16] and full["sample_ids"] == ["c"] and packing_efficiency(full) == 1.0
+    capped = pack([_text_sample("d", 20)], 24, pad_multiple=2, length_multiple=16)
+    assert capped["cu_seqlens"].tolist() == [0, 20, 24]
+    with pytest.raises(ValueError, match="length_multiple 6 is not a multiple of pad_multiple 4"):
+        pack([a], 64, pad_multiple=4, length_multiple=6)
 
 
 def test_block_diagonal_attention_equals_each_sample_alone(qwen_tokenizer_dir):
@@ -117,3 +154,22 @@ def test_overfull_pack_is_refused(qwen_tokenizer_dir):
     samples = _samples(qwen_tokenizer_dir, 2)
     with pytest.raises(ValueError, match="more than"):
         pack(samples, len(samples[0]) + len(samples[1]) - 1)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["parallel.cp=4", "data.seq_length_multiple=4"], "must be a multiple of 8"),  # 2 x cp
+    (["parallel.cp=2", "parallel.tp=8", "parallel.sequence_parallel=true", "data.seq_length_multiple=8"],
+     "must be a multiple of 16"),  # cp x tp
+    (["parallel.pp=2", "parallel.vpp=2"], "needs parallel.pp > 2"),
+])
+def test_trainer_refuses_variable_lengths_the_layout_cannot_split(overrides, message):
+    from megatron_vlm.training.config import RecipeError, load_recipe
+    from megatron_vlm.training.loop import build_data
+
+    recipe = load_recipe(None, ["train.data_source=synthetic", "data.max_seq_length=256", *overrides])
+    with pytest.raises(RecipeError, match=message):
+        build_data(recipe, None, 0, 1)
+    fixed = load_recipe(None, ["train.data_source=synthetic", "data.max_seq_length=256", "data.variable_seq_length=false",
+                                *overrides])
+    provider = types.SimpleNamespace(vocab_size=lambda recipe: 256)
+    assert next(build_data(fixed, provider, 0, 1))["tokens"].shape == (1, fixed.data.max_seq_length)

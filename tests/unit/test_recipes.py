@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,9 @@ def test_flavor_recipe_layout_fits_h100_by_the_planner(name, gpus):
     tp, pp, cp = p.get("tp", 1), p.get("pp", 1), p.get("cp", 1)
     assert gpus % (tp * pp * cp) == 0
     assert r["data"]["pad_multiple"] == 2 * cp  # each packed sub-sequence splits into 2*cp chunks
+    # variable-length sequences split evenly over CP ranks and, with sequence parallelism, TP ranks
+    sp_unit = cp * tp if p.get("sequence_parallel", False) else 1
+    assert r["data"]["variable_seq_length"] and r["data"]["seq_length_multiple"] % math.lcm(2 * cp, sp_unit) == 0
     dp = gpus // (tp * pp * cp)
     seqs = t["global_batch_tokens"] // r["data"]["max_seq_length"]
     assert seqs % dp == 0
