@@ -27,6 +27,7 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
         "pillow>=10",
+        "isal>=1.6",  # fast deflate for the pool's PNG pages (megatron_vlm/data/pdf.py)
         "numpy>=1.26",
         "matplotlib>=3.8",
     ],

@@ -1,18 +1,29 @@
 """Benchmark: pages/s per core of the `pool` stage versus plain pymupdf rendering of the same pages.
 
-    PYTHONPATH=. python benchmarks/bench_pool.py [--docs 6] [--pages 10 12] [--dpi 144] [--image-format png]
-                                                  [--input PDF_DIR] [--repeat 3]
+    PYTHONPATH=. python benchmarks/bench_pool.py [--docs 6] [--pages 10 12] [--kind text|scan] [--dpi 144]
+                                                  [--image-format png] [--input PDF_DIR] [--repeat 5] [--profile 25]
 
-Both sides run in this one process on one core. "bare" opens each PDF and renders every page with
-`page.get_pixmap(dpi)`, and also encodes it the way the pool stores it (a rendering must be
-stored to be used); "pool" is the whole stage (hash, validate, render, encode, layout blocks,
-tables, token counts, tar and manifest writing) with --workers 1 and OCR off. Each side runs
---repeat times, interleaved, and the best time counts. The goal is pool <= 1.3x bare.
+Generated inputs: --kind text (default) is sample_pdfs.make_corpus (vector text, headings, lists,
+ruled tables); --kind scan is image-only pages, each a 300-DPI greyish JPEG "scan" of text, where
+decoding and scaling the image makes rendering itself expensive.
+
+Everything runs in this one process on one core. The headline is pool / render, where "render"
+opens each PDF and calls `page.get_pixmap(dpi=DPI)` on every page and nothing else (the goal in
+issue #5: pool <= 1.3x). Beside it, two baselines that also store the page: "render+png" adds
+pymupdf's own `pix.tobytes("png")`, "render+encode" adds the pool's encoder (pdf._encode). "pool"
+is the whole stage: hash, validate, render, encode, text and layout blocks, tables, token counts,
+tar and manifest writing, with --workers 1 and OCR off. Each side runs --repeat times,
+interleaved, and the best time counts. Times are CPU seconds of this process (time.process_time:
+the cost per core, and much less disturbed by other work on a shared machine than wall time,
+which is printed too). --profile N prints the N most expensive functions
+(cProfile, own time) of one more pool run, to show what the remaining cost is.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import shlex
 import sys
 import tempfile
@@ -28,64 +39,116 @@ from megatron_vlm.data.pdf import PdfSettings, _encode  # noqa: E402
 from megatron_vlm.data.sample_pdfs import make_corpus  # noqa: E402
 
 
-def bare(paths: list[Path], dpi: int, settings: PdfSettings | None) -> tuple[int, float]:
-    start, pages = time.perf_counter(), 0
+def clock() -> tuple[float, float]:
+    return time.process_time(), time.perf_counter()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) since `start`."""
+    now = clock()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def render(paths: list[Path], dpi: int, store=None) -> tuple[int, tuple[float, float]]:
+    """Pages and (CPU, wall) seconds to open every PDF and render each page (then `store(pix)`, if given)."""
+    start, pages = clock(), 0
     for path in paths:
         with pymupdf.open(path) as doc:
             for page in doc:
                 pix = page.get_pixmap(dpi=dpi, alpha=False)
-                if settings is not None:
-                    _encode(pix, settings)
+                if store is not None:
+                    store(pix)
                 pages += 1
-    return pages, time.perf_counter() - start
+    return pages, since(start)
 
 
-def run_pool(inp: Path, out: Path, args) -> tuple[int, float]:
+def make_scans(out: Path, docs: int, pages: tuple[int, int], seed: int = 0) -> None:
+    """`docs` PDFs of image-only US-Letter pages: paper noise and lines of text at 300 DPI, as JPEG."""
+    import io
+    import random
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng, noise = random.Random(seed), np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for d in range(docs):
+        doc = pymupdf.open()
+        for _ in range(rng.randint(*pages)):
+            paper = (235 + noise.normal(0, 8, (3300, 2550))).clip(0, 255).astype(np.uint8)
+            scan = Image.fromarray(paper).convert("RGB")
+            draw = ImageDraw.Draw(scan)
+            for k in range(60):
+                draw.text((150, 200 + 48 * k), " ".join(rng.choice(["lorem", "ipsum", "dolor", "sit", "amet"]) for _ in range(24)), fill=(20, 20, 30))
+            jpeg = io.BytesIO()
+            scan.save(jpeg, "JPEG", quality=80)
+            page = doc.new_page(width=612, height=792)
+            page.insert_image(page.rect, stream=jpeg.getvalue())
+        doc.save(out / f"scan-{d:03d}.pdf")
+
+
+def run_pool(inp: Path, out: Path, args) -> tuple[int, tuple[float, float]]:
     parser = argparse.ArgumentParser()
     pool.add_arguments(parser)
     pa = parser.parse_args(["--input", str(inp), "--output", str(out), "--dpi", str(args.dpi), "--image-format", args.image_format,
                             "--no-ocr", "--quiet", "--workers", "1"])
-    start = time.perf_counter()
+    start = clock()
     counts = pool.run(pa)
-    return counts["pages"], time.perf_counter() - start
+    return counts["pages"], since(start)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=6)
     parser.add_argument("--pages", type=int, nargs=2, default=(10, 12))
+    parser.add_argument("--kind", choices=["text", "scan"], default="text", help="what to generate (without --input)")
     parser.add_argument("--dpi", type=int, default=144)
     parser.add_argument("--image-format", choices=["png", "jpg"], default="png")
     parser.add_argument("--input", help="a directory of real PDFs instead of generated ones")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N functions with the most own time in one pool run")
     args = parser.parse_args()
+    settings = PdfSettings(dpi=args.dpi, image_format=args.image_format)
+    sides = {
+        "render": None,
+        "render+png": lambda pix: pix.tobytes("png"),
+        "render+encode": lambda pix: _encode(pix, settings),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.input:
             inp = Path(args.input)
         else:
             inp = tmp / "pdfs"
-            make_corpus(inp, args.docs, tuple(args.pages), seed=0, scanned=False)
+            if args.kind == "text":
+                make_corpus(inp, args.docs, tuple(args.pages), seed=0, scanned=False)
+            else:
+                make_scans(inp, args.docs, tuple(args.pages))
         paths = [p for _, p in pool.list_inputs(inp)]
-        settings = PdfSettings(dpi=args.dpi, image_format=args.image_format)
-        bare(paths[:1], args.dpi, settings)  # warm up
-        best = {"render": float("inf"), "render+encode": float("inf"), "pool": float("inf")}
+        render(paths[:1], args.dpi)  # warm up
+        best = {name: float("inf") for name in [*sides, "pool"]}
+        wall = dict(best)
         pages = {}
         for r in range(args.repeat):
-            pages["render"], t = bare(paths, args.dpi, None)
-            best["render"] = min(best["render"], t)
-            pages["render+encode"], t = bare(paths, args.dpi, settings)
-            best["render+encode"] = min(best["render+encode"], t)
-            pages["pool"], t = run_pool(inp, tmp / f"pool{r}", args)
-            best["pool"] = min(best["pool"], t)
+            for name, store in sides.items():
+                pages[name], (t, w) = render(paths, args.dpi, store)
+                best[name], wall[name] = min(best[name], t), min(wall[name], w)
+            pages["pool"], (t, w) = run_pool(inp, tmp / f"pool{r}", args)
+            best["pool"], wall["pool"] = min(best["pool"], t), min(wall["pool"], w)
+        if args.profile:
+            profile = cProfile.Profile()
+            profile.runcall(run_pool, inp, tmp / "profiled", args)
     n = pages["pool"]
-    assert n == pages["render"], (n, pages)
+    assert all(v == n for v in pages.values()), pages
     print(f"command: PYTHONPATH=. python {' '.join(shlex.quote(a) for a in sys.argv)}")
-    print(f"{len(paths)} PDFs, {n} pages, {args.dpi} DPI, {args.image_format}, 1 core, best of {args.repeat}")
+    print(f"{len(paths)} PDFs, {n} pages, {args.dpi} DPI, {args.image_format}, 1 core, best of {args.repeat}, CPU time")
     for name, t in best.items():
-        print(f"  {name:<14} {n / t:8.1f} pages/s per core  ({t * 1000 / n:6.1f} ms/page)")
-    ratio = best["pool"] / best["render+encode"]
-    print(f"  pool / bare render+encode = {ratio:.2f}x (goal <= 1.3x); pool / render alone = {best['pool'] / best['render']:.2f}x")
+        print(f"  {name:<14} {n / t:8.1f} pages/s per core  ({t * 1000 / n:6.2f} ms/page)  pool / {name} = {best['pool'] / t:5.2f}x"
+              f"   [wall {wall[name] * 1000 / n:6.2f} ms/page]")
+    print(f"pool / render (bare page.get_pixmap at {args.dpi} DPI) = {best['pool'] / best['render']:.2f}x (goal <= 1.3x)")
+    if args.profile:
+        print(f"\none more pool run under cProfile ({args.profile} functions with the most own time; profiling slows it):")
+        pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile)
     return 0
 
 

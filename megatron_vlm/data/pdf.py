@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +29,7 @@ import pymupdf
 
 from megatron_vlm.data import image_rule
 
+TEXT_FLAGS = pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES
 MIN_TEXT_CHARS = 16  # fewer characters than this and large images: a scanned page
 MIN_IMAGE_COVER = 0.3  # share of the page covered by images for a page to count as scanned
 BODY_SAMPLE = 64  # pages whose fonts decide the body size
@@ -42,7 +44,7 @@ class PdfError(Exception):
 @dataclass(frozen=True)
 class PdfSettings:
     dpi: int = 144
-    image_format: str = "png"  # "png" (lossless) or "jpg" (about 5x faster to encode)
+    image_format: str = "png"  # "png" (lossless; on text pages also smaller and faster than jpg) or "jpg" (lossy)
     jpg_quality: int = 90
     min_pixels: int = image_rule.MIN_PIXELS
     max_pixels: int = image_rule.MAX_PIXELS
@@ -220,14 +222,24 @@ def _text_groups(text_dict: dict, table_rects: list[tuple]) -> list[dict]:
     return groups
 
 
-def body_font_size(text_dicts: list[dict]) -> float:
-    """The most common font size by character count over the given pages (10 when there is no text)."""
-    sizes: Counter = Counter()
-    for d in text_dicts:
-        for block in d["blocks"]:
-            for line in block.get("lines", ()):
-                for s in line["spans"]:
-                    sizes[round(s["size"], 1)] += len(s["text"].strip())
+def chars_by_size(text_dict: dict) -> dict[float, int]:
+    """Non-blank characters of a page by exact font size (few distinct sizes: rounding comes later)."""
+    out: dict[float, int] = {}
+    for block in text_dict["blocks"]:
+        for line in block.get("lines", ()):
+            for s in line["spans"]:
+                out[s["size"]] = out.get(s["size"], 0) + len(s["text"].strip())
+    return out
+
+
+def count_font_sizes(by_size: dict[float, int], sizes: Counter) -> None:
+    """Add a page's chars_by_size to `sizes`, keyed by font size rounded to 0.1 pt."""
+    for size, n in by_size.items():
+        sizes[round(size, 1)] += n
+
+
+def body_font_size(sizes: Counter) -> float:
+    """The most common font size by character count (10 when there is no text)."""
     return sizes.most_common(1)[0][0] if sizes else 10.0
 
 
@@ -287,20 +299,24 @@ def reading_order(blocks: list[dict], page_width: float) -> list[dict]:
     return ordered
 
 
-def page_blocks(page: pymupdf.Page, text_dict: dict, body: float, tables: list | None = None) -> list[dict]:
-    """Layout blocks of one page in reading order (see the module docstring)."""
-    tables = find_grid_tables(page) if tables is None else tables
+def page_layout(text_dict: dict, textpage, tables: list) -> tuple[list[dict], list[dict]]:
+    """(table blocks, unclassified text groups) of one page; `tables` from find_grid_tables."""
     rects = [(xs[0], ys[0], xs[-1], ys[-1]) for ys, xs in tables]
-    blocks = []
+    table_blocks = []
     if tables:
-        tp = text_dict.get("_textpage")
-        words = tp.extractWORDS() if tp is not None else page.get_text("words")
-        blocks += [_table_block(t, words) for t in tables]
-    for g in _text_groups(text_dict, rects):
+        words = textpage.extractWORDS()
+        table_blocks = [_table_block(t, words) for t in tables]
+    return table_blocks, _text_groups(text_dict, rects)
+
+
+def page_blocks(table_blocks: list[dict], groups: list[dict], body: float, page_width: float) -> list[dict]:
+    """Layout blocks of one page in reading order (see the module docstring), given the body font size."""
+    blocks = list(table_blocks)
+    for g in groups:
         text = " ".join(g["lines"]) if not g["list"] else "\n".join(g["lines"])
         kind = _classify(text, g["style"][0], g["style"][1], g["list"], len(g["lines"]), body)
         blocks.append({"kind": kind, "bbox": _bbox(g["bbox"]), "text": text})
-    return reading_order(blocks, page.rect.width)
+    return reading_order(blocks, page_width)
 
 
 def _image_cover(page: pymupdf.Page) -> float:
@@ -309,34 +325,106 @@ def _image_cover(page: pymupdf.Page) -> float:
     return min(1.0, covered / area)
 
 
-def _encode(pix: pymupdf.Pixmap, settings: PdfSettings) -> bytes:
-    """PNG (zlib level 1) or JPEG through PIL; a page with no colour is stored as 8-bit grey.
+@lru_cache(maxsize=1)
+def _zlib():
+    """isal's zlib (ISA-L: ~10x zlib's speed at level 1 on page images, similar size) when installed, else zlib."""
+    try:
+        from isal import isal_zlib
 
-    Grey is exact (only when R == G == B everywhere) and encodes ~3x faster than RGB; PIL's PNG at
-    level 1 is ~1.5x faster than pymupdf's writer. Readers convert to RGB, so pixels are unchanged.
+        return isal_zlib
+    except ImportError:
+        import zlib
+
+        return zlib
+
+
+_GREY_STEP = 3 << 16  # bytes of RGB samples checked at a time (a multiple of 3)
+
+
+@lru_cache(maxsize=1)
+def _grey_mask():
+    import numpy as np
+
+    return np.tile(np.array([255, 255, 0], np.uint8), _GREY_STEP // 3)
+
+
+def is_grey(rgb_HWC) -> bool:
+    """True when R == G == B at every pixel of a C-contiguous uint8 [H, W, 3] array.
+
+    Byte i of the samples XOR byte i+1 is R^G, G^B, then B^R of the next pixel (masked out);
+    contiguous XOR/AND/any run at memory speed, about twice as fast as comparing channel views.
+    Stops at the first block with colour.
     """
     import numpy as np
+
+    flat = rgb_HWC.reshape(-1)
+    last, mask = flat.size - 1, _grey_mask()
+    for start in range(0, last, _GREY_STEP):
+        stop = min(start + _GREY_STEP, last)
+        diff = np.bitwise_xor(flat[start:stop], flat[start + 1 : stop + 1])
+        np.bitwise_and(diff, mask[: stop - start], out=diff)
+        if diff.any():
+            return False
+    return True
+
+
+def png_bytes(pixels) -> bytes:
+    """A PNG of a uint8 [H, W] (grey) or [H, W, 3] (RGB) array: filter 0 on every row, one IDAT.
+
+    Rendered pages are mostly flat background, which deflate compresses well without PNG's
+    per-row filters; choosing a filter per row (as Pillow does) costs more than the deflate.
+    """
+    import numpy as np
+
+    z = _zlib()
+    h, w = pixels.shape[:2]
+    c = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = np.empty((h, 1 + w * c), np.uint8)
+    rows[:, 0] = 0  # filter type None
+    rows[:, 1:] = pixels.reshape(h, w * c)
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", z.crc32(body, z.crc32(tag)) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 0 if c == 1 else 2, 0, 0, 0)  # 8 bits, grey or RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", z.compress(rows, 1)) + chunk(b"IEND", b"")
+
+
+def _encode(pix: pymupdf.Pixmap, settings: PdfSettings) -> bytes:
+    """PNG (see png_bytes) or JPEG (Pillow); a page with no colour is stored as 8-bit grey.
+
+    Grey is exact (only when R == G == B everywhere), a third of the bytes to compress and about
+    half the size. Readers convert to RGB, so pixels are unchanged.
+    """
+    import numpy as np
+
+    a = np.frombuffer(pix.samples_mv, np.uint8).reshape(pix.height, pix.width, pix.n)  # no copy of the samples
+    pixels = a[..., 0] if pix.n == 1 or (pix.n == 3 and is_grey(a)) else a[..., :3]
+    if settings.image_format == "png":
+        return png_bytes(pixels)
     from PIL import Image
 
-    a = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, pix.n)
-    if pix.n == 1 or ((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()):
-        image = Image.fromarray(np.ascontiguousarray(a[..., 0]))
-    else:
-        image = Image.fromarray(a[..., :3])
     buf = io.BytesIO()
-    if settings.image_format == "png":
-        image.save(buf, "PNG", compress_level=1)
-    else:
-        image.save(buf, "JPEG", quality=settings.jpg_quality)
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, "JPEG", quality=settings.jpg_quality)
     return buf.getvalue()
 
 
-def _page_text(page: pymupdf.Page, settings: PdfSettings) -> tuple[dict, bool, str]:
-    """(text dict, has a text layer, ocr mark); a scanned page is OCRed here when possible."""
-    tp = page.get_textpage(flags=pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES)
+def _page_text(page: pymupdf.Page, display_list: pymupdf.DisplayList, settings: PdfSettings):
+    """(text dict, its TextPage, chars_by_size, has a text layer, ocr mark); a scanned page is OCRed here.
+
+    The text comes from the display list the page was rendered from, so the content stream is
+    interpreted once (same result as page.get_textpage; rotated pages use that, whose coordinates
+    are unrotated).
+    """
+    flags = TEXT_FLAGS
+    if page.rotation == 0:
+        tp = pymupdf.TextPage(display_list.get_textpage(flags))
+        tp.parent = page
+    else:
+        tp = page.get_textpage(flags=flags)
     td = tp.extractDICT()
-    td["_textpage"] = tp  # reused for table words
-    chars = sum(len(s["text"].strip()) for b in td["blocks"] for ln in b.get("lines", ()) for s in ln["spans"])
+    by_size = chars_by_size(td)
+    chars = sum(by_size.values())
     mark = "none"
     if chars < MIN_TEXT_CHARS and _image_cover(page) >= MIN_IMAGE_COVER:
         mark = "missing"
@@ -344,11 +432,27 @@ def _page_text(page: pymupdf.Page, settings: PdfSettings) -> tuple[dict, bool, s
             try:
                 tp = page.get_textpage_ocr(language=settings.ocr_language, dpi=settings.ocr_dpi, full=True, tessdata=tesseract_data())
                 td = tp.extractDICT()
-                td["_textpage"] = tp
+                by_size = chars_by_size(td)
                 mark = "tesseract"
             except Exception:
                 mark = "missing"
-    return td, chars > 0, mark
+    return td, tp, by_size, chars > 0, mark
+
+
+def _check_sizes(doc: pymupdf.Document, settings: PdfSettings) -> None:
+    """PdfError for the first page too large (or too small) to render, before any work is done."""
+    for i, page in enumerate(doc):
+        w_pt, h_pt = page.rect.width, page.rect.height
+        h_px, w_px = image_rule.page_pixels(w_pt, h_pt, settings.dpi)
+        if h_px * w_px > settings.max_page_pixels or min(h_px, w_px) < 1:
+            raise PdfError(
+                f"page too large: page {i} is {w_pt:.0f}x{h_pt:.0f} pt = {w_px}x{h_px} px at {settings.dpi} DPI "
+                f"(limit {settings.max_page_pixels} px)"
+            )
+        try:
+            image_rule.image_grid_thw(h_px, w_px, settings.min_pixels, settings.max_pixels)
+        except ValueError as e:
+            raise PdfError(f"page {i}: {e}") from None
 
 
 def process_pdf(data: bytes, settings: PdfSettings = PdfSettings(), sink=None) -> tuple[list[dict], list[bytes]]:
@@ -356,60 +460,53 @@ def process_pdf(data: bytes, settings: PdfSettings = PdfSettings(), sink=None) -
 
     With `sink`, each page's image is handed to sink(index, image) as soon as it is encoded and
     not kept (the returned image list is empty), so a long document never sits in memory.
+
+    One pass over the pages: each page's content is interpreted once into a display list, which
+    is rendered and read for text; the page's layout is kept unclassified until the body font
+    size (from the first BODY_SAMPLE pages) is known, then blocks are classified and ordered.
     """
     pymupdf.TOOLS.mupdf_display_errors(False)
     doc = open_pdf(data, settings)
     try:
-        sizes = []
+        _check_sizes(doc, settings)
+        zoom = pymupdf.Matrix(settings.dpi / 72, settings.dpi / 72)  # what page.get_pixmap(dpi=...) uses
+        sizes: Counter = Counter()
+        pages, layouts, images = [], [], []
         for i, page in enumerate(doc):
-            w_pt, h_pt = page.rect.width, page.rect.height
-            h_px, w_px = image_rule.page_pixels(w_pt, h_pt, settings.dpi)
-            if h_px * w_px > settings.max_page_pixels or min(h_px, w_px) < 1:
-                raise PdfError(
-                    f"page too large: page {i} is {w_pt:.0f}x{h_pt:.0f} pt = {w_px}x{h_px} px at {settings.dpi} DPI "
-                    f"(limit {settings.max_page_pixels} px)"
-                )
             try:
-                grid = image_rule.image_grid_thw(h_px, w_px, settings.min_pixels, settings.max_pixels)
-            except ValueError as e:
-                raise PdfError(f"page {i}: {e}") from None
-            sizes.append((w_pt, h_pt, grid))
-
-        # The body font size (for headings) comes from the first BODY_SAMPLE pages; their text is
-        # kept for the main pass, later pages are read as they come, so memory stays bounded.
-        head = [_page_text(doc[i], settings) for i in range(min(BODY_SAMPLE, doc.page_count))]
-        body = body_font_size([td for td, _, _ in head])
-
-        pages, images = [], []
-        for i, page in enumerate(doc):
-            if i < len(head):
-                (td, has_text, mark), head[i] = head[i], None
-            else:
-                td, has_text, mark = _page_text(page, settings)
-            w_pt, h_pt, _ = sizes[i]
-            try:
-                pix = page.get_pixmap(dpi=settings.dpi, alpha=False)
+                display_list = page.get_displaylist()
+                pix = display_list.get_pixmap(matrix=zoom, alpha=False)
                 image = _encode(pix, settings)
             except Exception as e:
                 raise PdfError(f"page {i}: cannot render ({type(e).__name__}: {e})") from None
-            blocks = page_blocks(page, td, body)
+            td, tp, by_size, has_text, mark = _page_text(page, display_list, settings)
+            del display_list
+            if i < BODY_SAMPLE:
+                count_font_sizes(by_size, sizes)
+            layouts.append((*page_layout(td, tp, find_grid_tables(page)), page.rect.width))
+            del td, tp
+            h, w = pix.height, pix.width
             pages.append({
                 "index": i,
-                "width_pt": _r(w_pt),
-                "height_pt": _r(h_pt),
-                "height_px": pix.height,
-                "width_px": pix.width,
-                "grid_thw": list(image_rule.image_grid_thw(pix.height, pix.width, settings.min_pixels, settings.max_pixels)),
-                "tokens": image_rule.image_token_count(pix.height, pix.width, settings.min_pixels, settings.max_pixels),
+                "width_pt": _r(page.rect.width),
+                "height_pt": _r(page.rect.height),
+                "height_px": h,
+                "width_px": w,
+                "grid_thw": list(image_rule.image_grid_thw(h, w, settings.min_pixels, settings.max_pixels)),
+                "tokens": image_rule.image_token_count(h, w, settings.min_pixels, settings.max_pixels),
                 "has_text_layer": has_text,
                 "ocr": mark,
-                "text": "\n\n".join(b["text"] for b in blocks),
-                "blocks": blocks,
             })
+            del pix
             if sink is None:
                 images.append(image)
             else:
                 sink(i, image)
+        body = body_font_size(sizes)
+        for page, (table_blocks, groups, width) in zip(pages, layouts):
+            blocks = page_blocks(table_blocks, groups, body, width)
+            page["text"] = "\n\n".join(b["text"] for b in blocks)
+            page["blocks"] = blocks
         return pages, images
     finally:
         doc.close()

@@ -9,8 +9,10 @@ How a run goes, and why:
   is the path relative to the directory, or the line as written. Sorted by source.
 - --shard-index/--num-shards keep the inputs whose sha256(source) mod N is I, so a Slurm array
   covers every input exactly once and adding files does not move the others between tasks.
-- Every input is hashed first; within a task, the first input (in source order) with a given
-  content hash is processed and the rest become `duplicate` rows. The unique inputs are cut, in
+- Every input is hashed first; the first input (in source order) with a given content hash is
+  processed and the rest become `duplicate` rows. That holds across shards too: a task also
+  stats the other shards' inputs and hashes those of the same size as one of its own, so a
+  content is rendered only by the task that holds its first source. The unique inputs are cut, in
   order, into chunks of --docs-per-tar; a chunk is the unit of work, of parallelism (--workers
   processes) and of resumption: it writes its tar, then a part file with its manifest rows and a
   fingerprint of its inputs, each to a temporary name that is renamed when complete. A rerun
@@ -19,7 +21,9 @@ How a run goes, and why:
 - The task then writes manifest-SSSSS.jsonl (one row per input, sorted by source). The task that
   finds every shard's manifest present writes manifest.jsonl, where a document present in
   several shards is kept once (the first source) and the others become `duplicate` rows, so
-  the union of a sharded run equals the unsharded run. Readers use read_manifest/iter_documents.
+  the union of a sharded run equals the unsharded run (the tasks already agree on it, see
+  above). Readers (read_manifest, iter_documents, the build, the eval sets) read the one tar the
+  kept row names.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--input", required=True, help="directory of PDFs (searched recursively), one PDF, or a list file")
     parser.add_argument("--output", required=True, help="pool directory")
     parser.add_argument("--dpi", type=int, default=144)
-    parser.add_argument("--image-format", choices=["png", "jpg"], default="png", help="png is lossless; jpg encodes ~5x faster")
+    parser.add_argument("--image-format", choices=["png", "jpg"], default="png", help="png is lossless (and on text pages smaller and faster to write); jpg is lossy, smaller only for photographic pages")
     parser.add_argument("--min-pixels", type=int, default=image_rule.MIN_PIXELS)
     parser.add_argument("--max-pixels", type=int, default=image_rule.MAX_PIXELS)
     parser.add_argument("--max-page-pixels", type=int, default=PdfSettings.max_page_pixels, help="a page rendering larger is an error")
@@ -108,6 +112,31 @@ def _hash_file(item: tuple[str, str]) -> tuple[str, str, str | None, str | None]
         return source, path, h.hexdigest(), None
     except OSError as e:
         return source, path, None, f"cannot read: {type(e).__name__}: {e.strerror or e}"
+
+
+def _file_size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def first_sources_elsewhere(mine: list[tuple], others: list[tuple[str, str]], imap=map) -> dict[str, str]:
+    """{sha256: first source} over `others` (inputs of the other shards) for the contents in `mine`.
+
+    `mine` are (source, path, sha, error) from _hash_file. Only files of the same size as one of
+    ours can be equal, so the others are stat'ed and just those are read and hashed.
+    """
+    sizes = {_file_size(path) for _, path, sha, _ in mine if sha is not None} - {None}
+    ours = {sha for _, _, sha, _ in mine if sha is not None}
+    if not ours:
+        return {}
+    same_size = [item for item, size in zip(others, imap(_file_size, [p for _, p in others])) if size in sizes]
+    first: dict[str, str] = {}
+    for source, _, sha, _ in imap(_hash_file, same_size):
+        if sha in ours and (sha not in first or source < first[sha]):
+            first[sha] = source
+    return first
 
 
 def _row(source, sha, status, reason=None, pages=None, tokens=None, shard=None, duplicate_of=None) -> dict:
@@ -265,12 +294,17 @@ def run(args) -> dict:
     pool = ctx.Pool(workers, initializer=_init_worker, initargs=(counters,)) if workers > 1 else None
     try:
         items = [(s, str(p)) for s, p in inputs]
-        hashed = list(pool.imap(_hash_file, items, chunksize=16)) if pool else [_hash_file(i) for i in items]
-        rows, unique, first_by_sha = [], [], {}
+        imap = (lambda fn, xs: pool.imap(fn, xs, chunksize=64)) if pool else map
+        hashed = list(imap(_hash_file, items))
+        # A content is rendered once in the whole run: by the task holding its first source.
+        others = [(s, str(p)) for s, p in everything if shard_of(s, args.num_shards) != args.shard_index]
+        first_by_sha = first_sources_elsewhere(hashed, others, imap) if others else {}
+        elsewhere = len(first_by_sha)
+        rows, unique = [], []
         for source, path, sha, error in hashed:
             if sha is None:
                 rows.append(_row(source, None, "error", error))
-            elif sha in first_by_sha:
+            elif sha in first_by_sha and first_by_sha[sha] < source:
                 rows.append(_row(source, sha, "duplicate", duplicate_of=first_by_sha[sha]))
             else:
                 first_by_sha[sha] = source
@@ -297,7 +331,8 @@ def run(args) -> dict:
 
         skipped = len(unique) - sum(len(j["docs"]) for j in jobs)
         if not args.quiet:
-            print(f"[pool] shard {args.shard_index}/{args.num_shards}: {len(inputs)} inputs, {len(unique)} unique, "
+            print(f"[pool] shard {args.shard_index}/{args.num_shards}: {len(inputs)} inputs, {len(unique)} unique "
+                  f"({elsewhere} contents also in other shards), "
                   f"{skipped} already done, {len(jobs)} tars to write, {workers} workers", file=sys.stderr, flush=True)
         progress = Progress(sum(len(j["docs"]) for j in jobs), args.quiet)
         if pool:

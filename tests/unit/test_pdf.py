@@ -151,3 +151,49 @@ def test_reading_order_two_columns(tmp_path):
     # the ordering function alone: a full-width block splits the bands
     blocks = [{"bbox": [300, 10, 500, 20]}, {"bbox": [10, 50, 500, 60]}, {"bbox": [10, 10, 200, 20]}]
     assert [b["bbox"][1] for b in reading_order(blocks, 600)] == [10, 10, 50]
+
+
+def test_grey_check_finds_any_colour_pixel():
+    import numpy as np
+
+    from megatron_vlm.data.pdf import is_grey
+
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 256, (300, 229, 1), dtype=np.uint8), 3, axis=2)  # odd width, > one block
+    assert is_grey(grey)
+    for y, x, c in [(0, 0, 0), (0, 0, 2), (299, 228, 2), (299, 228, 0), (150, 100, 1), *zip(rng.integers(0, 300, 20), rng.integers(0, 229, 20), rng.integers(0, 3, 20))]:
+        tinted = grey.copy()
+        tinted[y, x, c] ^= 1
+        assert not is_grey(tinted), (y, x, c)
+
+
+def test_png_writer_round_trips_through_pillow():
+    import struct
+    import zlib
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    from megatron_vlm.data.pdf import png_bytes
+
+    def chunks(png: bytes):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        at = 8
+        while at < len(png):
+            (n,) = struct.unpack(">I", png[at : at + 4])
+            tag, body, (crc,) = png[at + 4 : at + 8], png[at + 8 : at + 8 + n], struct.unpack(">I", png[at + 8 + n : at + 12 + n])
+            assert crc == zlib.crc32(tag + body), tag  # stdlib zlib as the reference for the CRCs
+            yield tag
+            at += 12 + n
+
+    rng = np.random.default_rng(1)
+    for shape, mode in [((37, 53), "L"), ((1, 1, 3), "RGB"), ((64, 33, 3), "RGB")]:
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        png = png_bytes(pixels)
+        assert list(chunks(png)) == [b"IHDR", b"IDAT", b"IEND"]
+        with Image.open(BytesIO(png)) as im:
+            assert im.format == "PNG" and im.mode == mode and np.array_equal(np.asarray(im), pixels)
+    strided = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)[..., 1]  # a channel view, as the pool passes
+    with Image.open(BytesIO(png_bytes(strided))) as im:
+        assert np.array_equal(np.asarray(im), strided)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -159,3 +160,27 @@ def test_a_killed_run_resumes_to_the_same_pool(tmp_path):
     assert not (out / "manifest.jsonl").exists()  # killed before the end: nothing claims to be complete
     assert run_pool(tmp_path / "in", out, "--docs-per-tar", "1") == 0
     assert tree(out) == tree(fresh)
+
+
+def test_a_document_in_two_shards_is_rendered_and_read_once(tmp_path):
+    """Only the task holding a content's first source renders it; manifest.jsonl keeps that source
+    and every reader (iter_documents, the build) reads that copy."""
+    from megatron_vlm.data.build import read_pool
+
+    make_corpus(tmp_path / "in", n_docs=2, pages=(1, 1), seed=3, scanned=False)
+    other = next(f"copy-{k}.pdf" for k in range(100) if pool.shard_of(f"copy-{k}.pdf", 2) != pool.shard_of("doc-000.pdf", 2))
+    shutil.copy(tmp_path / "in" / "doc-000.pdf", tmp_path / "in" / other)
+    out = tmp_path / "pool"
+    for i in range(2):
+        assert run_pool(tmp_path / "in", out, "--num-shards", "2", "--shard-index", str(i)) == 0
+    rows = {r["source"]: r for r in pool.read_manifest(out)}
+    kept, copy = rows[min(other, "doc-000.pdf")], rows[max(other, "doc-000.pdf")]
+    assert kept["status"] == "ok" and copy["status"] == "duplicate" and copy["duplicate_of"] == kept["source"]
+    holders = [f"shards/{t.name}" for t in sorted((out / "shards").glob("*.tar")) if f"{kept['id']}.json" in tarfile.open(t).getnames()]
+    assert holders == [kept["shard"]]
+    task_rows = [json.loads(line) for i in range(2) for line in (out / f"manifest-{i:05d}.jsonl").read_text().splitlines()]
+    assert sorted(r["status"] for r in task_rows if r["sha256"] == kept["sha256"]) == ["duplicate", "ok"]  # the tasks agreed
+    docs = [doc["id"] for doc, _ in pool.iter_documents(out, images=True)]
+    assert sorted(docs) == sorted({r["id"] for r in rows.values() if r["status"] == "ok"}) and docs.count(kept["id"]) == 1
+    _, images = read_pool(out)
+    assert {path for (doc_id, _), (path, *_rest) in images.items() if doc_id == kept["id"]} == {str(out / kept["shard"])}
