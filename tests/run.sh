@@ -7,4 +7,6 @@ bash tools/setup_env.sh
 # shellcheck disable=SC1091
 source "${VENV:-.venv}/bin/activate"
 ruff check .
-python -m pytest tests -q "$@"
+# Two workers (pytest-xdist), one test handed out at a time, longest first (tests/conftest.py): many
+# tests spend most of their time in one single-threaded subprocess, so two run side by side.
+python -m pytest tests -q -n "${PYTEST_WORKERS:-2}" --dist load --maxschedchunk 1 "$@"

@@ -67,9 +67,31 @@ def make_hf_dir(path: Path, tied: bool, layout: str, reference: Path) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
+    """tools/convert_checkpoint.py as a user runs it: a new interpreter (imports ~10 s of CPU)."""
     env = {**os.environ, "PYTHONPATH": REPO}
     return subprocess.run([sys.executable, "tools/convert_checkpoint.py", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+def _main_in_rank(args: list[str]) -> tuple[int, str]:
+    """The same CLI's main(argv) in a fresh rank process, whose imports the fork server already paid for."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", Path(REPO) / "tools" / "convert_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = module.main(args)
+    return code, err.getvalue()
+
+
+def _convert(*args: str) -> subprocess.CompletedProcess:
+    """Like _cli (same arguments, exit status and stderr), without a new interpreter per call."""
+    code, err = run_distributed(_main_in_rank, 1, list(args), timeout_s=300)[0]
+    return subprocess.CompletedProcess(["convert_checkpoint.py", *args], code, "", err)
 
 
 def _assert_bit_identical(a_dir: Path, b_dir: Path) -> None:
@@ -193,17 +215,19 @@ def _refusals(hf_dir: str, tmp: str) -> dict:
 # ---------------------------------------------------------------- tests
 
 
+@pytest.mark.slow(60)
 @pytest.mark.parametrize("tied,layout", [(True, "new"), (False, "old")], ids=["tied-new", "untied-old"])
 def test_round_trip_through_tp2_pp2_is_bit_identical(tmp_path, reference_dir, tied, layout):
     hf = make_hf_dir(tmp_path / "hf", tied, layout, reference_dir)
     mc = tmp_path / "mcore"
-    r = _cli("hf-to-mcore", "--hf", str(hf), "--output", str(mc), "--tp", "2", "--pp", "2")
+    cli = _cli if tied else _convert  # one variant goes through a real interpreter start, the other in-process
+    r = cli("hf-to-mcore", "--hf", str(hf), "--output", str(mc), "--tp", "2", "--pp", "2")
     assert r.returncode == 0, r.stderr[-2000:]
     resaved = tmp_path / "mcore-tp2pp2"
     resaved.mkdir()
     run_distributed(_reshard_and_save, 4, str(mc), str(resaved), str(hf), 2, 2, timeout_s=400)
     out = tmp_path / "hf-out"
-    r = _cli("mcore-to-hf", "--mcore", str(resaved), "--output", str(out), "--hf-template", str(hf), "--layout", layout)
+    r = _convert("mcore-to-hf", "--mcore", str(resaved), "--output", str(out), "--hf-template", str(hf), "--layout", layout)
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_bit_identical(hf, out)
     config = json.loads((out / "config.json").read_text())
@@ -231,13 +255,14 @@ def _processor(hf_dir: Path):
         pytest.skip(f"AutoProcessor for Qwen2.5-VL cannot load here: {exc}")
 
 
+@pytest.mark.slow(35)
 def test_export_loads_in_transformers_with_equal_logits(tmp_path, reference_dir):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     hf = make_hf_dir(tmp_path / "hf", tied=False, layout="old", reference=reference_dir)
     mc, out = tmp_path / "mcore", tmp_path / "hf-out"
-    assert _cli("hf-to-mcore", "--hf", str(hf), "--output", str(mc)).returncode == 0
-    r = _cli("mcore-to-hf", "--mcore", str(mc), "--output", str(out), "--dtype", "float32")
+    assert _convert("hf-to-mcore", "--hf", str(hf), "--output", str(mc)).returncode == 0
+    r = _convert("mcore-to-hf", "--mcore", str(mc), "--output", str(out), "--dtype", "float32")
     assert r.returncode == 0, r.stderr[-2000:]
     processor = _processor(out)
     inputs = _multi_image_inputs(processor)
@@ -250,6 +275,7 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path, reference_dir)
     torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
+@pytest.mark.slow(25)
 def test_trainer_style_tp2_checkpoint_exports_with_equal_logits(tmp_path, reference_dir):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -265,7 +291,7 @@ def test_trainer_style_tp2_checkpoint_exports_with_equal_logits(tmp_path, refere
     ckpt.mkdir()
     logits = run_distributed(_random_model_logits_and_save, 2, str(hf), str(ckpt), batch, timeout_s=300)[0]
     out = tmp_path / "hf-out"
-    r = _cli("mcore-to-hf", "--mcore", str(ckpt), "--output", str(out), "--hf-template", str(hf))
+    r = _convert("mcore-to-hf", "--mcore", str(ckpt), "--output", str(out), "--hf-template", str(hf))
     assert r.returncode == 0, r.stderr[-2000:]
     exp = Qwen2_5_VLForConditionalGeneration.from_pretrained(out, torch_dtype=torch.float32).eval()
     with torch.no_grad():

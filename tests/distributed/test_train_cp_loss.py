@@ -1,6 +1,7 @@
 """Context parallelism does not change the loss or the gradients: the trainer (training.loop.train) on
 image-bearing packed micro-batches from the shard loader gives, at CP=2, the CP=1 loss and per-task losses
-at every step, and the CP=1 gradients of every parameter (vision tower included) at step 1. The same run
+at every step, and the CP=1 gradients of every parameter (vision tower included) at step 1; so does
+activation recompute (selective and full) on one rank. The same run
 checks the logged tokens/s (real tokens only) and MFU (training.flops on the step's samples and images).
 
 The shards are built in-test from a tiny pool (pages of 84x168 px: 18 LLM tokens, two ViT windows each),
@@ -63,7 +64,7 @@ def stream(image_shards, qwen_tokenizer_dir):
     return batches
 
 
-def _train(cp: int, shard_dir: str, tokenizer_dir: str, ckpt_dir: str):
+def _train(cp: int, shard_dir: str, tokenizer_dir: str, ckpt_dir: str, *extra: str):
     from megatron_vlm.training import checkpointing, loop
     from megatron_vlm.training.config import load_recipe
 
@@ -88,6 +89,7 @@ def _train(cp: int, shard_dir: str, tokenizer_dir: str, ckpt_dir: str):
         f"train.global_batch_tokens={SEQ * MICRO_BATCHES}",
         f"train.tokens={SEQ * MICRO_BATCHES * STEPS}", "train.precision=fp32", "train.lr=1e-3", "train.warmup_steps=1",
         f"checkpoint.dir={ckpt_dir}", "checkpoint.resume=false", "logging.wandb_mode=disabled", f"logging.peak_tflops={PEAK_TFLOPS}",
+        *extra,
     ])
     result = loop.train(recipe)
     # the big vocab matrices as norms (the payload crosses a pipe), everything else whole
@@ -95,25 +97,46 @@ def _train(cp: int, shard_dir: str, tokenizer_dir: str, ckpt_dir: str):
     return result.history, grads
 
 
-def test_cp2_matches_cp1_on_image_batches(image_shards, qwen_tokenizer_dir, stream, tmp_path):
+@pytest.fixture(scope="module")
+def cp1_run(image_shards, qwen_tokenizer_dir, tmp_path_factory):
+    """The reference: one rank, no CP, no recompute: (history, step-1 gradients)."""
+    args = (str(image_shards), str(qwen_tokenizer_dir), str(tmp_path_factory.mktemp("cp1")))
+    (history, grads), = run_distributed(_train, 1, 1, *args, timeout_s=300)
+    assert len(history) == STEPS
+    return history, grads
+
+
+def _assert_same_run(history, grads, ref_history, ref_grads):
+    for step, (metrics, ref) in enumerate(zip(history, ref_history, strict=True), 1):
+        assert metrics["target_tokens"] == ref["target_tokens"], step
+        losses = {k: v for k, v in metrics.items() if k.startswith("loss")}
+        assert losses.keys() == {k for k in ref if k.startswith("loss")}, step  # the same tasks present
+        for key, value in losses.items():
+            assert value == pytest.approx(ref[key], rel=1e-6), (step, key)
+    for name, ref in ref_grads.items():
+        torch.testing.assert_close(torch.from_numpy(grads[name]), torch.from_numpy(ref), rtol=1e-4, atol=1e-6,
+                                   msg=name)
+
+
+def test_cp2_matches_cp1_on_image_batches(image_shards, qwen_tokenizer_dir, stream, cp1_run, tmp_path):
+    ref_history, ref_grads = cp1_run
     args = (str(image_shards), str(qwen_tokenizer_dir), str(tmp_path))
-    (ref_history, ref_grads), = run_distributed(_train, 1, 1, *args, timeout_s=300)
-    assert len(ref_history) == STEPS
     for history, grads in run_distributed(_train, 2, 2, *args, timeout_s=300):
-        for step, (metrics, ref) in enumerate(zip(history, ref_history, strict=True), 1):
-            assert metrics["target_tokens"] == ref["target_tokens"], step
-            losses = {k: v for k, v in metrics.items() if k.startswith("loss")}
-            assert losses.keys() == {k for k in ref if k.startswith("loss")}, step  # the same tasks present
-            for key, value in losses.items():
-                assert value == pytest.approx(ref[key], rel=1e-6), (step, key)
-        for name, ref in ref_grads.items():
-            torch.testing.assert_close(torch.from_numpy(grads[name]), torch.from_numpy(ref), rtol=1e-4, atol=1e-6,
-                                       msg=name)
+        _assert_same_run(history, grads, ref_history, ref_grads)
     # not vacuous: the images reached the loss, so every vision block has a gradient
     vision = [n for n in ref_grads if n.startswith("vision.") and n.endswith("weight")]
     assert vision and all(np.abs(ref_grads[n]).max() > 0 for n in vision)
     _check_tokens_and_mfu(ref_history, stream, world_size=1)
     _check_tokens_and_mfu(history, stream, world_size=2)
+
+
+@pytest.mark.parametrize("recompute", ["selective", "full"])
+def test_activation_recompute_changes_nothing(image_shards, qwen_tokenizer_dir, cp1_run, tmp_path, recompute):
+    """model.recompute (selective: core attention; full: whole layers) recomputes in backward what it did
+    not keep: the same losses and step-1 gradients as keeping every activation."""
+    args = (str(image_shards), str(qwen_tokenizer_dir), str(tmp_path), f"model.recompute={recompute}")
+    (history, grads), = run_distributed(_train, 1, 1, *args, timeout_s=300)
+    _assert_same_run(history, grads, *cp1_run)
 
 
 def _check_tokens_and_mfu(history, stream, world_size):

@@ -33,6 +33,7 @@ def _runs(tmp: str):
     return first
 
 
+@pytest.mark.slow(15)
 def test_init_from_hf_equals_init_from_megatron(tmp_path):
     first = run_distributed(_runs, 1, str(tmp_path), timeout_s=400)[0]
     assert first["from_hf"][0] == pytest.approx(first["from_mcore"][0], rel=1e-6)

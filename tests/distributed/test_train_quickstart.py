@@ -15,7 +15,7 @@ from tests.dist_utils import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(150)
 def test_quickstart_runs_as_the_readme_says(qwen_tokenizer_dir):
     env = dict(os.environ, MASTER_PORT=str(free_port()), WANDB_MODE="offline")
     done = subprocess.run(["bash", "examples/quickstart.sh"], cwd=REPO, env=env, capture_output=True, text=True,

@@ -100,7 +100,7 @@ def test_throughput_counts_real_tokens_not_padding(uninterrupted):
         assert record["consumed_tokens"] == step * 4 * 64  # the budget counts sequence slots
 
 
-@pytest.mark.slow
+@pytest.mark.slow(30)
 def test_killed_run_resumes_bitwise_with_the_exact_stream(tmp_path, uninterrupted):
     straight, straight_samples, _ = uninterrupted
     with pytest.raises(RankFailed, match="died"):
@@ -117,7 +117,7 @@ def test_killed_run_resumes_bitwise_with_the_exact_stream(tmp_path, uninterrupte
     assert micro_batches == {f"mb{i}" for i in range(STEPS * 4)}  # none skipped: 4 micro-batches a step
 
 
-@pytest.mark.slow
+@pytest.mark.slow(30)
 def test_kill_during_save_keeps_previous_latest(tmp_path, uninterrupted):
     with pytest.raises(RankFailed, match="died"):
         run_distributed(_train, 2, str(tmp_path), None, 8, timeout_s=300)

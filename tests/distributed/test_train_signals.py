@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.dist_utils import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +30,7 @@ def _env() -> dict:
                 PYTHONWARNINGS="ignore")
 
 
+@pytest.mark.slow(50)
 def test_sigterm_saves_and_exits_zero(tmp_path):
     proc = subprocess.Popen(_command(tmp_path), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -114,6 +114,7 @@ def _digest(path):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.glob("*.tar"))}
 
 
+@pytest.mark.slow(20)
 def test_deterministic_resumable_and_cli(tmp_path, qwen_tokenizer_dir):
     counts = [3, 4, 5, 6, 2, 7]
     ids = write_pool(tmp_path / "pool", counts, page_px=(56, 84))

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 _PROBE = r"""
@@ -81,6 +83,7 @@ def test_bare_import_touches_no_optional_library():
     assert result["loaded"] == []
 
 
+@pytest.mark.slow(30)
 def test_every_submodule_imports_without_gpu_libraries():
     result = _probe("all")
     assert len(result["names"]) > 5, result["names"]  # the walk really found the package's modules

@@ -48,6 +48,7 @@ def _run(args, nproc=1):
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow(35)
 def test_compare_passes_and_fails_by_tolerance(hf_dir, image, qwen_tokenizer_dir):
     args = ["--hf", str(hf_dir), "--tokenizer", str(qwen_tokenizer_dir), "--image", str(image), "--prompt", "What is on this page?"]
     ok = _run(args + ["--atol", "1e-4"])
@@ -63,7 +64,7 @@ def test_bad_input_is_one_line(tmp_path):
     assert bad.stderr.strip().count("\n") == 0 and "config.json" in bad.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow(30)
 def test_compare_at_tp2_pp2_under_torchrun(hf_dir, image, qwen_tokenizer_dir):
     args = ["--hf", str(hf_dir), "--tokenizer", str(qwen_tokenizer_dir), "--image", str(image), "--tp", "2", "--pp", "2",
             "--sequence-parallel", "--atol", "1e-4"]
