@@ -148,3 +148,33 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout_s: f
         rank = min(failures)
         raise RankFailed(f"rank {rank} failed:\n{failures[rank]}")
     return [results[r] for r in range(world_size)]
+
+
+def _tool_main(target: str, argv: list[str]) -> tuple[int, str, str]:
+    """``target``'s main(argv) in this rank: (exit status, stdout, stderr)."""
+    import contextlib
+    import importlib
+    import importlib.util
+    import io
+
+    if target.endswith(".py"):  # a script, relative to the repository
+        spec = importlib.util.spec_from_file_location(Path(target).stem, Path(REPO) / target)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module.main(argv)
+        except SystemExit as exc:  # argparse errors
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_tool(target: str, argv: list[str], world_size: int = 1, timeout_s: float = 300.0) -> list[tuple[int, str, str]]:
+    """A command's ``main(argv)`` (``target``: a script such as "tools/compare_hf.py", or a module such as
+    "megatron_vlm.train") as torchrun would run it on ``world_size`` ranks, but forked from the fork server,
+    whose torch and Megatron imports a new interpreter pays ~10 s of CPU for: (status, stdout, stderr) per
+    rank. What a script does under ``if __name__ == "__main__"`` beyond ``sys.exit(main())`` is not run."""
+    return run_distributed(_tool_main, world_size, target, list(argv), timeout_s=timeout_s)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.dist_utils import REPO, run_distributed
+from tests.dist_utils import REPO, run_distributed, run_tool
 
 TOKEN = {"image": 151655, "vision_start": 151652, "vision_end": 151653}
 
@@ -73,25 +73,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def _main_in_rank(args: list[str]) -> tuple[int, str]:
-    """The same CLI's main(argv) in a fresh rank process, whose imports the fork server already paid for."""
-    import contextlib
-    import importlib.util
-    import io
-
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", Path(REPO) / "tools" / "convert_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = module.main(args)
-    return code, err.getvalue()
-
-
 def _convert(*args: str) -> subprocess.CompletedProcess:
-    """Like _cli (same arguments, exit status and stderr), without a new interpreter per call."""
-    code, err = run_distributed(_main_in_rank, 1, list(args), timeout_s=300)[0]
-    return subprocess.CompletedProcess(["convert_checkpoint.py", *args], code, "", err)
+    """Like _cli (same arguments, exit status and stderr), the CLI's main() in a fork-server rank."""
+    code, out, err = run_tool("tools/convert_checkpoint.py", list(args))[0]
+    return subprocess.CompletedProcess(["convert_checkpoint.py", *args], code, out, err)
 
 
 def _assert_bit_identical(a_dir: Path, b_dir: Path) -> None:
@@ -220,8 +205,7 @@ def _refusals(hf_dir: str, tmp: str) -> dict:
 def test_round_trip_through_tp2_pp2_is_bit_identical(tmp_path, reference_dir, tied, layout):
     hf = make_hf_dir(tmp_path / "hf", tied, layout, reference_dir)
     mc = tmp_path / "mcore"
-    cli = _cli if tied else _convert  # one variant goes through a real interpreter start, the other in-process
-    r = cli("hf-to-mcore", "--hf", str(hf), "--output", str(mc), "--tp", "2", "--pp", "2")
+    r = _cli("hf-to-mcore", "--hf", str(hf), "--output", str(mc), "--tp", "2", "--pp", "2")
     assert r.returncode == 0, r.stderr[-2000:]
     resaved = tmp_path / "mcore-tp2pp2"
     resaved.mkdir()
