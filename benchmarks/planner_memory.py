@@ -72,11 +72,6 @@ def measure(case: dict) -> dict:
 
     torch.set_num_threads(1)
     initialize(ParallelLayout(tp=case["tp"]))
-    # The CPU compat layer's device rewrite is not active while full recompute reruns a layer in
-    # backward, where the local softmax builds its causal mask with device="cuda".
-    from megatron.core.fusions import fused_softmax
-
-    fused_softmax.get_default_causal_mask = lambda sq: torch.ones(sq, sq, dtype=torch.bool).triu(diagonal=1)
     recompute = {} if case["recompute"] == "none" else dict(
         recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1
     )
