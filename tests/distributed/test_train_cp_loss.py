@@ -23,9 +23,8 @@ import torch
 
 from tests.dist_utils import run_distributed
 from tests.shards_fixtures import (
+    build_shards,
     one_thread,  # noqa: F401  (autouse fixture)
-    write_pool,
-    write_records,
 )
 
 STEPS = 2
@@ -37,17 +36,14 @@ LENGTH_MULTIPLE = 32  # data.seq_length_multiple: a multiple of 2 x CP
 
 @pytest.fixture(scope="module")
 def image_shards(tmp_path_factory, qwen_tokenizer_dir):
-    from megatron_vlm.data.build import build
     from megatron_vlm.data.recipe import DataRecipe
 
     root = tmp_path_factory.mktemp("cp_img")
     rng = random.Random(3)
     counts = [rng.randint(1, 4) for _ in range(6)]
-    ids = write_pool(root / "pool", counts, page_px=(84, 168), docs_per_tar=6)
-    write_records(root / "qa", ids, counts)
     recipe = DataRecipe(tokenizer=str(qwen_tokenizer_dir), max_seq_length=SEQ, length_distribution="custom",
                         length_histogram={f"0-{SEQ + 1}": 1}, token_budget=2000, samples_per_shard=64)
-    build(root / "pool", root / "qa", recipe, root / "shards")
+    build_shards(root, counts, recipe, page_px=(84, 168), docs_per_tar=6)
     return root / "shards"
 
 

@@ -8,13 +8,11 @@ import random
 import pytest
 import torch
 
-from megatron_vlm.data.build import build
 from megatron_vlm.data.loader import PackedLoader, scan_shard
 from megatron_vlm.data.recipe import DataRecipe
 from tests.shards_fixtures import (
+    build_shards,
     one_thread,  # noqa: F401  (autouse fixture)
-    write_pool,
-    write_records,
 )
 
 
@@ -23,12 +21,10 @@ def shards(tmp_path_factory, qwen_tokenizer_dir):
     root = tmp_path_factory.mktemp("ld")
     rng = random.Random(3)
     counts = [rng.randint(1, 6) for _ in range(14)]
-    ids = write_pool(root / "pool", counts, page_px=(84, 140), docs_per_tar=5)
-    write_records(root / "qa", ids, counts)
     recipe = DataRecipe(tokenizer=str(qwen_tokenizer_dir), max_seq_length=512, length_distribution="custom",
                         length_histogram={"0-513": 1}, token_budget=10**9, samples_per_shard=7)
     recipe.token_budget = 42 * 150  # about one pass over the 42 records
-    index = build(root / "pool", root / "qa", recipe, root / "shards")
+    index = build_shards(root, counts, recipe, page_px=(84, 140), docs_per_tar=5)
     return root / "shards", index
 
 

@@ -9,20 +9,17 @@ import pytest
 from PIL import Image
 
 from megatron_vlm.data import stats
-from megatron_vlm.data.build import build
 from megatron_vlm.data.recipe import DataRecipe
-from tests.shards_fixtures import write_pool, write_records
+from tests.shards_fixtures import build_shards
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, qwen_tokenizer_dir):
     root = tmp_path_factory.mktemp("st")
     counts = [2, 3, 4, 5, 6, 7, 8, 9, 13]  # 13 pages (~33K tokens) lies outside the histogram
-    ids = write_pool(root / "pool", counts, page_px=(1584, 1224), image_px=(28, 28))
-    write_records(root / "qa", ids, counts)
     recipe = DataRecipe(tokenizer=str(qwen_tokenizer_dir), length_distribution="custom",
                         length_histogram={"0-10000": 1, "10000-30000": 3}, token_budget=2_000_000, samples_per_shard=20)
-    build(root / "pool", root / "qa", recipe, root / "out")
+    build_shards(root, counts, recipe, image_px=(28, 28), out="out")
     return root / "out"
 
 
