@@ -12,7 +12,11 @@ opens each PDF and calls `page.get_pixmap(dpi=DPI)` on every page and nothing el
 issue #5: pool <= 1.3x). Beside it, two baselines that also store the page: "render+png" adds
 pymupdf's own `pix.tobytes("png")`, "render+encode" adds the pool's encoder (pdf._encode). "pool"
 is the whole stage: hash, validate, render, encode, text and layout blocks, tables, token counts,
-tar and manifest writing, with --workers 1 and OCR off. Each side runs --repeat times,
+tar and manifest writing, with --workers 1 and OCR off. "pool-no-image" is the floor under it:
+pdf.process_pdf on every input with the image encoder replaced by a no-op, i.e. the render plus
+the text, layout and table work the issue requires, with no image stored, no tar and no manifest.
+"render+text" is the least plain pymupdf can do for a page's image and its text with fonts: one
+display list, rendered, and read into a text dict (pymupdf's `extractDICT`), nothing else. Each side runs --repeat times,
 interleaved, and the best time counts. Times are CPU seconds of this process (time.process_time:
 the cost per core, and much less disturbed by other work on a shared machine than wall time,
 which is printed too). --profile N prints the N most expensive functions
@@ -28,13 +32,14 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pymupdf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_vlm.data import pool  # noqa: E402
+from megatron_vlm.data import pdf, pool  # noqa: E402
 from megatron_vlm.data.pdf import PdfSettings, _encode  # noqa: E402
 from megatron_vlm.data.sample_pdfs import make_corpus  # noqa: E402
 
@@ -87,6 +92,33 @@ def make_scans(out: Path, docs: int, pages: tuple[int, int], seed: int = 0) -> N
         doc.save(out / f"scan-{d:03d}.pdf")
 
 
+def render_and_read(paths: list[Path], dpi: int) -> tuple[int, tuple[float, float]]:
+    """Pages and (CPU, wall) seconds to render each page and read its text dict from one display list."""
+    zoom, start, pages = pymupdf.Matrix(dpi / 72, dpi / 72), clock(), 0
+    for path in paths:
+        with pymupdf.open(path) as doc:
+            for page in doc:
+                display_list = page.get_displaylist()
+                display_list.get_pixmap(matrix=zoom, alpha=False)
+                text = pymupdf.TextPage(display_list.get_textpage(pdf.TEXT_FLAGS))
+                text.parent = page
+                text.extractDICT()
+                pages += 1
+    return pages, since(start)
+
+
+def pages_without_image(paths: list[Path], settings: PdfSettings) -> tuple[int, tuple[float, float]]:
+    """process_pdf on every input with the encoder swapped for a no-op: the pool's cost floor without storing images."""
+    real, pdf._encode = pdf._encode, lambda pix, settings: b""
+    try:
+        start, pages = clock(), 0
+        for path in paths:
+            pages += len(pdf.process_pdf(path.read_bytes(), settings, sink=lambda i, image: None)[0])
+        return pages, since(start)
+    finally:
+        pdf._encode = real
+
+
 def run_pool(inp: Path, out: Path, args) -> tuple[int, tuple[float, float]]:
     parser = argparse.ArgumentParser()
     pool.add_arguments(parser)
@@ -126,13 +158,17 @@ def main() -> int:
                 make_scans(inp, args.docs, tuple(args.pages))
         paths = [p for _, p in pool.list_inputs(inp)]
         render(paths[:1], args.dpi)  # warm up
-        best = {name: float("inf") for name in [*sides, "pool"]}
+        best = {name: float("inf") for name in [*sides, "render+text", "pool-no-image", "pool"]}
         wall = dict(best)
         pages = {}
         for r in range(args.repeat):
             for name, store in sides.items():
                 pages[name], (t, w) = render(paths, args.dpi, store)
                 best[name], wall[name] = min(best[name], t), min(wall[name], w)
+            pages["render+text"], (t, w) = render_and_read(paths, args.dpi)
+            best["render+text"], wall["render+text"] = min(best["render+text"], t), min(wall["render+text"], w)
+            pages["pool-no-image"], (t, w) = pages_without_image(paths, replace(settings, ocr=False))
+            best["pool-no-image"], wall["pool-no-image"] = min(best["pool-no-image"], t), min(wall["pool-no-image"], w)
             pages["pool"], (t, w) = run_pool(inp, tmp / f"pool{r}", args)
             best["pool"], wall["pool"] = min(best["pool"], t), min(wall["pool"], w)
         if args.profile:
@@ -146,6 +182,8 @@ def main() -> int:
         print(f"  {name:<14} {n / t:8.1f} pages/s per core  ({t * 1000 / n:6.2f} ms/page)  pool / {name} = {best['pool'] / t:5.2f}x"
               f"   [wall {wall[name] * 1000 / n:6.2f} ms/page]")
     print(f"pool / render (bare page.get_pixmap at {args.dpi} DPI) = {best['pool'] / best['render']:.2f}x (goal <= 1.3x)")
+    print(f"floors: render+text / render = {best['render+text'] / best['render']:.2f}x (plain pymupdf: render and text dict), "
+          f"pool-no-image / render = {best['pool-no-image'] / best['render']:.2f}x (the pool storing no image)")
     if args.profile:
         print(f"\none more pool run under cProfile ({args.profile} functions with the most own time; profiling slows it):")
         pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile)

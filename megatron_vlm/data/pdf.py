@@ -10,9 +10,10 @@ or bold and short), list (bullet or enumerator), caption ("Table 3:", "Figure 2.
 Ruled tables are found from the page's vector lines (a grid of horizontal and vertical rules) and
 become one `table` block with its cells; their words leave the text blocks. Reading order is
 top-to-bottom, and where blocks sit side by side in two columns, the left column first. This is
-deliberately cheaper than pymupdf's `find_tables` (~0.3 s/page) so the pool costs about what
-rendering costs. Pages with (almost) no text but large images are OCRed with Tesseract through
-pymupdf when `tesseract` is installed and marked `ocr: "missing"` otherwise.
+deliberately cheaper than pymupdf's `find_tables` (~0.3 s/page): under half a millisecond, and
+skipped on pages that paint no vector path. Pages with (almost) no text but large images are
+OCRed with Tesseract through pymupdf when `tesseract` is installed and marked `ocr: "missing"`
+otherwise.
 """
 
 from __future__ import annotations
@@ -390,6 +391,106 @@ def png_bytes(pixels) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", z.compress(rows, 1)) + chunk(b"IEND", b"")
 
 
+@lru_cache(maxsize=1)
+def _paint_probe():
+    """The class of a MuPDF device that only listens to painting. It records whether any vector
+    path is painted (no path: no ruled table to look for) and whether every paint is grey-safe: black or white in a grey or RGB colour space, and images in a grey colour space.
+    These give the same bytes in a grey and an RGB render; mid greys do not (anti-aliased edges of
+    0.4 grey text differ by one level, measured in tests/unit/test_pdf.py), so they, like other
+    colours, shadings, images in other colour spaces and Type3 glyphs (whose
+    procedures may paint in colour, an error) leaves the page "not proven grey". Clips, groups and
+    masks paint nothing of their own. MuPDF prints and swallows exceptions raised in callbacks, so
+    each callback catches its own. None when this pymupdf lacks the low-level device API.
+    """
+    m = pymupdf.mupdf
+    if not all(hasattr(m, name) for name in ("FzDevice2", "floats_getitem", "ll_fz_font_t3_procs")):
+        return None
+
+    class PaintProbe(m.FzDevice2):
+        def __init__(self):
+            super().__init__()
+            self.grey, self.paths = True, False
+            for name in ("fill_path", "stroke_path", "fill_text", "stroke_text", "fill_shade", "fill_image", "fill_image_mask"):
+                getattr(self, "use_virtual_" + name)()
+
+        def _colour(self, colorspace, color):
+            try:
+                if self.grey:
+                    v = m.floats_getitem(color, 0)
+                    if m.ll_fz_colorspace_is_gray(colorspace):
+                        self.grey = v in (0.0, 1.0)
+                    else:
+                        self.grey = (bool(m.ll_fz_colorspace_is_rgb(colorspace)) and v in (0.0, 1.0)
+                                     and m.floats_getitem(color, 1) == v == m.floats_getitem(color, 2))
+            except Exception:
+                self.grey = False
+
+        def _text(self, text, colorspace, color):
+            try:
+                span = text.head if self.grey else None
+                while span is not None and self.grey:
+                    self.grey = m.ll_fz_font_t3_procs(span.font) is None
+                    span = span.next
+            except Exception:
+                self.grey = False
+            self._colour(colorspace, color)
+
+        def fill_path(self, ctx, path, even_odd, ctm, colorspace, color, alpha, color_params):
+            self.paths = True
+            self._colour(colorspace, color)
+
+        def stroke_path(self, ctx, path, stroke, ctm, colorspace, color, alpha, color_params):
+            self.paths = True
+            self._colour(colorspace, color)
+
+        def fill_text(self, ctx, text, ctm, colorspace, color, alpha, color_params):
+            self._text(text, colorspace, color)
+
+        def stroke_text(self, ctx, text, stroke, ctm, colorspace, color, alpha, color_params):
+            self._text(text, colorspace, color)
+
+        def fill_shade(self, ctx, shade, ctm, alpha, color_params):
+            self.grey = False
+
+        def fill_image(self, ctx, image, ctm, alpha, color_params):
+            try:
+                self.grey = self.grey and bool(m.ll_fz_colorspace_is_gray(image.colorspace))
+            except Exception:
+                self.grey = False
+
+        def fill_image_mask(self, ctx, image, ctm, colorspace, color, alpha, color_params):
+            self._colour(colorspace, color)
+
+    return PaintProbe
+
+
+@dataclass(frozen=True)
+class Paints:
+    grey: bool  # every paint is grey-safe: the RGB render has R == G == B, and a grey render gives those values
+    paths: bool  # some vector path is painted (True when unknown)
+
+
+def probe_paints(display_list: pymupdf.DisplayList) -> Paints:
+    """What a page paints (see _paint_probe), from its display list; the safe answer whenever unsure."""
+    m, probe_class = pymupdf.mupdf, _paint_probe()
+    if probe_class is None:
+        return Paints(grey=False, paths=True)
+    try:
+        probe = probe_class()
+        m.fz_run_display_list(display_list.this, probe, m.FzMatrix(), m.FzRect(m.FzRect.Fixed_INFINITE), m.FzCookie())
+        m.fz_close_device(probe)
+    except Exception:
+        return Paints(grey=False, paths=True)
+    return Paints(grey=probe.grey, paths=probe.paths)
+
+
+def render(display_list: pymupdf.DisplayList, dpi: int, grey: bool) -> pymupdf.Pixmap:
+    """The page at `dpi` with the pixels of page.get_pixmap(dpi=dpi); drawn straight in grey when
+    `grey` (Paints.grey: a third of the memory to fill, no colour check afterwards), else in RGB."""
+    zoom = pymupdf.Matrix(dpi / 72, dpi / 72)  # what page.get_pixmap(dpi=...) uses
+    return display_list.get_pixmap(matrix=zoom, colorspace=pymupdf.csGRAY if grey else pymupdf.csRGB, alpha=False)
+
+
 def _encode(pix: pymupdf.Pixmap, settings: PdfSettings) -> bytes:
     """PNG (see png_bytes) or JPEG (Pillow); a page with no colour is stored as 8-bit grey.
 
@@ -469,13 +570,13 @@ def process_pdf(data: bytes, settings: PdfSettings = PdfSettings(), sink=None) -
     doc = open_pdf(data, settings)
     try:
         _check_sizes(doc, settings)
-        zoom = pymupdf.Matrix(settings.dpi / 72, settings.dpi / 72)  # what page.get_pixmap(dpi=...) uses
         sizes: Counter = Counter()
         pages, layouts, images = [], [], []
         for i, page in enumerate(doc):
             try:
                 display_list = page.get_displaylist()
-                pix = display_list.get_pixmap(matrix=zoom, alpha=False)
+                paints = probe_paints(display_list)
+                pix = render(display_list, settings.dpi, paints.grey)
                 image = _encode(pix, settings)
             except Exception as e:
                 raise PdfError(f"page {i}: cannot render ({type(e).__name__}: {e})") from None
@@ -483,7 +584,8 @@ def process_pdf(data: bytes, settings: PdfSettings = PdfSettings(), sink=None) -
             del display_list
             if i < BODY_SAMPLE:
                 count_font_sizes(by_size, sizes)
-            layouts.append((*page_layout(td, tp, find_grid_tables(page)), page.rect.width))
+            tables = find_grid_tables(page) if paints.paths else []
+            layouts.append((*page_layout(td, tp, tables), page.rect.width))
             del td, tp
             h, w = pix.height, pix.width
             pages.append({

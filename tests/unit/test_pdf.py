@@ -197,3 +197,114 @@ def test_png_writer_round_trips_through_pillow():
     strided = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)[..., 1]  # a channel view, as the pool passes
     with Image.open(BytesIO(png_bytes(strided))) as im:
         assert np.array_equal(np.asarray(im), strided)
+
+
+def _paint_kinds_pdf() -> tuple[bytes, list[tuple[str, bool]]]:
+    """One page per way of painting: (name, whether the grey probe can prove it grey)."""
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    def png(mode: str, pixels) -> bytes:
+        buf = BytesIO()
+        Image.fromarray(pixels, mode).save(buf, "PNG")
+        return buf.getvalue()
+
+    ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))
+    doc, kinds = pymupdf.open(), []
+
+    def page(name: str, provable: bool):
+        kinds.append((name, provable))
+        p = doc.new_page(width=300, height=200)
+        p.insert_text((20, 30), f"Page painted with {name}", fontsize=11, color=(0,))  # DeviceGray black
+        return p
+
+    p = page("DeviceGray black and white", True)
+    p.insert_text((20, 80), "grey black text", fontsize=17, color=(0,))
+    p.draw_rect(pymupdf.Rect(20.3, 100.3, 180.7, 150.7), color=(0,), fill=(1,), width=1.3)
+    p = page("DeviceGray mid grey", False)
+    p.insert_text((20, 80), "grey 0.4 text", fontsize=17, color=(0.4,))
+    p.draw_rect(pymupdf.Rect(20.3, 100.3, 180.7, 150.7), color=(0.2,), fill=(0.75,), width=1.3)
+    p = page("RGB black and white", True)
+    p.insert_text((20, 80), "rgb black text", fontsize=17, color=(0, 0, 0))
+    p.draw_rect(pymupdf.Rect(20.3, 100.3, 180.7, 150.7), color=(0, 0, 0), fill=(1, 1, 1), width=0.7)
+    p = page("a grey image", True)
+    p.insert_image(pymupdf.Rect(30.2, 60.1, 250.3, 170.9), stream=png("L", ramp))
+    page("RGB mid grey", False).insert_text((20, 80), "rgb 0.4 grey", fontsize=17, color=(0.4, 0.4, 0.4))
+    page("CMYK black", False).insert_text((20, 80), "cmyk black", fontsize=17, color=(0, 0, 0, 1))
+    page("an RGB image of grey pixels", False).insert_image(pymupdf.Rect(30, 60, 250, 170), stream=png("RGB", np.repeat(ramp[..., None], 3, 2)))
+    page("red text", False).insert_text((20, 80), "red", fontsize=17, color=(1, 0, 0))
+    page("a highlight annotation", False).add_highlight_annot(pymupdf.Rect(18, 18, 200, 34))
+    # a grey axial shading, painted with `sh`, and a Type3 font whose glyph (d0) paints itself red
+    shading = doc.get_new_xref()
+    doc.update_object(shading, "<< /ShadingType 2 /ColorSpace /DeviceGray /Coords [20 0 280 0] "
+                               "/Function << /FunctionType 2 /Domain [0 1] /C0 [0] /C1 [1] /N 1 >> >>")
+    glyph = doc.get_new_xref()
+    doc.update_object(glyph, "<< >>")
+    doc.update_stream(glyph, b"1000 0 d0 1 0 0 rg 0 0 800 800 re f")
+    font = doc.get_new_xref()
+    doc.update_object(font, f"<< /Type /Font /Subtype /Type3 /FontBBox [0 0 1000 1000] /FontMatrix [0.001 0 0 0.001 0 0] "
+                            f"/CharProcs << /box {glyph} 0 R >> /Encoding << /Type /Encoding /Differences [97 /box] >> "
+                            f"/FirstChar 97 /LastChar 97 /Widths [1000] /Resources << >> >>")
+    for name, content, resources in [
+        ("a grey shading", b"q 20 50 260 120 re W n /Sh1 sh Q", f"<< /Shading << /Sh1 {shading} 0 R >> >>"),
+        ("a colour Type3 glyph", b"BT 0 g /T3 40 Tf 100 80 Td (aa) Tj ET", f"<< /Font << /T3 {font} 0 R >> >>"),
+    ]:
+        kinds.append((name, False))
+        p = doc.new_page(width=300, height=200)
+        doc.xref_set_key(p.xref, "Resources", resources)
+        contents = doc.get_new_xref()
+        doc.update_object(contents, "<< >>")
+        doc.update_stream(contents, content)
+        doc.xref_set_key(p.xref, "Contents", f"{contents} 0 R")
+    return doc.tobytes(), kinds
+
+
+def test_grey_pages_are_drawn_grey_only_when_proven_and_keep_their_pixels():
+    """Pages that only paint grey-safe colours are rendered straight in grey; every other page goes
+    through RGB. Either way the stored image is exactly pymupdf's own RGB render of the page, in
+    grey (mode L) exactly when that render has R == G == B everywhere."""
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    from megatron_vlm.data.pdf import probe_paints
+
+    data, kinds = _paint_kinds_pdf()
+    pages, images = process_pdf(data, NO_OCR)
+    ref = pymupdf.open(stream=data)
+    assert len(images) == len(kinds) == ref.page_count
+    modes = Counter()
+    for (name, provable), image, ref_page in zip(kinds, images, ref):
+        assert probe_paints(ref_page.get_displaylist()).grey is provable, name
+        pix = ref_page.get_pixmap(dpi=144)
+        rgb = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, 3)
+        mode = "L" if (rgb == rgb[..., :1]).all() else "RGB"
+        assert mode == "L" or not provable, name
+        modes[mode, provable] += 1
+        with Image.open(BytesIO(image)) as im:
+            assert (im.mode, im.size) == (mode, (pix.width, pix.height)), name
+            assert im.convert("RGB").tobytes() == pix.samples, name
+    # grey pages proven by the probe, grey pages found by the pixel check, and colour pages
+    assert modes == {("L", True): 3, ("L", False): 2, ("RGB", False): 6}, modes
+
+
+def test_pages_said_to_paint_no_path_have_no_drawings(corpus):
+    """Ruled tables are only looked for where the probe saw a path; pymupdf's get_cdrawings, read
+    independently, must find nothing on every page the probe calls path-free."""
+    from megatron_vlm.data.pdf import probe_paints
+
+    data, _ = _paint_kinds_pdf()
+    docs = [pymupdf.open(spec.path) for spec, _ in corpus] + [pymupdf.open(stream=data)]
+    seen = Counter()
+    for doc in docs:
+        for page in doc:
+            paths = probe_paints(page.get_displaylist()).paths
+            seen[paths] += 1
+            assert paths or not page.get_cdrawings(), (doc.name, page.number)
+    assert seen[True] and seen[False], seen
+    # and a table page keeps its table block
+    spec, (pages, _) = next((s, r) for s, r in corpus if any(p.table for p in s.pages))
+    assert any(b["kind"] == "table" for p in pages for b in p["blocks"])
