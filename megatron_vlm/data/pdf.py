@@ -393,14 +393,18 @@ def png_bytes(pixels) -> bytes:
 
 @lru_cache(maxsize=1)
 def _paint_probe():
-    """The class of a MuPDF device that only listens to painting. It records whether any vector
-    path is painted (no path: no ruled table to look for) and whether every paint is grey-safe: black or white in a grey or RGB colour space, and images in a grey colour space.
-    These give the same bytes in a grey and an RGB render; mid greys do not (anti-aliased edges of
-    0.4 grey text differ by one level, measured in tests/unit/test_pdf.py), so they, like other
-    colours, shadings, images in other colour spaces and Type3 glyphs (whose
-    procedures may paint in colour, an error) leaves the page "not proven grey". Clips, groups and
-    masks paint nothing of their own. MuPDF prints and swallows exceptions raised in callbacks, so
-    each callback catches its own. None when this pymupdf lacks the low-level device API.
+    """The class of a MuPDF device that only listens to painting, or None when this pymupdf lacks
+    the low-level device API. It records two things about a page:
+
+    - paths: whether any vector path is painted (without one there is no ruled table to look for);
+    - grey: whether every paint is grey-safe, i.e. black or white in a grey or RGB colour space, or
+      an image in a grey colour space. Those give the same bytes in a grey and in an RGB render.
+      Mid greys do not (anti-aliased edges of 0.4 grey text differ by one level; see
+      tests/unit/test_pdf.py), so they, other colours, shadings, images in other colour spaces and
+      Type3 glyphs (whose procedures may paint in colour) all leave the page unproven.
+
+    Clips, groups and masks paint nothing of their own. MuPDF prints and swallows exceptions raised
+    in callbacks, so each callback catches its own and answers "not grey".
     """
     m = pymupdf.mupdf
     if not all(hasattr(m, name) for name in ("FzDevice2", "floats_getitem", "ll_fz_font_t3_procs")):
