@@ -120,12 +120,8 @@ def pages_without_image(paths: list[Path], settings: PdfSettings) -> tuple[int, 
 
 
 def run_pool(inp: Path, out: Path, args) -> tuple[int, tuple[float, float]]:
-    parser = argparse.ArgumentParser()
-    pool.add_arguments(parser)
-    pa = parser.parse_args(["--input", str(inp), "--output", str(out), "--dpi", str(args.dpi), "--image-format", args.image_format,
-                            "--no-ocr", "--quiet", "--workers", "1"])
     start = clock()
-    counts = pool.run(pa)
+    counts = pool.build_pool(inp, out, dpi=args.dpi, image_format=args.image_format, no_ocr=True, workers=1)
     return counts["pages"], since(start)
 
 

@@ -28,7 +28,6 @@ How a run goes, and why:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -44,6 +43,7 @@ from pathlib import Path
 
 from megatron_vlm.data import image_rule
 from megatron_vlm.data.pdf import PdfError, PdfSettings, process_pdf
+from megatron_vlm.utils.cli import stage_args
 
 POOL_VERSION = 1
 
@@ -378,14 +378,7 @@ def build_pool(input_path: str | Path, output: str | Path, quiet: bool = True, *
         from megatron_vlm.data.sample_pdfs import make_corpus
         make_corpus("pdfs", n_docs=4, pages=(10, 14)); build_pool("pdfs", "pool", no_ocr=True)
     """
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--input", str(input_path), "--output", str(output)])
-    for key, value in {**options, "quiet": quiet}.items():
-        if not hasattr(args, key):
-            raise TypeError(f"build_pool() got an unknown option {key!r}")
-        setattr(args, key, value)
-    return run(args)
+    return run(stage_args(add_arguments, ["--input", str(input_path), "--output", str(output)], {**options, "quiet": quiet}, "build_pool"))
 
 
 def merge_manifests(out: Path, num_shards: int) -> Path | None:

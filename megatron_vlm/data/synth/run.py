@@ -14,7 +14,6 @@ The same pool, arguments and seed give byte-identical outputs with the template 
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -27,6 +26,7 @@ from megatron_vlm.data.pool import dumps_sorted, iter_documents, read_manifest, 
 from megatron_vlm.data.synth import tasks as T
 from megatron_vlm.data.synth.teachers import Answer, Job, make_teacher
 from megatron_vlm.data.synth.validation import Validator
+from megatron_vlm.utils.cli import stage_args
 
 
 def add_arguments(parser) -> None:
@@ -163,14 +163,7 @@ def run(args) -> dict:
 
 def synthesize(pool_dir: str | Path, output: str | Path, quiet: bool = True, **options) -> dict:
     """The synth stage from Python; options are the CLI flags, e.g. teacher="template", segment_pages=(3, 5)."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--pool", str(pool_dir), "--output", str(output)])
-    for key, value in {**options, "quiet": quiet}.items():
-        if not hasattr(args, key):
-            raise TypeError(f"synthesize() got an unknown option {key!r}")
-        setattr(args, key, value)
-    return run(args)
+    return run(stage_args(add_arguments, ["--pool", str(pool_dir), "--output", str(output)], {**options, "quiet": quiet}, "synthesize"))
 
 
 def main(args) -> int:
