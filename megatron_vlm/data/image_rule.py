@@ -16,7 +16,7 @@ MERGE_SIZE = 2
 TEMPORAL_PATCH_SIZE = 2
 FACTOR = PATCH_SIZE * MERGE_SIZE  # 28
 MIN_PIXELS = 56 * 56  # 3136, Qwen2.5-VL preprocessor_config.json
-MAX_PIXELS = 28 * 28 * 1280 * 2 * 5  # 12,845,056, Qwen2.5-VL preprocessor_config.json
+MAX_PIXELS = 28 * 28 * 16384  # 12,845,056, Qwen2.5-VL preprocessor_config.json
 MAX_ASPECT_RATIO = 200
 
 

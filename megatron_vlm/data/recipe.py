@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megatron_vlm.data import image_rule
+
 LENGTH_DISTRIBUTIONS = ("pool-native", "long-biased", "custom")
 TASKS = ("extract-single", "extract-multi", "reasoning", "ocr-full", "ocr-needle")
 SHORT_TASK = "short"
@@ -48,10 +50,10 @@ class DataRecipe:
     """Tokens the built shards should hold in total (sample tokens, before packing)."""
     seed: int = 1234
     """Seed for every random choice in build and loader."""
-    min_pixels: int = 56 * 56
-    """Image resize rule: smallest area (Qwen2.5-VL preprocessor_config.json)."""
-    max_pixels: int = 28 * 28 * 1280 * 2 * 5
-    """Image resize rule: largest area."""
+    min_pixels: int = image_rule.MIN_PIXELS
+    """Image resize rule: smallest area (3,136, Qwen2.5-VL preprocessor_config.json)."""
+    max_pixels: int = image_rule.MAX_PIXELS
+    """Image resize rule: largest area (12,845,056 = 28*28*16384, Qwen2.5-VL preprocessor_config.json)."""
     samples_per_shard: int = 64
     """Training instances per shard tar."""
     num_workers: int = 2

@@ -59,3 +59,27 @@ def test_pixels_and_grid_equal_hf(h, w, mode, fmt, max_pixels):
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown image backend"):
         process_images([_encoded(28, 28, "RGB", "PNG", 0)], backend="cv2")
+
+
+def test_default_rule_is_qwen2_5_vl_published_config(reference_dir):
+    """An image of 11.2M pixels (above the old 10,035,200 cap, below Qwen2.5-VL's 12,845,056) keeps
+    its size: our default rule, the pool's and the recipe's defaults give what HF's
+    Qwen2VLImageProcessor built from the published preprocessor_config.json gives."""
+    import json
+    from dataclasses import fields
+
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from megatron_vlm.data.pdf import PdfSettings
+    from megatron_vlm.data.recipe import DataRecipe
+
+    config = json.loads((reference_dir / "hf_configs/Qwen2.5-VL-7B-Instruct/preprocessor_config.json").read_text())
+    hf = Qwen2VLImageProcessorPil(min_pixels=config["min_pixels"], max_pixels=config["max_pixels"])
+    h, w = 3584, 3136  # 11,239,424 pixels, multiples of 28
+    image = Image.new("L", (w, h), 200)
+    ref_grid = [int(x) for x in hf(images=[image], return_tensors="pt")["image_grid_thw"][0]]
+    assert ref_grid == [1, h // 14, w // 14]  # HF does not shrink it
+    assert image_token_count(h, w) == (h // 28) * (w // 28) == ref_grid[1] * ref_grid[2] // 4
+    defaults = {f.name: f.default for f in fields(DataRecipe)} | {"pool": PdfSettings().max_pixels}
+    assert defaults["max_pixels"] == defaults["pool"] == config["max_pixels"]
+    assert defaults["min_pixels"] == config["min_pixels"]
