@@ -12,6 +12,12 @@ special.
 - ``ntk_scaled_theta``: the Dynamic-NTK base rule LongPT uses to go 1e6 -> 4e6 (s=4, d=128).
 - YaRN: per-frequency blend of interpolation and extrapolation (HF's ``_compute_yarn_parameters``)
   plus the attention factor, which scales q and k alike, so we fold its square into the softmax scale.
+
+Precision. Frequencies and angles are float32 whatever the model's dtype, as HF and vLLM compute
+them at inference. They are therefore never a registered buffer: Megatron's ``Float16Module``
+calls ``.bfloat16()`` on the model, which casts every floating buffer, and bf16 frequencies (8
+significant bits) put the phase off by radians at 128K positions. ``MRopeEmbedding`` keeps them
+as a plain attribute (``inv_freq``, float32) and moves them to the ids' device when used.
 """
 
 from __future__ import annotations
@@ -75,12 +81,15 @@ class MRopeEmbedding(nn.Module):
             inv, self.attention_factor = default_inv_freq(head_dim, theta), 1.0
         else:
             raise ValueError(f"unknown rope scaling {scaling.type!r}")
-        self.register_buffer("inv_freq", inv, persistent=False)
+        # A plain attribute, not a buffer, so that module casts (Float16Module's .bfloat16()) leave it float32.
+        self.inv_freq = inv.float()
         self.mrope_section = list(mrope_section)
 
     def forward(self, position_ids: torch.Tensor, mrope_section=None, cp_group=None) -> torch.Tensor:
-        """Angles [S, B, 1, head_dim] for ids [3, B, S] (``mrope_section``/``cp_group`` are ignored)."""
-        angles = position_ids.to(self.inv_freq.device).float()[..., None] * self.inv_freq.float()  # [3, B, S, d/2]
+        """Angles [S, B, 1, head_dim] (float32) for ids [3, B, S] (``mrope_section``/``cp_group`` are ignored)."""
+        if self.inv_freq.device != position_ids.device:
+            self.inv_freq = self.inv_freq.to(position_ids.device)  # moved once, stays float32
+        angles = position_ids.float()[..., None] * self.inv_freq  # [3, B, S, d/2], float32
         axis = torch.cat([torch.full((n,), i % 3) for i, n in enumerate(self.mrope_section)]).to(angles.device)
         picked = angles.gather(0, axis.view(1, 1, 1, -1).expand(1, *angles.shape[1:])).squeeze(0)  # [B, S, d/2]
         emb = torch.cat([picked, picked], dim=-1)

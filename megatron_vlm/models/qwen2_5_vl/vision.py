@@ -125,6 +125,11 @@ class VisionTransformer(MegatronModule):
                 out.update(sharded_state_dict_default(child, f"{prefix}{name}.", sharded_offsets, metadata, tp_group))
         return out
 
+    def rope_angles(self, grid_thw: torch.Tensor) -> torch.Tensor:
+        """2D rope angles [N, head_dim] (float32, whatever the tower's dtype) of the patches, input order."""
+        v = self.vision
+        return vision_rope_freqs(grid_thw, v.head_dim, v.spatial_merge_size, v.rope_theta)
+
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Embeddings [P / merge^2, out_hidden] for patches [P, patch_dim] of the images in ``grid_thw``."""
         v = self.vision
@@ -137,7 +142,7 @@ class VisionTransformer(MegatronModule):
         order, cu_window = window_order(grid_thw, v.spatial_merge_size, v.window_size // v.spatial_merge_size // v.patch_size)
         order = order.to(x.device)
         x = x.view(n // unit, unit, -1)[order].reshape(n, 1, -1)
-        freqs = vision_rope_freqs(grid_thw, v.head_dim, v.spatial_merge_size, v.rope_theta).to(x.device)
+        freqs = self.rope_angles(grid_thw).to(x.device)
         freqs = freqs.view(n // unit, unit, -1)[order].reshape(n, 1, 1, -1)
         windows = packed_seq_params(cu_window.to(x.device))
         frames = packed_seq_params(frame_cu_seqlens(grid_thw).to(x.device))
