@@ -8,8 +8,10 @@ token) is contiguous, each patch repeated over the temporal patch size 2. One ro
 3 * 2 * 14 * 14 = 1176 values.
 
 Two decode/resize backends sit behind ``backend=``: ``"pil"`` (CPU, default, everywhere) and
-``"dali"`` (NVIDIA DALI: GPU JPEG/PNG decode and resize), imported only when asked for. Both hand
-uint8 HWC pixels to the same normalise/patchify step.
+``"dali"`` (NVIDIA DALI: GPU JPEG/PNG decode and resize on the rank's GPU, ``image_dali``), imported
+only when asked for. Both hand uint8 HWC pixels to the same normalise/patchify step. A failure of
+the backend itself raises ``ImageBackendError`` (fatal in the loader); any other exception is
+about the image (a bad sample).
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 PATCH_DIM = 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE * PATCH_SIZE  # 1176
 BACKENDS = ("pil", "dali")
+
+
+class ImageBackendError(RuntimeError):
+    """The image backend itself failed (not installed, no GPU, a pipeline that cannot build or run),
+    as opposed to one bad image. The loader stops on it with this message; every other exception
+    from decoding is a bad sample, counted and skipped."""
 
 
 class RowCountMismatch(ValueError):
@@ -77,29 +85,18 @@ def decode_resize_pil(data: bytes, min_pixels: int = MIN_PIXELS, max_pixels: int
 
 
 def decode_resize_dali(
-    datas: list[bytes], min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, device_id: int = 0
+    datas: list[bytes], min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, device_id: int | None = None
 ) -> list[np.ndarray]:
     """Decode and resize on the GPU with NVIDIA DALI; returns uint8 [H, W, 3] arrays like the PIL path.
 
     Sizes come from each image's header, so the output size is exactly the PIL path's; pixel values
-    agree with PIL's bicubic to within the resize's rounding. Needs ``nvidia.dali`` and a GPU.
+    agree with PIL's bicubic to within the resize's rounding. ``device_id``: this rank's GPU
+    (default ``image_dali.rank_device()``). Pipelines, devices and failures: ``image_dali``.
     """
-    from nvidia.dali import fn, pipeline_def, types  # noqa: F401 - optional dependency, imported lazily
+    from megatron_vlm.data.image_dali import decode_resize_to
 
     sizes = [smart_resize(*_header_size(d), min_pixels=min_pixels, max_pixels=max_pixels) for d in datas]
-
-    @pipeline_def(batch_size=len(datas), num_threads=2, device_id=device_id)
-    def pipe():
-        encoded = fn.external_source(source=lambda: [np.frombuffer(d, dtype=np.uint8) for d in datas], batch=True)
-        out_h = fn.external_source(source=lambda: [np.float32(h) for h, _ in sizes], batch=True)
-        out_w = fn.external_source(source=lambda: [np.float32(w) for _, w in sizes], batch=True)
-        images = fn.decoders.image(encoded, device="mixed", output_type=types.RGB)
-        return fn.resize(images, resize_x=out_w, resize_y=out_h, interp_type=types.INTERP_CUBIC, antialias=True)
-
-    p = pipe()
-    p.build()
-    (out,) = p.run()
-    return [np.asarray(out.as_cpu().at(i)) for i in range(len(datas))]
+    return decode_resize_to(datas, sizes, device_id)
 
 
 def _header_size(data: bytes) -> tuple[int, int]:
@@ -145,15 +142,18 @@ def process_images(
     max_pixels: int = MAX_PIXELS,
     dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
+    device_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoded images -> (pixel_values [P, 1176], image_grid_thw [n, 3] int64), as Qwen's processor gives.
 
     With ``out`` (float32 [P, 1176], P known in advance) the rows are written into it and it is returned.
+    ``device_id``: the GPU of the ``dali`` backend. A broken backend raises ``ImageBackendError``;
+    anything else raised is about the images.
     """
     if backend == "pil":
         arrays = [decode_resize_pil(d, min_pixels, max_pixels) for d in datas]
     elif backend == "dali":
-        arrays = decode_resize_dali(datas, min_pixels, max_pixels) if datas else []
+        arrays = decode_resize_dali(datas, min_pixels, max_pixels, device_id) if datas else []
     else:
         raise ValueError(f"unknown image backend {backend!r}; choose from {BACKENDS}")
     rows, grids, at = [], [], 0

@@ -24,7 +24,8 @@ yields exactly the batches an uninterrupted run would have yielded next.
 
 Corrupt data (unreadable json or tar, images that fail to decode, or whose size or token count
 disagrees with the build) is skipped and counted by reason (``PackedLoader.skipped``), and the
-first occurrences are logged; never fatal.
+first occurrences are logged; never fatal. A broken image backend (``ImageBackendError``: DALI
+not installed, no GPU, a pipeline that fails on images PIL decodes) is fatal, with its reason.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pathlib import Path
 import torch
 
 from megatron_vlm.data import tokens
-from megatron_vlm.data.image_processing import RowCountMismatch, process_images
+from megatron_vlm.data.image_processing import ImageBackendError, RowCountMismatch, process_images
 from megatron_vlm.data.packing import Sample, choose_best_fit, pack, padded_length
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,9 @@ class ShardStream:
     def __init__(self, shard_dir, index: dict, stream: int, num_streams: int, max_length: int, tokenizer_dir: str,
                  pack_buffer: int = 32, pad_multiple: int = 1, image_backend: str = "pil", seed: int = 0,
                  epochs: int | None = None, state: dict | None = None, pixel_dtype: torch.dtype = torch.float32,
-                 length_multiple: int | None = None):
+                 length_multiple: int | None = None, image_device: int | None = None):
         self.dir = Path(shard_dir)
+        self.image_device = image_device  # the dali backend's GPU: the rank's own
         self.length_multiple = length_multiple  # None: every sequence is max_length long (packing.pack)
         self.shards = [s["name"] for s in index["shards"]]
         self.counts = [s["samples"] for s in index["shards"]]
@@ -191,11 +193,14 @@ class ShardStream:
                 for off, size in e.images:
                     f.seek(off)
                     datas.append(f.read(size))
-            pixels, grids = process_images(datas, self.backend, self.min_pixels, self.max_pixels, self.pixel_dtype, out)
+            pixels, grids = process_images(datas, self.backend, self.min_pixels, self.max_pixels, self.pixel_dtype, out,
+                                           self.image_device)
         except RowCountMismatch:
             self._skip("image-size-mismatch", meta["id"])
             return None
-        except Exception:  # noqa: BLE001 - any decode failure is a corrupt image
+        except ImageBackendError:
+            raise  # a broken backend is not a bad sample: fatal, with its reason
+        except Exception:  # noqa: BLE001 - any other decode failure is a corrupt image
             self._skip("corrupt-image", meta["id"])
             return None
         if grids.tolist() != [list(g) for g in meta["grids"]]:
@@ -248,7 +253,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
         stream = ShardStream(
             ld.shard_dir, ld.index, ld.dp_rank * num + k, ld.dp_size * num, ld.max_length, ld.tokenizer_dir,
             ld.pack_buffer, ld.pad_multiple, ld.image_backend, ld.seed, ld.epochs, ld.stream_states.get(k), ld.pixel_dtype,
-            ld.seq_length_multiple if ld.variable_seq_length else None,
+            ld.seq_length_multiple if ld.variable_seq_length else None, ld.image_device,
         )
         for batch in stream:
             batch["loader_state"] = (k, batch["loader_state"])
@@ -284,6 +289,12 @@ class PackedLoader:
         self.variable_seq_length, self.seq_length_multiple = variable_seq_length, seq_length_multiple
         if variable_seq_length and seq_length_multiple % pad_multiple:
             raise ValueError(f"seq_length_multiple {seq_length_multiple} is not a multiple of pad_multiple {pad_multiple}")
+        self.image_device = None
+        if image_backend == "dali":
+            from megatron_vlm.data.image_dali import check_dali, rank_device
+
+            check_dali()  # a backend that cannot run stops here, in one line, not at the first batch
+            self.image_device = rank_device()
         self.stream_states: dict[int, dict] = {}
         self.next_worker = 0
         self._it = None
@@ -332,11 +343,25 @@ class PackedLoader:
             self._it.close()
             self._it = None
 
+    def __getstate__(self) -> dict:
+        """What a worker started with ``spawn`` gets: everything but the live batch iterator."""
+        return {**self.__dict__, "_it": None}
+
     def _batches(self):
-        kw = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False} if self.num_workers > 0 else {}
+        kw = {}
+        if self.num_workers > 0:
+            kw = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False,
+                  "multiprocessing_context": worker_start_method()}
         dl = torch.utils.data.DataLoader(PackedDataset(self), batch_size=None, num_workers=self.num_workers, **kw)
         for batch in dl:
             k, st = batch.pop("loader_state")
             self.stream_states[int(k)] = st
             self.next_worker = (int(k) + 1) % self._workers()
             yield batch
+
+
+def worker_start_method() -> str | None:
+    """How DataLoader workers start: ``spawn`` once CUDA is initialised in this process (a forked
+    child cannot use CUDA, which the dali backend needs, and inherits a half-usable context), else
+    the platform default (fork on Linux: cheap, and nothing to break)."""
+    return "spawn" if torch.cuda.is_initialized() else None

@@ -6,6 +6,7 @@ Skips cleanly without CUDA (tests/conftest.py) or without nvidia.dali installed.
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -46,3 +47,19 @@ def test_dali_matches_pil_within_resize_rounding(h, w, fmt):
     d_pix, d_grid = process_images(datas, backend="dali")
     assert torch.equal(p_grid, d_grid)
     assert (p_pix - d_pix).abs().mean() <= 2 / 255 / min(IMAGE_STD)
+
+
+def test_dali_one_pipeline_on_this_rank_gpu():
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
+    from megatron_vlm.data import image_dali
+
+    torch.cuda.init()
+    datas = [_page(700, 500, "JPEG", s) for s in range(image_dali.MAX_BATCH + 3)]
+    image_dali._DECODERS.clear()
+    process_images(datas, backend="dali")
+    key = (os.getpid(), torch.cuda.current_device())
+    assert list(image_dali._DECODERS) == [key]
+    first = image_dali._DECODERS[key]
+    for _ in range(2):
+        process_images(datas, backend="dali")
+    assert list(image_dali._DECODERS) == [key] and image_dali._DECODERS[key] is first  # reused, not rebuilt
