@@ -10,7 +10,6 @@ Argument parsing only; the estimate lives in megatron_vlm.parallel.planner.
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_vlm.parallel.planner import FLAVORS, PlanRequest, budget, format_plan, plan  # noqa: E402
+from megatron_vlm.utils import atomic  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -57,10 +57,8 @@ def main(argv=None) -> int:
     if a.json:
         rows = [{"layout": asdict(e.layout), "memory_gb": e.memory.as_gb(), "micro_batches": e.micro_batches,
                  "fits": e.fits} for e in entries]
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"request": asdict(req), "budget": asdict(budget(req)), "layouts": rows}, f, indent=1, sort_keys=True)
-        os.replace(tmp, a.json)
+        atomic.write_text(a.json, json.dumps({"request": asdict(req), "budget": asdict(budget(req)), "layouts": rows},
+                                             indent=1, sort_keys=True))
         print(f"wrote {len(rows)} layouts to {a.json}")
     return 0 if any(e.fits for e in entries) else 1
 

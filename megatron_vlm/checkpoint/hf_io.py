@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from megatron_vlm.utils import atomic
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 # Files carried unchanged from a source HF directory to an export (those that exist).
@@ -195,25 +197,15 @@ def copy_processor_files(src_dir: str | Path, dst_dir: str | Path) -> list[str]:
 def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a scratch directory beside ``path``; on success it is renamed to ``path``.
 
-    On any error (or a kill) the final path never appears: what is left is a
-    ``.<name>.partial-<pid>`` directory, removed here on errors. Refuses an existing non-empty
+    On any error (or a kill) the final path never appears: what is left is a hidden
+    ``.<name>.tmp.*`` directory (utils.atomic), removed here on errors. Refuses an existing non-empty
     ``path`` unless ``overwrite``.
     """
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
         raise ConversionError(f"{path} already exists and is not empty (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.parent / f".{path.name}.partial-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    try:
+    with atomic.atomic_dir(path, replace=True) as scratch:
         yield scratch
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(scratch, path)
 
 
 def check_tensor_sets(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import sys
 import tarfile
 from collections import Counter
@@ -26,6 +25,7 @@ from megatron_vlm.data import mixture, tokens
 from megatron_vlm.data.image_rule import image_token_count
 from megatron_vlm.data.recipe import SHORT_TASK, DataRecipe
 from megatron_vlm.data.short_source import load_short_samples, read_image
+from megatron_vlm.utils import atomic
 
 FORMAT = "megatron-vlm-shards-v1"
 STATE_FILE = ".build-state.json"
@@ -188,6 +188,7 @@ def _dumps(obj) -> bytes:
 
 def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path) -> dict:
     """Build the shards; returns the index (also written to out_dir/index.json)."""
+    atomic.refuse_inputs(out_dir, [pool_dir, qa_dir])
     if not recipe.tokenizer:
         raise ValueError("no tokenizer: set data.tokenizer in the recipe or pass --tokenizer")
     tokenizer = tokens.load_tokenizer(recipe.tokenizer)
@@ -240,11 +241,9 @@ def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path) -> di
         shards.append({"name": name, "samples": len(part), "tokens": sum(c.num_tokens for c, _ in part), "images": sum(len(c.pages) for c, _ in part)})
         if (out_dir / name).exists():
             continue  # written by an earlier run of this same plan
-        tmp = out_dir / f".{name}.tmp"
-        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tf:
+        with atomic.atomic_path(out_dir / name) as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tf:
             for c, key in part:
                 _write_instance(tf, key, c, info[c.record_id], images)
-        os.replace(tmp, out_dir / name)
         if (s + 1) % 10 == 0 or s + 1 == num_shards:
             print(f"build: shard {s + 1}/{num_shards}", flush=True)
 
@@ -271,9 +270,7 @@ def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path) -> di
         "drop_examples": examples,
         "plan_sha256": plan_sha,
     }
-    tmp = out_dir / ".index.json.tmp"
-    tmp.write_bytes(json.dumps(index, sort_keys=True, indent=1).encode())
-    os.replace(tmp, out_dir / "index.json")
+    atomic.write_bytes(out_dir / "index.json", json.dumps(index, sort_keys=True, indent=1).encode())
     return index
 
 

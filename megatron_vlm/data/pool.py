@@ -43,6 +43,7 @@ from pathlib import Path
 
 from megatron_vlm.data import image_rule
 from megatron_vlm.data.pdf import PdfError, PdfSettings, process_pdf
+from megatron_vlm.utils import atomic
 from megatron_vlm.utils.cli import stage_args
 
 POOL_VERSION = 1
@@ -68,15 +69,6 @@ def add_arguments(parser) -> None:
 
 def dumps_sorted(obj) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -181,9 +173,8 @@ def process_chunk(job: dict) -> list[dict]:
     """Render the chunk's documents into job["tar"] and write job["part"]; return its manifest rows."""
     settings = PdfSettings(**job["settings"])
     tar_path, part_path = Path(job["tar"]), Path(job["part"])
-    tmp = tar_path.with_name(f"{tar_path.name}.tmp.{os.getpid()}")
     rows = []
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with atomic.atomic_path(tar_path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for source, path, sha in job["docs"]:
             doc_id = sha[:16]
             spool = tempfile.SpooledTemporaryFile(max_size=256 << 20, dir=tar_path.parent)
@@ -219,8 +210,7 @@ def process_chunk(job: dict) -> list[dict]:
             tokens = sum(p["tokens"] for p in pages)
             rows.append(_row(source, sha, "ok", pages=len(pages), tokens=tokens, shard=job["shard"]))
             _count(1, len(pages))
-    os.replace(tmp, tar_path)
-    write_atomic(part_path, dumps_sorted({"fingerprint": job["fingerprint"], "rows": rows}).encode())
+    atomic.write_text(part_path, dumps_sorted({"fingerprint": job["fingerprint"], "rows": rows}))
     return rows
 
 
@@ -243,7 +233,7 @@ def _check_settings(out: Path, settings: dict) -> None:
         if diff:
             raise ValueError(f"{out} was built with other settings ({', '.join(f'{k}={old.get(k)}' for k in diff)}); use a new --output")
     else:
-        write_atomic(path, (dumps_sorted(settings) + "\n").encode())
+        atomic.write_text(path, dumps_sorted(settings) + "\n")
 
 
 class Progress:
@@ -285,7 +275,7 @@ def run(args) -> dict:
     for old in (out / f"manifest-{args.shard_index:05d}.jsonl", out / "manifest.jsonl"):
         old.unlink(missing_ok=True)
     prefix = f"pool-{args.shard_index:05d}-"
-    for stale in [*(out / "shards").glob(prefix + "*.tmp.*"), *(out / "parts").glob(prefix + "*.tmp.*")]:
+    for stale in [*atomic.stale_temps(out / "shards", prefix), *atomic.stale_temps(out / "parts", prefix)]:
         stale.unlink()
 
     ctx = mp.get_context("spawn")
@@ -364,7 +354,7 @@ def run(args) -> dict:
 
     rows = sorted(rows + done_rows, key=lambda r: r["source"])
     manifest = out / f"manifest-{args.shard_index:05d}.jsonl"
-    write_atomic(manifest, "".join(dumps_sorted(r) + "\n" for r in rows).encode())
+    atomic.write_text(manifest, "".join(dumps_sorted(r) + "\n" for r in rows))
     merged = merge_manifests(out, args.num_shards)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "duplicate")}
     counts.update(pages=sum(r["pages"] or 0 for r in rows if r["status"] == "ok"), tokens=sum(r["tokens"] or 0 for r in rows if r["status"] == "ok"))
@@ -397,7 +387,7 @@ def merge_manifests(out: Path, num_shards: int) -> Path | None:
         elif r["status"] != "duplicate" or r["duplicate_of"] != first[sha]:
             rows[i] = _row(r["source"], sha, "duplicate", duplicate_of=first[sha])
     path = out / "manifest.jsonl"
-    write_atomic(path, "".join(dumps_sorted(r) + "\n" for r in rows).encode())
+    atomic.write_text(path, "".join(dumps_sorted(r) + "\n" for r in rows))
     return path
 
 

@@ -13,11 +13,12 @@ when all targets are met, 1 when one is not, 2 on bad input.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tarfile
 from collections import Counter, defaultdict
 from pathlib import Path
+
+from megatron_vlm.utils import atomic
 
 
 def add_arguments(parser) -> None:
@@ -138,16 +139,13 @@ def plot_lengths(report: dict, path: Path) -> None:
     axes[-1, 0].set_xlabel("instance length (K tokens)")
     fig.suptitle(f"Length per task ({report['length_distribution']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
 def write(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, data in (("report.md", render_markdown(report)), ("report.json", json.dumps({k: v for k, v in report.items() if k != "lengths_by_task"}, indent=1, sort_keys=True))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(data + "\n")
-        os.replace(tmp, out / name)
-    tmp = out / ".lengths.png.tmp.png"
-    plot_lengths(report, tmp)
-    os.replace(tmp, out / "lengths.png")
+        atomic.write_text(out / name, data + "\n")
+    with atomic.atomic_path(out / "lengths.png") as tmp:
+        plot_lengths(report, tmp)

@@ -8,7 +8,6 @@ EVAL_DIR/eval.json      settings: sources, lengths, depths, seed, counts, items 
 from __future__ import annotations
 
 import os
-import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from megatron_vlm.eval.contexts import Document, Question, build_context
 from megatron_vlm.eval.files import read_jsonl, write_json_atomic, write_jsonl_atomic
 from megatron_vlm.eval.prompts import DEFAULT_PROMPT_TOKENS
 from megatron_vlm.eval.scoring import ANSWER_FORMATS
+from megatron_vlm.utils import atomic
 
 FORMAT_VERSION = 1
 
@@ -75,13 +75,12 @@ def write_eval_set(
     Items that cannot be built (evidence longer than the length, too few distractor pages) are
     skipped and counted by reason. The directory is assembled aside and renamed into place.
     """
-    output = Path(output)
-    if output.exists():
-        raise FileExistsError(f"{output} exists; choose a new output directory")
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "images").mkdir(parents=True)
+    with atomic.atomic_dir(output) as tmp:
+        return _write_items(jobs, docs, distractors, tmp, seed, count_prompt_tokens, summary, log)
+
+
+def _write_items(jobs, docs, distractors, tmp: Path, seed, count_prompt_tokens, summary, log) -> dict:
+    (tmp / "images").mkdir()
     written: set[str] = set()
     items, skipped = [], Counter()
     prompt_cache: dict[str, int] = {}
@@ -142,7 +141,6 @@ def write_eval_set(
     }
     write_jsonl_atomic(tmp / "eval.jsonl", items)
     write_json_atomic(tmp / "eval.json", summary)
-    os.replace(tmp, output)
     return summary
 
 

@@ -1,11 +1,11 @@
-"""JSONL/JSON/text reading and atomic writing for eval outputs (write aside, then rename)."""
+"""JSONL reading for eval inputs and outputs; the atomic writers are utils.atomic's, under the names eval uses."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
-from pathlib import Path
+
+from megatron_vlm.utils import atomic
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -25,19 +25,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
-    return write_text_atomic(path, text)
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> Path:
-    return write_text_atomic(path, json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+write_text_atomic = atomic.write_text
+write_jsonl_atomic = atomic.write_jsonl
+write_json_atomic = atomic.write_json

@@ -18,6 +18,7 @@ from pathlib import Path
 from megatron_vlm.data import image_rule
 from megatron_vlm.eval.contexts import Document, Page, Question
 from megatron_vlm.eval.evalset import write_eval_set
+from megatron_vlm.utils import atomic
 
 PLACES = ("Lisbon", "Oslo", "Nairobi", "Quito", "Hanoi", "Tbilisi", "Perth", "Cusco", "Tallinn", "Accra")
 US_LETTER_PT = (612.0, 792.0)
@@ -148,9 +149,7 @@ def plot_heatmap(scored: Iterable[dict], path: str | os.PathLike, title: str = "
     ax.set_title(f"{title}\nmean accuracy {overall:.1f}% over {np.sum(~np.isnan(grid))} cells, {len(scored)} questions")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path

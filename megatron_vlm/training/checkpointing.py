@@ -16,7 +16,6 @@ same numbers.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_vlm.training.config import Recipe, recipe_to_yaml
+from megatron_vlm.utils import atomic
 
 LATEST = "latest"
 OPTIM_META = {"distrib_optim_sharding_type": "dp_reshardable"}
@@ -94,12 +94,6 @@ def _sharded_state(chunks, optimizer, rng: bool, loading: bool) -> dict:
     return state
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(ckpt_dir: str | Path, step: int, chunks: list, optimizer, loader, train_state: dict,
                     recipe: Recipe, dp_rank: int, is_loader_writer: bool, keep_last: int = 0) -> Path:
     """Save everything for ``step``; returns the iter_ directory. Collective over all ranks."""
@@ -117,13 +111,13 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, chunks: list, optimizer, lo
         dist_checkpointing.save(_sharded_state(chunks, optimizer, rng=True, loading=False), str(target))
     if is_loader_writer:
         (target / "loader").mkdir(exist_ok=True)
-        _write_atomic(target / "loader" / f"dp-{dp_rank:05d}.json", json.dumps(loader.state_dict(), sort_keys=True))
+        atomic.write_text(target / "loader" / f"dp-{dp_rank:05d}.json", json.dumps(loader.state_dict(), sort_keys=True))
     if dist.get_rank() == 0:
-        _write_atomic(target / "recipe.yaml", recipe_to_yaml(recipe))
-        _write_atomic(target / "train_state.json", json.dumps(train_state, sort_keys=True, indent=1))
+        atomic.write_text(target / "recipe.yaml", recipe_to_yaml(recipe))
+        atomic.write_text(target / "train_state.json", json.dumps(train_state, sort_keys=True, indent=1))
     dist.barrier()
     if dist.get_rank() == 0:
-        _write_atomic(Path(ckpt_dir) / LATEST, target.name + "\n")
+        atomic.write_text(Path(ckpt_dir) / LATEST, target.name + "\n")
         if keep_last > 0:
             complete = sorted(p for p in Path(ckpt_dir).glob("iter_*") if (p / "train_state.json").is_file())
             for old in complete[:-keep_last]:

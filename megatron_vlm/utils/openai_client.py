@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megatron_vlm.utils import atomic
+
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
@@ -112,10 +114,7 @@ class ChatClient:
         path = self._cache_path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(response, sort_keys=True, ensure_ascii=False))
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps(response, sort_keys=True, ensure_ascii=False))
 
     # ---- requests ----
     def payload(self, messages: list[dict], **params) -> dict:

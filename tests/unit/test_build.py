@@ -148,3 +148,13 @@ def test_deterministic_resumable_and_cli(tmp_path, qwen_tokenizer_dir):
     recipe_path.write_text("data:\n  length_distribution: wide\n")
     bad = subprocess.run(cmd + ["--output", str(tmp_path / "c")], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "length_distribution" in bad.stderr
+
+
+def test_refuses_an_output_over_its_inputs(big_pool, qwen_tokenizer_dir):
+    root, _ = big_pool
+    recipe = _recipe(qwen_tokenizer_dir)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for out, why in ((root / "pool" / "shards", "inside the input"), (root / "qa", "it is the input"), (root, "contains the input")):
+        with pytest.raises(ValueError, match=why):
+            build(root / "pool", root / "qa", recipe, out)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before

@@ -22,10 +22,11 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from megatron_vlm.data.pool import dumps_sorted, iter_documents, read_manifest, shard_of, write_atomic
+from megatron_vlm.data.pool import dumps_sorted, iter_documents, read_manifest, shard_of
 from megatron_vlm.data.synth import tasks as T
 from megatron_vlm.data.synth.teachers import Answer, Job, make_teacher
 from megatron_vlm.data.synth.validation import Validator
+from megatron_vlm.utils import atomic
 from megatron_vlm.utils.cli import stage_args
 
 
@@ -139,8 +140,8 @@ def run(args) -> dict:
     records.sort(key=lambda r: r["id"])
     suffix = f"{args.shard_index:05d}"
     records_path, failures_path = out / f"records-{suffix}.jsonl", out / f"failures-{suffix}.jsonl"
-    write_atomic(records_path, "".join(dumps_sorted(r) + "\n" for r in records).encode())
-    write_atomic(failures_path, "".join(dumps_sorted(f) + "\n" for f in sorted(failures, key=lambda f: (f["doc_id"], f["segment"], f["task"], f["index"]))).encode())
+    atomic.write_text(records_path, "".join(dumps_sorted(r) + "\n" for r in records))
+    atomic.write_text(failures_path, "".join(dumps_sorted(f) + "\n" for f in sorted(failures, key=lambda f: (f["doc_id"], f["segment"], f["task"], f["index"]))))
     summary = {
         "pool": str(Path(args.pool)),
         "teacher": teacher_name,
@@ -156,7 +157,7 @@ def run(args) -> dict:
         "teacher_usage": teacher.usage() if hasattr(teacher, "usage") else {},
     }
     summary_path = out / ("summary.json" if args.num_shards == 1 else f"summary-{suffix}.json")
-    write_atomic(summary_path, (json.dumps(summary, sort_keys=True, indent=1) + "\n").encode())
+    atomic.write_text(summary_path, json.dumps(summary, sort_keys=True, indent=1) + "\n")
     summary["paths"] = [str(records_path), str(failures_path), str(summary_path)]
     return summary
 
