@@ -91,16 +91,26 @@ def grads_are_finite(chunks: list) -> bool:
     return bool(bad.item() == 0)
 
 
-def init_empty_state(optimizer) -> None:
-    """Give a fresh Adam its (zero) state so a checkpoint can be loaded into it in place.
-
-    Megatron's distributed optimizer builds its load template from its current state, which a
-    fresh torch Adam does not have yet (no ``step``, no moments).
-    """
+def _torch_adams(optimizer):
+    """The inner optimizers that are torch's Adam/AdamW: Megatron's fallback when neither
+    Transformer Engine nor Apex is installed. With TE, Megatron uses TE's FusedAdam, which keeps
+    the step in its param groups and whose ``state_dict()`` knows only exp_avg / exp_avg_sq /
+    master_param (a per-parameter ``step`` makes it raise KeyError), so the two workarounds
+    below apply to torch's Adam alone."""
     for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
         inner = getattr(sub, "optimizer", None)
-        if inner is None or sub.config.optimizer != "adam":
-            continue
+        if isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+            yield inner
+
+
+def init_empty_state(optimizer) -> None:
+    """Give a fresh torch Adam its (zero) state so a checkpoint can be loaded into it in place.
+
+    Megatron's distributed optimizer builds its load template from its current state, which a
+    fresh torch Adam does not have yet (no ``step``, no moments); on that path it asserts that
+    every parameter has one ``step``. TE's FusedAdam needs nothing (Megatron allocates its state).
+    """
+    for inner in _torch_adams(optimizer):
         for group in inner.param_groups:
             for param in group["params"]:
                 state = inner.state[param]
@@ -116,11 +126,10 @@ def restore_adam_steps(optimizer) -> None:
     Megatron's load on the torch-Adam fallback (no Apex/TE) keeps the saved step only in the param
     groups and leaves the per-parameter ``step`` tensors stale or shared (torch's foreach Adam would
     then add 1 to a shared one once per parameter); either way the bias correction of every later
-    step is wrong. Found by the bitwise resume test.
+    step is wrong. Found by the bitwise resume test. Torch's Adam only (see ``_torch_adams``).
     """
-    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(sub, "optimizer", None)
-        for group in getattr(inner, "param_groups", []):
+    for inner in _torch_adams(optimizer):
+        for group in inner.param_groups:
             for param in group["params"]:
                 state = inner.state.get(param, {})
                 if "step" in group and "step" in state:
