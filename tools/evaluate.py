@@ -3,10 +3,12 @@
 
     python tools/evaluate.py build   --pool POOL_DIR --qa QA_DIR --output EVAL_DIR [--exclude SHARD_DIR|IDS]
                                      [--lengths 32768,65536,131072] [--depths 0,0.5,1] [--tokenizer DIR]
-    python tools/evaluate.py build   --from-jsonl BENCH.jsonl --output EVAL_DIR ...
-    python tools/evaluate.py run     --eval-set EVAL_DIR --output PRED.jsonl --backend hf --model HF_DIR
+    python tools/evaluate.py build   --from-jsonl BENCH.jsonl [--image-root DIR] --output EVAL_DIR ...
+    python tools/evaluate.py import  mmlongbench --input MMLB_DATA/documentQA --image-root MMLB_IMAGE --output EVAL_DIR
+    python tools/evaluate.py import  mmlongbench-doc|longdocurl|slidevqa --input QUESTIONS [--image-root DIR | --documents PDF_DIR] --output EVAL_DIR
+    python tools/evaluate.py run     --eval-set EVAL_DIR [--image-root DIR] [--prompt default|mmlongbench] --output PRED.jsonl --backend hf --model HF_DIR
     python tools/evaluate.py run     --eval-set EVAL_DIR --output PRED.jsonl --backend openai --url URL --served-model NAME
-    python tools/evaluate.py score   --predictions PRED.jsonl [--string-metric anls|f1]
+    python tools/evaluate.py score   --predictions PRED.jsonl [--rules mmlongbench|legacy] [--string-metric anls|f1] [--output SCORED.jsonl]
     python tools/evaluate.py compare --base A.scored.jsonl --trained B.scored.jsonl --output DIR
     python tools/evaluate.py needle  build --pool POOL_DIR --output NEEDLE_DIR [--lengths ...] [--depths ...]
     python tools/evaluate.py needle  plot --predictions PRED.scored.jsonl --output heatmap.png
@@ -47,7 +49,14 @@ def _backend_args(p):
     p.add_argument("--cache", help="on-disk request cache dir (--backend openai): a rerun resends nothing answered")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (--backend openai)")
     p.add_argument("--retries", type=int, default=4, help="retries per request (--backend openai)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument(
+        "--prompt",
+        choices=["default", "mmlongbench"],
+        default="default",
+        help="default: pages then question, 'Answer:' on the last line; mmlongbench: MMLongBench's doc-QA prompt "
+        "(26197d2) with a pre-filled 'Answer:' assistant turn",
+    )
+    p.add_argument("--max-new-tokens", type=int, help="default 64, or 128 with --prompt mmlongbench")
     p.add_argument("--name", help="model name written into the predictions (default: --model or --served-model)")
 
 
@@ -59,6 +68,7 @@ def parser():
     b.add_argument("--pool")
     b.add_argument("--qa", help="QA_DIR with records-*.jsonl, or one records .jsonl")
     b.add_argument("--from-jsonl", help="eval JSONL whose pages are re-padded instead of a pool")
+    b.add_argument("--image-root", help="directory the --from-jsonl image paths are relative to (default: its directory)")
     b.add_argument("--output", required=True)
     b.add_argument("--exclude", help="training doc ids: SHARD_DIR, a text file (one a line) or a JSON list")
     b.add_argument("--lengths", type=_ints, default=_ints(DEFAULT_LENGTHS))
@@ -71,13 +81,30 @@ def parser():
     r.add_argument("--eval-set", required=True, help="EVAL_DIR or an eval .jsonl")
     r.add_argument("--output", required=True, help="predictions .jsonl")
     r.add_argument("--limit", type=int, help="only the first N items")
+    r.add_argument("--image-root", help="directory the eval set's image paths are relative to (default: the eval set's)")
     _backend_args(r)
+
+    im = sub.add_parser("import", help="import a public benchmark (MMLongBench's doc-QA files, or a dataset as published)")
+    im.add_argument("kind", choices=["mmlongbench", "mmlongbench-doc", "longdocurl", "slidevqa"])
+    im.add_argument("--input", nargs="+", required=True, help="question file(s), or MMLongBench's documentQA directory")
+    im.add_argument("--output", required=True, help="EVAL_DIR to create")
+    im.add_argument("--image-root", help="directory of the page images (all but mmlongbench-doc)")
+    im.add_argument("--documents", help="directory of MMLongBench-Doc's PDFs (mmlongbench-doc)")
+    im.add_argument("--samples", type=int, help="questions per file, seeded shuffle as MMLongBench's config (default 100; 0: all)")
+    im.add_argument("--seed", type=int, help="sampling seed (default 42)")
+    im.add_argument("--lengths", type=_ints, help="mmlongbench: only files of these lengths (e.g. 65536,131072)")
+    im.add_argument("--dpi", type=int, default=144, help="mmlongbench-doc: page render resolution")
 
     s = sub.add_parser("score", help="score a predictions JSONL and write per-line scores and a report")
     s.add_argument("--predictions", required=True)
     s.add_argument("--output", help="scored JSONL (default PRED.scored.jsonl)")
     s.add_argument("--report-dir", help="where report .json/.md go (default beside --output)")
-    s.add_argument("--string-metric", choices=["anls", "f1"], default="anls")
+    s.add_argument(
+        "--rules",
+        choices=["mmlongbench", "legacy"],
+        help="scoring rules (default: mmlongbench for lines with benchmark=mmlongbench, else legacy)",
+    )
+    s.add_argument("--string-metric", choices=["anls", "f1"], help="legacy rules only: string metric (default anls)")
     s.add_argument("--name", help="model name for the report")
     s.add_argument("--judge-url", help="optional LLM judge: OpenAI-compatible base URL")
     s.add_argument("--judge-model", help="optional LLM judge: model name")
@@ -124,8 +151,22 @@ def main(argv=None) -> int:
                 args.tokenizer,
                 args.seed,
                 args.max_questions,
+                args.image_root,
+            )
+        elif args.command == "import":
+            commands.import_benchmark(
+                args.kind,
+                args.input,
+                args.output,
+                args.image_root,
+                args.documents,
+                args.samples,
+                args.seed,
+                args.lengths,
+                args.dpi,
             )
         elif args.command == "run":
+            items = commands.prepare_run(args.eval_set, args.output, args.image_root, args.limit)
             backend = commands.make_backend(
                 args.backend,
                 args.model,
@@ -139,14 +180,16 @@ def main(argv=None) -> int:
                 args.device,
                 args.api_key_env,
                 args.cache,
+                args.prompt,
             )
             name = args.name or (Path(args.model).name if args.model else args.served_model)
-            commands.run(args.eval_set, args.output, backend, name, args.limit)
+            commands.run(args.eval_set, args.output, backend, name, items=items)
         elif args.command == "score":
             commands.score(
                 args.predictions,
                 args.output,
                 args.report_dir,
+                args.rules,
                 args.string_metric,
                 args.name,
                 args.judge_url,

@@ -1,7 +1,8 @@
 """Model backends for the eval: HF transformers in-process, and any OpenAI-compatible server.
 
-Both take an eval item (docs/eval_format.md) and return the model's raw text; both send the same
-prompt (megatron_vlm/eval/prompts.py): the page images in order, then the question.
+Both take an eval item (docs/eval_format.md) and return the prediction to store: the model's raw
+text, after the pre-filled assistant text when the prompt has one. Both send the same prompt
+(megatron_vlm/eval/prompts.py, mode ``default`` or ``mmlongbench``).
 
 HF in-process without torchvision: transformers 5.x builds Qwen2.5-VL's processor with a video
 processor that needs torchvision, which does not install beside the CPU torch build. So
@@ -25,7 +26,7 @@ MERGE_AREA = 4  # spatial merge 2 x 2: four ViT patches per LLM token
 
 
 class QwenInputs:
-    """Qwen2.5-VL model inputs (input_ids, pixel_values, image_grid_thw) from a question and page images."""
+    """Qwen2.5-VL model inputs (input_ids, pixel_values, image_grid_thw) from a prompt and page images."""
 
     def __init__(self, tokenizer_dir: str | os.PathLike, preprocessor_dir: str | os.PathLike | None = None):
         from transformers import AutoTokenizer, Qwen2VLImageProcessor
@@ -37,26 +38,22 @@ class QwenInputs:
         self.image_processor = Qwen2VLImageProcessor.from_pretrained(str(preprocessor_dir or tokenizer_dir))
 
     def __call__(self, question: str, images: list) -> dict:
-        return self.encode_text(prompts.question_text(question), images)
+        """Inputs of the default prompt for ``question`` over ``images``."""
+        return self.encode(prompts.default_prompt(question, len(images)), images)
 
-    def encode_text(self, user_text: str, images: list) -> dict:
-        """Inputs for one user turn: the images, then ``user_text``; generation prompt appended."""
+    def encode(self, prompt: prompts.Prompt, images: list) -> dict:
+        """Inputs for ``prompt`` (its image parts index ``images``), ready to generate from."""
         import torch
 
-        content = [{"type": "image", "image": None} for _ in images] + [{"type": "text", "text": user_text}]
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}],
-            tokenize=False,
-            add_generation_prompt=True,
-            chat_template=self.chat_template,
-        )
+        text = prompts.render(prompt, self.tokenizer, self.chat_template)
+        order = [p["page"] for p in prompt.content if p["type"] == "image"]
         out = {}
-        if images:
-            vision = self.image_processor(images=images, return_tensors="pt")
+        if order:
+            vision = self.image_processor(images=[images[i] for i in order], return_tensors="pt")
             out["pixel_values"] = vision["pixel_values"]
             out["image_grid_thw"] = vision["image_grid_thw"]
             parts = text.split(IMAGE_PAD)
-            assert len(parts) == len(images) + 1, "one <|image_pad|> per image in the template"
+            assert len(parts) == len(order) + 1, "one <|image_pad|> per image in the template"
             pads = [IMAGE_PAD * (int(g.prod()) // MERGE_AREA) for g in vision["image_grid_thw"]]
             text = "".join(p + pad for p, pad in zip(parts, pads + [""]))
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -79,20 +76,26 @@ def load_images(item: dict) -> list:
 
 
 class HFBackend:
-    """A Qwen2.5-VL checkpoint (HF format) run with transformers in this process, greedy decoding."""
+    """A Qwen2.5-VL checkpoint (HF format) run with transformers in this process, greedy decoding.
+
+    ``prompt_mode`` (prompts.PROMPT_MODES) chooses the prompt; ``max_new_tokens`` defaults to the mode's.
+    """
 
     def __init__(
         self,
         model_dir: str | os.PathLike,
         device: str | None = None,
         dtype: str = "auto",
-        max_new_tokens: int = 64,
+        max_new_tokens: int | None = None,
         tokenizer_dir: str | os.PathLike | None = None,
         preprocessor_dir: str | os.PathLike | None = None,
+        prompt_mode: str = "default",
     ):
         import torch
         from transformers import Qwen2_5_VLForConditionalGeneration
 
+        if prompt_mode not in prompts.PROMPT_MODES:
+            raise ValueError(f"prompt mode must be one of {', '.join(prompts.PROMPT_MODES)}, got {prompt_mode!r}")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
             torch_dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
@@ -101,25 +104,24 @@ class HFBackend:
         self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch_dtype)
         self.model.to(self.device).eval()
         self.inputs = QwenInputs(tokenizer_dir or model_dir, preprocessor_dir or model_dir)
-        self.max_new_tokens = max_new_tokens
+        self.prompt_mode = prompt_mode
+        self.max_new_tokens = max_new_tokens or prompts.MAX_NEW_TOKENS[prompt_mode]
         self.name = Path(model_dir).name
 
-    def generate(self, question: str, images: list, max_new_tokens: int | None = None) -> str:
-        """Greedy answer to ``question`` (the bare question; the instruction is added here) over ``images``."""
-        return self.generate_text(prompts.question_text(question), images, max_new_tokens)
-
-    def generate_text(self, text: str, images: list, max_new_tokens: int | None = None) -> str:
-        """Greedy continuation of one user turn: ``images`` then ``text`` (already the full user text)."""
+    def generate(self, prompt: prompts.Prompt, images: list, max_new_tokens: int | None = None) -> str:
+        """Greedy continuation of ``prompt`` over ``images``: the generated text only (no prefill)."""
         import torch
 
-        batch = {k: v.to(self.device) for k, v in self.inputs.encode_text(text, images).items()}
+        batch = {k: v.to(self.device) for k, v in self.inputs.encode(prompt, images).items()}
         with torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False)
         new = out[0, batch["input_ids"].shape[1] :]
         return self.inputs.tokenizer.decode(new, skip_special_tokens=True)
 
     def answer(self, item: dict) -> str:
-        return self.generate(item["question"], load_images(item))
+        """The stored prediction for ``item``: the prompt's prefill followed by the generated text."""
+        prompt = prompts.build_prompt(item, self.prompt_mode)
+        return prompt.output(self.generate(prompt, load_images(item)))
 
     def answer_stream(self, items: list[dict]):
         from megatron_vlm.eval.runner import sequential_stream
@@ -133,16 +135,21 @@ def image_data_url(path: str | os.PathLike) -> str:
     return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode('ascii')}"
 
 
-def chat_request(item: dict, model: str, max_new_tokens: int) -> dict:
-    """The /v1/chat/completions body for an item: images as data URLs, then the question; greedy."""
-    content = [{"type": "image_url", "image_url": {"url": image_data_url(p["image"])}} for p in item["pages"]]
-    content.append({"type": "text", "text": prompts.question_text(item["question"])})
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": content}],
-        "temperature": 0.0,
-        "max_tokens": max_new_tokens,
-    }
+def chat_request(item: dict, model: str, max_new_tokens: int, prompt_mode: str = "default") -> dict:
+    """The /v1/chat/completions body for an item: its prompt with images as data URLs; greedy.
+
+    A pre-filled assistant turn is sent as the last message with vLLM's ``continue_final_message``
+    (and no generation prompt), so the server continues it as the HF backend does.
+    """
+    prompt = prompts.build_prompt(item, prompt_mode)
+    pages = item["pages"]
+    messages = prompts.chat_messages(
+        prompt, lambda i: {"type": "image_url", "image_url": {"url": image_data_url(pages[i]["image"])}}
+    )
+    body = {"model": model, "messages": messages, "temperature": 0.0, "max_tokens": max_new_tokens}
+    if prompt.prefill:
+        body.update(continue_final_message=True, add_generation_prompt=False)
+    return body
 
 
 class OpenAIBackend:
@@ -156,14 +163,18 @@ class OpenAIBackend:
         self,
         base_url: str,
         model: str,
-        max_new_tokens: int = 64,
+        max_new_tokens: int | None = None,
         concurrency: int = 4,
         retries: int = 4,
         api_key_env: str = "OPENAI_API_KEY",
         timeout_s: float = 600.0,
         cache_dir: str | os.PathLike | None = None,
+        prompt_mode: str = "default",
     ):
         from megatron_vlm.utils.openai_client import ChatClient
+
+        if prompt_mode not in prompts.PROMPT_MODES:
+            raise ValueError(f"prompt mode must be one of {', '.join(prompts.PROMPT_MODES)}, got {prompt_mode!r}")
 
         self.client = ChatClient(
             base_url,
@@ -174,13 +185,18 @@ class OpenAIBackend:
             timeout_s=timeout_s,
             cache_dir=cache_dir,
         )
-        self.model, self.max_new_tokens, self.concurrency = model, max_new_tokens, concurrency
+        self.model, self.concurrency, self.prompt_mode = model, concurrency, prompt_mode
+        self.max_new_tokens = max_new_tokens or prompts.MAX_NEW_TOKENS[prompt_mode]
         self.name = model
 
     def _ask(self, item: dict) -> tuple[dict, str, str | None]:
-        body = chat_request(item, self.model, self.max_new_tokens)
-        result = self.client.complete(body["messages"], temperature=body["temperature"], max_tokens=body["max_tokens"])
-        return item, (result.content or "") if result.ok else "", None if result.ok else result.error
+        body = chat_request(item, self.model, self.max_new_tokens, self.prompt_mode)
+        params = {k: v for k, v in body.items() if k not in ("model", "messages")}
+        result = self.client.complete(body["messages"], **params)
+        if not result.ok:
+            return item, "", result.error
+        prefill = body["messages"][-1]["content"] if body.get("continue_final_message") else ""
+        return item, prefill + (result.content or ""), None
 
     def answer(self, item: dict) -> str:
         _, text, error = self._ask(item)

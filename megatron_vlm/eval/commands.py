@@ -12,6 +12,7 @@ from pathlib import Path
 from megatron_vlm.eval import contexts, evalset, needle, report, scoring
 from megatron_vlm.eval.files import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from megatron_vlm.eval.runner import run_eval
+from megatron_vlm.utils import atomic
 
 
 def _prompt_counter(tokenizer_dir):
@@ -37,11 +38,13 @@ def build(
     tokenizer=None,
     seed=0,
     max_questions=None,
+    image_root=None,
     log=print,
 ) -> dict:
-    """Build an eval set from POOL + QA records, or re-pad the documents of an eval JSONL file."""
+    """Build an eval set from POOL + QA records, or re-pad the documents of an eval JSONL file
+    (its image paths relative to ``image_root``, default the file's directory)."""
     if from_jsonl:
-        docs, questions = contexts.read_document_jsonl(from_jsonl)
+        docs, questions = contexts.read_document_jsonl(from_jsonl, image_root)
         sources = {"jsonl": str(from_jsonl)}
     elif pool and qa:
         docs, questions = contexts.read_pool(pool), contexts.read_qa_records(qa)
@@ -71,12 +74,78 @@ def build(
     return summary
 
 
+IMPORT_KINDS = ("mmlongbench", "mmlongbench-doc", "longdocurl", "slidevqa")
+
+
+def import_benchmark(
+    kind, inputs, output, image_root=None, documents=None, samples=None, seed=None, lengths=None, dpi=144, log=print
+) -> dict:
+    """Import a public benchmark (``IMPORT_KINDS``) into EVAL_DIR (docs/eval_format.md, "Importing").
+
+    ``inputs``: MMLongBench's doc-QA files (or their directory), or the dataset's question file.
+    Images stay under ``image_root`` (recorded in eval.json; ``run`` and ``build --from-jsonl`` then
+    need ``--image-root``), except MMLongBench-Doc's, rendered from ``documents`` into EVAL_DIR/images.
+    The directory is assembled aside and renamed into place (utils.atomic).
+    """
+    from megatron_vlm.eval import importers
+
+    samples = importers.SAMPLES if samples is None else samples
+    seed = importers.SEED if seed is None else seed
+    output = Path(output)
+    if output.exists():
+        raise FileExistsError(f"{output} exists; choose a new output directory")
+    files = []
+    for given in inputs:
+        given = Path(given)
+        files += sorted(given.glob("*_K*.jsonl")) if given.is_dir() else [given]
+    if not files:
+        raise ValueError("no input files")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such input file: {missing[0]}")
+    if kind == "mmlongbench-doc":
+        if not documents or len(files) != 1:
+            raise ValueError("import mmlongbench-doc needs one samples.json and --documents PDF_DIR")
+    elif not image_root:
+        raise ValueError(f"import {kind} needs --image-root DIR (where its page images are)")
+    elif kind != "mmlongbench" and len(files) != 1:
+        raise ValueError(f"import {kind} reads one question file")
+    log(f"importing {kind} from {len(files)} file(s)")
+    with atomic.atomic_dir(output, inputs=files) as tmp:
+        if kind == "mmlongbench":
+            items = importers.import_mmlongbench(files, image_root, samples, seed, lengths, log)
+        elif kind == "mmlongbench-doc":
+            items = importers.import_mmlongbench_doc(files[0], documents, tmp, dpi, samples, seed, log)
+        elif kind == "longdocurl":
+            items = importers.import_longdocurl(files[0], image_root, samples, seed, log)
+        elif kind == "slidevqa":
+            items = importers.import_slidevqa(files[0], image_root, samples, seed, log)
+        else:
+            raise ValueError(f"unknown benchmark {kind!r} ({' | '.join(IMPORT_KINDS)})")
+        if not items:
+            raise ValueError("no questions imported")
+        summary = {
+            "version": evalset.FORMAT_VERSION,
+            "benchmark": importers.BENCHMARK,
+            "imported": kind,
+            "sources": [str(f) for f in files],
+            "samples_per_file": samples,
+            "seed": seed,
+            "items": len(items),
+            "image_root": None if kind == "mmlongbench-doc" else str(Path(image_root).resolve()),
+        }
+        write_jsonl_atomic(tmp / "eval.jsonl", items)
+        write_json_atomic(tmp / "eval.json", summary)
+    log(f"wrote {len(items)} items to {output}" + (f" (images under {summary['image_root']})" if summary["image_root"] else ""))
+    return summary
+
+
 def make_backend(
     kind,
     model=None,
     url=None,
     served_model=None,
-    max_new_tokens=64,
+    max_new_tokens=None,
     concurrency=4,
     retries=4,
     tokenizer=None,
@@ -84,6 +153,7 @@ def make_backend(
     device=None,
     api_key_env="OPENAI_API_KEY",
     cache_dir=None,
+    prompt_mode="default",
 ):
     if kind == "hf":
         if not model:
@@ -93,7 +163,12 @@ def make_backend(
         from megatron_vlm.eval.backends import HFBackend
 
         return HFBackend(
-            model, device=device, max_new_tokens=max_new_tokens, tokenizer_dir=tokenizer, preprocessor_dir=preprocessor
+            model,
+            device=device,
+            max_new_tokens=max_new_tokens,
+            tokenizer_dir=tokenizer,
+            preprocessor_dir=preprocessor,
+            prompt_mode=prompt_mode,
         )
     if kind == "openai":
         if not url or not served_model:
@@ -108,26 +183,44 @@ def make_backend(
             retries=retries,
             api_key_env=api_key_env,
             cache_dir=cache_dir,
+            prompt_mode=prompt_mode,
         )
     raise ValueError(f"unknown backend {kind!r} (hf | openai)")
 
 
-def run(eval_set, output, backend, model_name, limit=None, log=print) -> Path:
-    """Answer every item of EVAL_SET (dir or .jsonl) with ``backend``; write predictions to OUTPUT."""
-    items = evalset.read_eval_set(eval_set)
-    if limit:
-        items = items[:limit]
+def prepare_run(eval_set, output, image_root=None, limit=None) -> list[dict]:
+    """The items ``run`` will answer, every check made (eval file, image paths, output free) before
+    a model is loaded."""
+    if Path(output).exists():
+        raise FileExistsError(f"{output} exists; choose a new output file")
+    items = evalset.read_eval_set(eval_set, image_root)
+    return items[:limit] if limit else items
+
+
+def run(eval_set, output, backend, model_name, limit=None, image_root=None, items=None, log=print) -> Path:
+    """Answer every item of EVAL_SET (dir or .jsonl) with ``backend``; write predictions to OUTPUT.
+
+    Image paths are relative to ``image_root`` (default: the eval set's directory) and confined to
+    it. ``items``: already prepared by ``prepare_run``.
+    """
+    items = items if items is not None else prepare_run(eval_set, output, image_root, limit)
     log(f"running {len(items)} items of {eval_set} through {model_name}")
     path = run_eval(items, backend, output, model_name, log)
     log(f"wrote {len(items)} predictions to {path}")
     return path
 
 
+def _writable_dir(path: Path, what: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is not a directory")
+
+
 def score(
     predictions,
     output=None,
     report_dir=None,
-    string_metric="anls",
+    rules=None,
+    string_metric=None,
     model=None,
     judge_url=None,
     judge_model=None,
@@ -136,39 +229,46 @@ def score(
 ) -> dict:
     """Score a predictions JSONL; write per-line scores (default PRED.scored.jsonl) and report.json/.md.
 
-    With ``judge_url`` and ``judge_model`` an LLM judge adds ``judge_score`` per line and
-    ``judge`` to the report; the rule-based score stays the headline.
+    ``rules``: mmlongbench | legacy, default from the lines' ``benchmark`` (scoring.default_rules).
+    ``string_metric`` (anls | f1) applies to the legacy rules only. With ``judge_url`` and
+    ``judge_model`` an LLM judge adds ``judge_score`` per line and ``judge`` to the report; the
+    rule-based score stays the headline. Everything is computed and checked before the first file
+    is written; the scored lines are written last.
     """
     predictions = Path(predictions)
     rows = read_jsonl(predictions)
     if not rows:
         raise ValueError(f"{predictions} has no predictions")
-    scored = scoring.score_records(rows, string_metric)
-    if judge_url or judge_model:
-        if not (judge_url and judge_model):
-            raise ValueError("the judge needs both --judge-url and --judge-model")
-        from megatron_vlm.eval.judge import judge_records
+    if bool(judge_url) != bool(judge_model):
+        raise ValueError("the judge needs both --judge-url and --judge-model")
+    output = Path(output) if output else predictions.with_name(predictions.stem + ".scored.jsonl")
+    report_dir = Path(report_dir) if report_dir else output.parent
+    if output.resolve() == predictions.resolve():
+        raise ValueError(f"--output {output} is the predictions file itself")
+    _writable_dir(output.parent, "--output's directory")
+    _writable_dir(report_dir, "--report-dir")
+    scored = scoring.score_records(rows, rules, string_metric)
+    rules = scored[0]["rules"]
+    name = model or rows[0].get("model") or predictions.stem
+    rep = report.build_report(scored, model=name)
+    if judge_url:
+        from megatron_vlm.eval.judge import judge_accuracy, judge_records
 
         log(f"asking judge {judge_model} at {judge_url} about {len(scored)} predictions")
         scored = judge_records(scored, judge_url, judge_model, concurrency=judge_concurrency)
-    output = Path(output) if output else predictions.with_name(predictions.stem + ".scored.jsonl")
-    write_jsonl_atomic(output, scored)
-    name = model or rows[0].get("model") or predictions.stem
-    rep = report.build_report(scored, model=name)
-    rep["string_metric"] = string_metric
-    rep["errors"] = sum(1 for r in rows if r.get("error"))
-    if judge_model:
-        from megatron_vlm.eval.judge import judge_accuracy
-
         rep["judge"] = {"model": judge_model, **judge_accuracy(scored)}
-    report_dir = Path(report_dir) if report_dir else output.parent
+    rep["rules"] = rules
+    rep["string_metric"] = (string_metric or "anls") if rules == "legacy" else "token-f1"
+    rep["errors"] = sum(1 for r in rows if r.get("error"))
+    markdown = report.report_markdown(rep)
     write_json_atomic(report_dir / f"{output.stem}.report.json", rep)
-    write_text_atomic(report_dir / f"{output.stem}.report.md", report.report_markdown(rep))
+    write_text_atomic(report_dir / f"{output.stem}.report.md", markdown)
+    write_jsonl_atomic(output, scored)
     overall = rep["overall"]
     log(f"scored {overall['n']} predictions -> {output}; report -> {report_dir / (output.stem + '.report.md')}")
     log(
         f"overall accuracy {100 * overall['accuracy']:.2f}  F1 {100 * overall['f1']:.2f}  (n={overall['n']}, "
-        f"string metric {string_metric}, {rep['errors']} request errors)"
+        f"rules {rules}, strings by {rep['string_metric']}, {rep['errors']} request errors)"
     )
     if "judge" in rep:
         j = rep["judge"]
@@ -176,23 +276,29 @@ def score(
     return rep
 
 
+def _load_report(path) -> dict:
+    """A report from a report .json, or from a (scored or raw) predictions .jsonl (scored by its default rules)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        rep = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rep, dict) or "overall" not in rep:
+            raise ValueError(f"{path} is not a report .json")
+        return rep
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"{path} has no predictions")
+    if any("score" not in r for r in rows):
+        rows = scoring.score_records(rows)
+    return report.build_report(rows, model=rows[0].get("model") or path.stem)
+
+
 def compare(base, trained, output_dir, log=print) -> dict:
     """Side-by-side of two scored predictions files or report.json files; writes compare.json/.md."""
-
-    def load(path):
-        path = Path(path)
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        rows = read_jsonl(path)
-        if rows and "score" not in rows[0]:
-            rows = scoring.score_records(rows)
-        return report.build_report(rows, model=(rows[0].get("model") if rows else None) or path.stem)
-
-    b, t = load(base), load(trained)
-    comparison = report.compare_reports(b, t)
-    out = Path(output_dir)
-    write_json_atomic(out / "compare.json", comparison)
+    comparison = report.compare_reports(_load_report(base), _load_report(trained))
     md = report.compare_markdown(comparison)
+    out = Path(output_dir)
+    _writable_dir(out, "--output")
+    write_json_atomic(out / "compare.json", comparison)
     write_text_atomic(out / "compare.md", md)
     log(md)
     log(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
@@ -214,7 +320,9 @@ def needle_build(pool, output, lengths, depths, trials=1, dpi=144, exclude=None,
 
 def needle_plot(scored_predictions, output, title=None, log=print):
     rows = read_jsonl(scored_predictions)
-    if rows and "score" not in rows[0]:
+    if not rows:
+        raise ValueError(f"{scored_predictions} has no predictions")
+    if any("score" not in r for r in rows):
         rows = scoring.score_records(rows)
     rows = [r for r in rows if r.get("task") == "needle"] or rows
     path = needle.plot_heatmap(rows, output, title or f"Needle in a document: {rows[0].get('model', '')}")

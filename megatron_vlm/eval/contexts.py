@@ -71,6 +71,7 @@ class Question:
     answer_format: str
     evidence_pages: list[int]
     segment: tuple[int, int] | None = None
+    extra: dict = field(default_factory=dict)  # fields an eval item carries over (benchmark, dataset, doc_name)
 
 
 @dataclass
@@ -202,31 +203,61 @@ def image_page(path: Path, doc_id: str, index: int) -> Page:
     )
 
 
-def read_document_jsonl(path: str | Path) -> tuple[dict[str, Document], list[Question]]:
+CARRIED_FIELDS = ("benchmark", "dataset", "doc_name", "source")
+
+
+def read_document_jsonl(path: str | Path, image_root: str | Path | None = None) -> tuple[dict[str, Document], list[Question]]:
     """Documents and questions from the eval JSONL format (docs/eval_format.md), for re-padding.
 
-    Each line's ``pages`` become that line's document (``doc_id`` defaults to the line's id);
-    lines that share a doc_id share the document.
+    A page belongs to the document its ``doc_id`` names (default: the line's ``doc_id``, else its
+    id); every doc_id must be a safe file name. Pages numbered by ``page`` keep that number; a
+    document seen on several lines is the union of its pages, ordered by number. The question's
+    evidence: its pages marked ``evidence``, else ``evidence_pages``. Image paths are relative to
+    ``image_root`` (default: the file's directory) and must stay inside it. Every line is checked
+    before any image is opened; ValueError names the line.
     """
+    from megatron_vlm.eval.scoring import check_format
+    from megatron_vlm.utils.paths import inside, safe_name
+
     path = Path(path)
-    docs: dict[str, Document] = {}
-    questions = []
+    root = Path(image_root) if image_root is not None else path.parent
+    rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        r = json.loads(line)
-        missing = [k for k in ("id", "pages", "question", "answer", "answer_format") if k not in r]
-        if missing:
-            raise ValueError(f"{path}:{n}: missing {', '.join(missing)}")
-        doc_id = str(r.get("doc_id") or r["id"])
-        if doc_id not in docs:
+        try:
+            r = json.loads(line)
+            if not isinstance(r, dict):
+                raise ValueError("not a JSON object")
+            missing = [k for k in ("id", "pages", "question", "answer", "answer_format") if k not in r]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+            check_format(r["answer_format"])
+            doc_id = safe_name(str(r.get("doc_id") or r["id"]), "doc_id")
+            if not isinstance(r["pages"], list) or not r["pages"]:
+                raise ValueError("pages is not a non-empty list")
             pages = []
-            for i, p in enumerate(r["pages"]):
-                image = Path(p["image"] if isinstance(p, dict) else p)
-                image = image if image.is_absolute() else path.parent / image
-                pages.append(image_page(image, doc_id, i))
-            docs[doc_id] = Document(doc_id, pages)
-        evidence = [i for i, p in enumerate(r["pages"]) if isinstance(p, dict) and p.get("evidence")]
+            for pos, p in enumerate(r["pages"]):
+                p = p if isinstance(p, dict) else {"image": p}
+                number = p.get("page", pos)
+                if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                    raise ValueError(f"page number {number!r} is not a page index")
+                owner = safe_name(str(p.get("doc_id", doc_id)), "doc_id")
+                pages.append((owner, number, inside(root, p.get("image"), "image"), bool(p.get("evidence"))))
+            evidence = r.get("evidence_pages") or []
+            if not isinstance(evidence, list) or not all(isinstance(e, int) for e in evidence):
+                raise ValueError(f"evidence_pages {evidence!r} is not a list of page indices")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: {e}") from None
+        rows.append((r, doc_id, pages, evidence))
+    by_doc: dict[str, dict[int, Path]] = {}
+    questions = []
+    for r, doc_id, pages, evidence in rows:
+        for owner, number, image, _ in pages:
+            by_doc.setdefault(owner, {}).setdefault(number, image)
+        marked = [number for owner, number, _, ev in pages if ev and owner == doc_id]
         questions.append(
             Question(
                 str(r["id"]),
@@ -235,9 +266,14 @@ def read_document_jsonl(path: str | Path) -> tuple[dict[str, Document], list[Que
                 r["question"],
                 r["answer"],
                 r["answer_format"],
-                evidence or list(r.get("evidence_pages") or []),
+                marked or list(evidence),
+                extra={k: r[k] for k in CARRIED_FIELDS if k in r},
             )
         )
+    docs = {
+        doc_id: Document(doc_id, [image_page(numbered[k], doc_id, k) for k in sorted(numbered)])
+        for doc_id, numbered in by_doc.items()
+    }
     return docs, questions
 
 

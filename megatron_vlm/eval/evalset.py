@@ -7,6 +7,7 @@ EVAL_DIR/eval.json      settings: sources, lengths, depths, seed, counts, items 
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from megatron_vlm.eval.files import read_jsonl, write_json_atomic, write_jsonl_a
 from megatron_vlm.eval.prompts import DEFAULT_PROMPT_TOKENS
 from megatron_vlm.eval.scoring import ANSWER_FORMATS
 from megatron_vlm.utils import atomic
+from megatron_vlm.utils.paths import inside, safe_name
 
 FORMAT_VERSION = 1
 
@@ -97,7 +99,7 @@ def _write_items(jobs, docs, distractors, tmp: Path, seed, count_prompt_tokens, 
         pages = []
         for pos, page in enumerate(ctx.pages):
             if page.name not in written:
-                (tmp / "images" / page.name).write_bytes(page.read_bytes())
+                inside(tmp / "images", safe_name(page.name, "page image name"), "page image").write_bytes(page.read_bytes())
                 written.add(page.name)
             pages.append(
                 {
@@ -127,6 +129,7 @@ def _write_items(jobs, docs, distractors, tmp: Path, seed, count_prompt_tokens, 
                 "prompt_tokens_exact": count_prompt_tokens is not None,
                 "num_tokens": ctx.tokens + p_tokens,
                 "pages": pages,
+                **q.extra,
             }
         )
         if len(items) % 20 == 0:
@@ -155,14 +158,32 @@ def _page_from_image(path: Path) -> dict:
     }
 
 
-def read_eval_set(path: str | os.PathLike) -> list[dict]:
-    """Items of an eval set (EVAL_DIR or a .jsonl file), image paths made absolute, token counts filled in.
+def image_root_of(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Path:
+    """The directory an eval set's image paths are relative to: ``image_root`` when given, else the
+    eval set's own directory (EVAL_DIR, or the .jsonl file's directory). A set whose eval.json says
+    its images live elsewhere (an imported benchmark) needs ``image_root``."""
+    path = Path(path)
+    if image_root is not None:
+        return Path(image_root)
+    settings = path / "eval.json"
+    if path.is_dir() and settings.is_file():
+        external = json.loads(settings.read_text(encoding="utf-8")).get("image_root")
+        if external:
+            raise ValueError(f"{path}'s images are under an image root (imported from {external}); pass --image-root DIR")
+    return path if path.is_dir() else path.parent
+
+
+def read_eval_set(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[dict]:
+    """Items of an eval set (EVAL_DIR or a .jsonl file), image paths resolved, token counts filled in.
 
     A line needs ``id``, ``question``, ``answer``, ``answer_format`` and ``pages`` (each a path or
-    ``{"image": path, ...}``); missing ``tokens``/``grid_thw`` are computed from the image size.
+    ``{"image": path, ...}``). Image paths are relative to ``image_root_of(path, image_root)`` and
+    must stay inside it (ValueError otherwise, before any image is opened); missing
+    ``tokens``/``grid_thw`` are computed from the image size.
     """
     path = Path(path)
     file = path / "eval.jsonl" if path.is_dir() else path
+    root = image_root_of(path, image_root)
     items = read_jsonl(file)
     for n, item in enumerate(items, 1):
         missing = [k for k in ("id", "question", "answer", "answer_format", "pages") if k not in item]
@@ -172,11 +193,18 @@ def read_eval_set(path: str | os.PathLike) -> list[dict]:
             raise ValueError(
                 f"{file}: item {n} has answer_format {item['answer_format']!r}, not one of {ANSWER_FORMATS}"
             )
+        if not isinstance(item["pages"], list):
+            raise ValueError(f"{file}: item {n}: pages is not a list")
+        for p in item["pages"]:
+            try:
+                inside(root, p.get("image") if isinstance(p, dict) else p, "image")
+            except ValueError as e:
+                raise ValueError(f"{file}: item {n}: {e}") from None
+    for item in items:
         pages = []
         for p in item["pages"]:
             p = dict(p) if isinstance(p, dict) else {"image": p}
-            image = Path(p["image"])
-            p["image"] = str(image if image.is_absolute() else file.parent / image)
+            p["image"] = str(inside(root, p["image"], "image"))
             if "tokens" not in p or "grid_thw" not in p:
                 p.update(_page_from_image(Path(p["image"])))
             pages.append(p)

@@ -26,12 +26,15 @@ CARRIED = (
     "question",
     "answer",
     "answer_format",
+    "benchmark",
+    "dataset",
+    "doc_name",
 )
 
 
-def prediction_row(item: dict, output: str, model: str, error: str | None = None) -> dict:
+def prediction_row(item: dict, output: str, model: str, error: str | None = None, prompt: str = "default") -> dict:
     row = {k: item[k] for k in CARRIED if k in item}
-    row.update({"prediction": output, "model": model})
+    row.update({"prediction": output, "model": model, "prompt": prompt})
     if any(isinstance(p, dict) and "evidence" in p for p in item.get("pages", [])):
         row["evidence_count"] = sum(1 for p in item["pages"] if p.get("evidence"))
     if error:
@@ -56,7 +59,7 @@ def run_eval(items: list[dict], backend, output: str | os.PathLike, model: str, 
     start = time.time()
     with open(partial, "a", encoding="utf-8") as f:
         for n, (item, text, error) in enumerate(backend.answer_stream(todo), 1):
-            row = prediction_row(item, text, model, error)
+            row = prediction_row(item, text, model, error, getattr(backend, "prompt_mode", "default"))
             done[item["id"]] = row
             f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
             f.flush()

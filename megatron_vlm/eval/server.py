@@ -1,8 +1,10 @@
 """A minimal OpenAI-compatible /v1/chat/completions server around the in-process HF backend.
 
 For tests and small local runs (one request at a time, greedy); serve real checkpoints with vLLM.
-Accepts user messages whose content is a string or a list of ``text`` and ``image_url`` parts
-(data URLs with base64 image bytes, as backends.chat_request sends them).
+Accepts one user message whose content is a string or a list of ``text`` and ``image_url`` parts
+(data URLs with base64 image bytes, as backends.chat_request sends them), optionally followed by
+an assistant message to continue (vLLM's ``continue_final_message``); the reply holds only the
+generated text, as vLLM's does.
 
     server = ChatServer(HFBackend(...), port=0); server.start(); ... ; server.stop()
 """
@@ -16,6 +18,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from megatron_vlm.eval.prompts import Prompt
+
 
 def _decode_image(url: str):
     from PIL import Image
@@ -26,23 +30,29 @@ def _decode_image(url: str):
         return im.convert("RGB")
 
 
-def parse_messages(messages: list[dict]) -> tuple[str, list]:
-    """(question text, images) from the one user turn the eval sends; the text is the eval's question_text."""
-    users = [m for m in messages if m.get("role") == "user"]
-    if len(users) != 1:
+def parse_messages(messages: list[dict], continue_final: bool = False) -> tuple[Prompt, list]:
+    """(prompt, images) from the request's messages: one user turn, then the assistant text to continue."""
+    if continue_final:
+        if len(messages) != 2 or messages[-1].get("role") != "assistant" or not isinstance(messages[-1]["content"], str):
+            raise ValueError("continue_final_message needs a user message then an assistant message with text")
+        prefill, messages = messages[-1]["content"], messages[:-1]
+    else:
+        prefill = ""
+    if len(messages) != 1 or messages[0].get("role") != "user":
         raise ValueError("expected exactly one user message")
-    content = users[0]["content"]
+    content = messages[0]["content"]
     if isinstance(content, str):
-        return content, []
-    texts, images = [], []
+        return Prompt([{"type": "text", "text": content}], prefill), []
+    parts, images = [], []
     for part in content:
         if part.get("type") == "text":
-            texts.append(part["text"])
+            parts.append({"type": "text", "text": part["text"]})
         elif part.get("type") == "image_url":
+            parts.append({"type": "image", "page": len(images)})
             images.append(_decode_image(part["image_url"]["url"]))
         else:
             raise ValueError(f"unsupported content part {part.get('type')!r}")
-    return "".join(texts), images
+    return Prompt(parts, prefill), images
 
 
 class ChatServer:
@@ -75,12 +85,12 @@ class ChatServer:
                     return self._send(404, {"error": {"message": "not found"}})
                 try:
                     body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                    text, images = parse_messages(body["messages"])
+                    prompt, images = parse_messages(body["messages"], bool(body.get("continue_final_message")))
                 except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
                     return self._send(400, {"error": {"message": str(e)}})
                 with server.lock:
                     server.requests += 1
-                    out = server.backend.generate_text(text, images, body.get("max_tokens"))
+                    out = server.backend.generate(prompt, images, body.get("max_tokens"))
                 self._send(
                     200,
                     {

@@ -153,7 +153,8 @@ def test_eval_set_on_disk(pool_and_qa, tmp_path):
                     "question": it["question"],
                     "answer": it["answer"],
                     "answer_format": it["answer_format"],
-                    "pages": [str(out / p["image"].split(str(out) + "/")[-1]) for p in it["pages"]],
+                    # relative to the file's directory (the image root of a bare .jsonl)
+                    "pages": ["evalset/" + p["image"].split(str(out) + "/")[-1] for p in it["pages"]],
                 }
             )
             + "\n"

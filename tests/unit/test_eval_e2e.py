@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_vlm.eval import commands
 from megatron_vlm.eval.files import read_jsonl, write_jsonl_atomic
 from tests.unit.eval_pool import write_pool
 from tools import evaluate
@@ -223,3 +224,59 @@ def test_cli_errors_are_one_line(setup, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("evaluate.py ") for line in err)
     assert not (tmp_path / "bad.scored.jsonl").exists()
+
+
+@pytest.mark.slow(40)
+def test_mmlongbench_end_to_end(setup, tmp_path):
+    """A small MMLongBench-format file imported, answered by the tiny model with the MMLongBench prompt
+    (in process and through the loopback server with continue_final_message), scored by MMLongBench's
+    rules (chosen from the lines' benchmark field), reported as the paper's tables, compared."""
+    from megatron_vlm.eval.backends import HFBackend
+    from megatron_vlm.eval.server import ChatServer
+    from tests.unit import eval_benchmarks as bench
+
+    _, _, _, model, tokenizer, preprocessor = setup
+    data, images = bench.write_mmlongbench(tmp_path)
+    eval_dir = tmp_path / "mmlb"
+    assert evaluate.main(["import", "mmlongbench", "--input", str(data), "--image-root", str(images),
+                          "--output", str(eval_dir), "--samples", "0"]) == 0
+    backend = HFBackend(model, device="cpu", max_new_tokens=4, tokenizer_dir=tokenizer, preprocessor_dir=preprocessor,
+                        prompt_mode="mmlongbench")
+    base = tmp_path / "base.jsonl"
+    commands.run(eval_dir, base, backend, "tiny-base", image_root=images, log=lambda *_: None)
+    server = ChatServer(backend, model_name="tiny").start()
+    try:
+        trained = tmp_path / "trained.jsonl"
+        assert evaluate.main(["run", "--eval-set", str(eval_dir), "--image-root", str(images), "--output", str(trained),
+                              "--backend", "openai", "--url", server.url, "--served-model", "tiny", "--prompt",
+                              "mmlongbench", "--max-new-tokens", "4", "--name", "tiny-trained"]) == 0
+    finally:
+        server.stop()
+    a, b = read_jsonl(base), read_jsonl(trained)
+    assert [r["prediction"] for r in a] == [r["prediction"] for r in b]  # the same continuation both ways
+    assert all(r["prediction"].startswith("Answer:") and r["prompt"] == "mmlongbench" for r in a)
+    assert len({r["prediction"] for r in a}) > 1
+    # the trained side gets its first answer right, so the tables differ where they should
+    from megatron_vlm.eval.rules_mmlongbench import parse_answer
+
+    b[0]["answer"], b[0]["answer_format"] = parse_answer(b[0]["prediction"]) or "x", "String"
+    write_jsonl_atomic(trained, b)
+    for path in (base, trained):
+        assert evaluate.main(["score", "--predictions", str(path)]) == 0
+    rep = json.loads((tmp_path / "trained.scored.report.json").read_text())
+    assert rep["rules"] == "mmlongbench" and rep["string_metric"] == "token-f1"
+    scored = read_jsonl(tmp_path / "trained.scored.jsonl")
+    by_ds = {}
+    for r in scored:
+        by_ds.setdefault(r["dataset"], []).append(r["score"])
+    tables = rep["paper_tables"]
+    assert tables["datasets"]["mmlongdoc"]["8192"] == pytest.approx(100 * sum(by_ds["mmlongdoc"]) / 3)
+    assert tables["average"]["8192"] == pytest.approx(
+        (tables["datasets"]["mmlongdoc"]["8192"] + tables["datasets"]["slidevqa"]["8192"]) / 2
+    )
+    assert tables["reported"] == {"64K/128K": None, "256K": None, "512K": None}  # only 8K here
+    assert "| **doc-VQA avg** |" in (tmp_path / "trained.scored.report.md").read_text()
+    assert evaluate.main(["compare", "--base", str(tmp_path / "base.scored.jsonl"), "--trained",
+                          str(tmp_path / "trained.scored.jsonl"), "--output", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| mmlongdoc | tiny-base |" in md and "| mmlongdoc | tiny-trained |" in md
