@@ -39,18 +39,24 @@ def job_of(body: dict) -> tuple[str, int, int, bool, dict[int, str], int]:
 
 
 def teacher_reply(body: dict) -> str:
-    """A well-formed answer quoting the segment's OCR text (so validation can find it)."""
+    """A well-formed reader question about the quantities the segment's OCR text states (sample_pdfs
+    writes "In 2019 the revenue of the north division was 4,312 units." under "Section N: Topic")."""
     task, first, last, _, ocr, _ = job_of(body)
-    heads = [(p, t.split("\n")[0]) for p, t in sorted(ocr.items()) if t]
+    facts = []
+    for p, text in sorted(ocr.items()):
+        heading = next(line for line in text.splitlines() if line.startswith("Section "))
+        for m in re.finditer(r"In (\d{4}) the ([a-z ]+?) of the (\w+) division was ([\d,]+) units", text):
+            question = f'According to the section "{heading}", in {m[1]} the {m[2]} of the {m[3]} division was how many units'
+            facts.append((p, question, m[4]))
+    (p1, q1, v1), (p2, q2, v2) = facts[0], facts[-1]
     if task == "extract-single":
-        p, head = heads[0]
-        qa = {"question": f"What is the first heading on page {p}?", "answer": head, "answer_format": "Str", "evidence_pages": [p]}
+        qa = {"question": q1 + "?", "answer": v1, "answer_format": "Int", "evidence_pages": [p1]}
     elif task == "extract-multi":
-        (p1, h1), (p2, h2) = heads[0], heads[-1]
-        qa = {"question": f"List the first headings of pages {p1} and {p2}.", "answer": [h1, h2], "answer_format": "List", "evidence_pages": [p1, p2]}
+        qa = {"question": f"Answer in order: (1) {q1}; (2) {q2}?", "answer": [v1, v2], "answer_format": "List", "evidence_pages": [p1, p2]}
     else:
-        qa = {"question": f"How many pages do pages {first} to {last} span?", "answer": str(last - first + 1), "answer_format": "Int", "evidence_pages": [first]}
-    return json.dumps({**qa, "evidence_description": "the page headings"})
+        total = int(v1.replace(",", "")) + int(v2.replace(",", ""))
+        qa = {"question": f"What is the sum of (1) and (2): (1) {q1}; (2) {q2}?", "answer": str(total), "answer_format": "Int", "evidence_pages": sorted({p1, p2})}
+    return json.dumps({**qa, "evidence_description": "the division figures in the sections named"})
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +140,21 @@ def test_killed_run_restarted_resends_nothing_answered(pool_dir, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["teacher_usage"]["cache_hits"] >= len(answered)
     assert summary["candidates"] == summary["segments"] * len(TEACHER_TASKS) == 12
+
+
+def test_dry_run_writes_the_exact_requests_and_sends_nothing(pool_dir, tmp_path):
+    with FakeOpenAI(answer=teacher_reply) as server:
+        assert run_synth(synth_argv(pool_dir, tmp_path / "dry", server.url, "--dry-run")) == 0
+        assert server.log == []
+        lines = [json.loads(line) for line in (tmp_path / "dry" / "requests-00000.jsonl").read_text().splitlines()]
+        assert not (tmp_path / "dry" / "records-00000.jsonl").exists()
+        assert run_synth(synth_argv(pool_dir, tmp_path / "real", server.url)) == 0
+        sent = [e["body"] for e in server.log]
+    assert len(lines) == len(sent) == 12 and all(line["url"] == f"{server.url}/chat/completions" for line in lines)
+    key = lambda body: json.dumps(body, sort_keys=True)  # noqa: E731
+    assert sorted(key(line["payload"]) for line in lines) == sorted(key(b) for b in sent)
+    system = lines[0]["payload"]["messages"][0]["content"]
+    assert "Never mention a page" in system and "name the page" not in system.lower()
+    # Answered requests are in the cache now: a second dry run into the same directory has none left to send.
+    assert run_synth(synth_argv(pool_dir, tmp_path / "real", server.url, "--dry-run")) == 0
+    assert (tmp_path / "real" / "requests-00000.jsonl").read_text() == ""

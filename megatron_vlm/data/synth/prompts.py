@@ -9,32 +9,49 @@ from __future__ import annotations
 import base64
 import json
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"
 ANSWER_FORMATS = ("Int", "Float", "Str", "List", "None")
 
 SYSTEM = (
-    "You write question-answer pairs for training a model to read long documents. You see a "
-    "segment of consecutive pages of one document; each page image is preceded by its page number "
-    "in the full document. Reply with one JSON object only, no prose, with the keys: "
+    "You write question-answer pairs that train a model to read long documents. Each pair is later "
+    "asked with the WHOLE document in context, so the model has to find the right page itself. You "
+    "see a segment of consecutive pages of one document; each page image is preceded by a marker "
+    '"Page N:" giving its index in the full document. Use these markers only for evidence_pages.\n'
+    "Rules for the question:\n"
+    "- Ask what a reader of this document would ask. Never mention a page: no page numbers, no page "
+    "indices, neither the markers nor the numbers printed on the pages. Name a table or figure by its "
+    'label ("Table 3") or a section by its title instead.\n'
+    "- Name what you ask for: the table's row and column headers, the section, the quantity and its "
+    "unit. No fill-in-the-blank questions and no quoted sentence with a gap.\n"
+    "- The question must pick out exactly one fact in the whole document: no other place in the "
+    "document may answer it with a different value, and a text answer should be printed only once "
+    "in the document.\n"
+    "- Use only facts from the body text and tables. Never use running headers, footers, page "
+    "numbers, captions, or text that is garbled or hard to read.\n"
+    "Reply with one JSON object only, no prose, with the keys: "
     '"question" (string), "answer" (string; for a List, a JSON array of strings), "answer_format" '
-    '(one of "Int", "Float", "Str", "List", "None"), "evidence_pages" (list of the page numbers '
-    'you used, as shown), "evidence_description" (one sentence saying where the answer is).'
+    '(one of "Int", "Float", "Str", "List", "None"), "evidence_pages" (list of the page markers '
+    'you used, as numbers), "evidence_description" (one sentence saying where the answer is: the '
+    "table with its row and column, or the section; for reasoning, which values were combined and how)."
 )
 
 TASK_INSTRUCTIONS = {
     "extract-single": (
         "Ask one question whose answer is a short span (a value, name, date or phrase) printed on "
-        "exactly one page of the segment. Name the page or the table/section in the question. The "
-        "answer must be copied exactly as printed."
+        "exactly one page of the segment, copied exactly as printed."
     ),
     "extract-multi": (
-        "Ask one question whose answer gathers 2-4 short spans printed on different pages of the "
-        "segment (answer_format List), each copied exactly as printed, in page order."
+        "Ask one question whose answer gathers 2-4 short spans of one kind (for example the same "
+        "column's value for different rows, or the same quantity for different items) printed on "
+        "different pages of the segment (answer_format List), each copied exactly as printed, in the "
+        "order the question asks for them."
     ),
     "reasoning": (
-        "Ask one question that needs values from one or more pages and a calculation or logical "
-        "step over them (a sum, difference, ratio, count or comparison). Give the final result as "
-        "the answer (Int or Float for numbers) and name the values used in evidence_description."
+        "Ask one question that combines comparable values (the same column of a table, or the same "
+        "quantity in the same unit) from one or more pages of the segment by a calculation or "
+        "comparison (a sum, difference, ratio, count, or which is largest), and say the operation "
+        "in the question. Give the final result as the answer (Int or Float for numbers) and name "
+        "the values used and the operation in evidence_description."
     ),
 }
 

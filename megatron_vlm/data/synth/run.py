@@ -15,6 +15,7 @@ The same pool, arguments and seed give byte-identical outputs with the template 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -55,6 +56,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--max-tokens", type=int, default=1024)
     g.add_argument("--cache-dir", help="request cache (default QA_DIR/cache); a rerun re-sends nothing answered")
+    g.add_argument("--dry-run", action="store_true", help="send nothing: write the first request of every job not answered in the cache "
+                   "to QA_DIR/requests-SSSSS.jsonl ({\"url\", \"job\", \"payload\"} per line; re-asks depend on replies and are not included)")
 
 
 def _record(answer: Answer, teacher_name: str, prompt_version: str) -> dict:
@@ -84,11 +87,14 @@ def run(args) -> dict:
     teacher = make_teacher(args)
     teacher_name = getattr(teacher, "record_name", teacher.name)
     teacher_tasks = [t for t in args.tasks if t in T.TEACHER_TASKS]
+    if getattr(args, "dry_run", False):
+        return dry_run(args, teacher, ids, teacher_tasks, out)
 
-    validator = Validator()
+    validator = Validator(getattr(teacher, "cache", None))
     records, failures = [], []
     failed: Counter = Counter()
     counts = Counter(docs=0, docs_too_short=0, segments=0, candidates=0)
+    skipped = []  # documents with no segment, named in the summary
     window: deque[Future] = deque()  # teacher jobs in flight, oldest first
 
     def keep(answer: Answer, name: str, version: str) -> None:
@@ -116,18 +122,16 @@ def run(args) -> dict:
             segments = T.choose_segments(doc["num_pages"], lo, hi, random.Random(f"{args.seed}:{doc['id']}"))
             counts["segments"] += len(segments)
             counts["docs_too_short"] += not segments
-            for segment in segments:
-                for task in args.tasks:
-                    for k in range(args.per_segment):
-                        seg_images = {p: images[p] for p in range(*segment) if p in images}
-                        job = Job(doc, segment, task, k, args.seed, seg_images)
-                        if task in teacher_tasks:
-                            window.append(executor.submit(teacher.answer_one, job))
-                            drain(args.batch_jobs)
-                            continue
-                        rng = random.Random(f"{args.seed}:{doc['id']}:{segment}:{task}:{k}")
-                        qa = T.ocr_full(doc, segment) if task == "ocr-full" else T.ocr_needle(doc, segment, rng)
-                        keep(Answer(job, qa=qa, failure=None if qa else f"{task}: segment has no text"), "pool-text", "text-v1")
+            if not segments:
+                skipped.append({"doc_id": doc["id"], "source": doc["source"], "pages": doc["num_pages"], "reason": f"fewer than {lo} pages"})
+            for job in _jobs(args, doc, images, args.tasks):
+                if job.task in teacher_tasks:
+                    window.append(executor.submit(teacher.answer_one, job))
+                    drain(args.batch_jobs)
+                    continue
+                rng = random.Random(f"{args.seed}:{doc['id']}:{job.segment}:{job.task}:{job.index}")
+                qa = T.ocr_full(doc, job.segment) if job.task == "ocr-full" else T.ocr_needle(doc, job.segment, rng)
+                keep(Answer(job, qa=qa, failure=None if qa else f"{job.task}: segment has no text"), "pool-text", "text-v1")
             now = time.monotonic()
             if now - last_print > 5 and not args.quiet:
                 last_print, rate = now, counts["docs"] / max(now - start, 1e-9)
@@ -150,6 +154,7 @@ def run(args) -> dict:
         "segment_pages": [lo, hi],
         "tasks": list(args.tasks),
         **dict(counts),
+        "skipped": skipped,
         "records": dict(sorted(Counter(r["task"] for r in records).items())),
         "records_total": len(records),
         "rejected": dict(sorted(validator.rejected.items())),
@@ -160,6 +165,37 @@ def run(args) -> dict:
     atomic.write_text(summary_path, json.dumps(summary, sort_keys=True, indent=1) + "\n")
     summary["paths"] = [str(records_path), str(failures_path), str(summary_path)]
     return summary
+
+
+def _jobs(args, doc: dict, images: dict, tasks: list[str]):
+    """The teacher jobs of one document, in the order synth asks them."""
+    lo, hi = args.segment_pages
+    for segment in T.choose_segments(doc["num_pages"], lo, hi, random.Random(f"{args.seed}:{doc['id']}")):
+        for task in tasks:
+            for k in range(args.per_segment):
+                yield Job(doc, segment, task, k, args.seed, {p: images[p] for p in range(*segment) if p in images})
+
+
+def dry_run(args, teacher, ids: list[str], tasks: list[str], out: Path) -> dict:
+    """Write the requests the openai teacher would send (first attempt of each job not in the cache)."""
+    if teacher.name != "openai":
+        raise ValueError("--dry-run is for --teacher openai (the template teacher sends nothing)")
+    path = out / f"requests-{args.shard_index:05d}.jsonl"
+    counts = Counter(docs=0, requests=0, cached=0)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for doc, images in iter_documents(args.pool, images=True, ids=set(ids)):
+            counts["docs"] += 1
+            for job in _jobs(args, doc, images, tasks):
+                payload, cached = teacher.first_request(job)
+                if cached:
+                    counts["cached"] += 1
+                    continue
+                job_id = f"{doc['id']}-{job.segment[0]:04d}-{job.segment[1]:04d}-{job.task}-{job.index}"
+                f.write(dumps_sorted({"url": teacher.client.url, "job": job_id, "payload": payload}) + "\n")
+                counts["requests"] += 1
+    os.replace(tmp, path)
+    return {"dry_run": True, **dict(counts), "paths": [str(path)]}
 
 
 def synthesize(pool_dir: str | Path, output: str | Path, quiet: bool = True, **options) -> dict:
@@ -173,7 +209,13 @@ def main(args) -> int:
     except ValueError as e:
         print(f"[synth] error: {e}", file=sys.stderr)
         return 2
+    if s.get("dry_run"):
+        print(f"[synth] dry run: {s['docs']} docs, {s['requests']} requests not sent ({s['cached']} already answered in the cache); wrote {s['paths'][0]}")
+        return 0
     rejected = sum(s["rejected"].values())
+    if s["skipped"]:
+        names = ", ".join(f"{d['source']} ({d['pages']} pages)" for d in s["skipped"])
+        print(f"[synth] skipped {len(s['skipped'])} documents with fewer pages than --segment-pages MIN {s['segment_pages'][0]}: {names}")
     print(
         f"[synth] {s['docs']} docs ({s['docs_too_short']} too short), {s['segments']} segments, {s['candidates']} candidates -> "
         f"{s['records_total']} records {s['records']}; {rejected} rejected {s['rejected']}; {sum(s['failed'].values())} failed; "

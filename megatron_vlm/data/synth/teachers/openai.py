@@ -16,7 +16,7 @@ from pathlib import Path
 
 from megatron_vlm.data.synth.prompts import PROMPT_VERSION, build_messages, parse_answer, reask_message
 from megatron_vlm.data.synth.teachers import Answer, Job
-from megatron_vlm.utils.openai_client import ChatClient
+from megatron_vlm.utils.openai_client import ChatClient, request_key
 
 
 class OpenAITeacher:
@@ -49,6 +49,11 @@ class OpenAITeacher:
     def answer(self, jobs: list[Job]) -> list[Answer]:
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(self.answer_one, jobs))
+
+    def first_request(self, job: Job) -> tuple[dict, bool]:
+        """(the payload this job's first request sends, whether the cache already answers it)."""
+        payload = self.client.payload(build_messages(job, self.send_text), **self.params)
+        return payload, self.client.cached(request_key(payload)) is not None
 
     def answer_one(self, job: Job) -> Answer:
         messages = build_messages(job, self.send_text)

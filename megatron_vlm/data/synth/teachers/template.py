@@ -1,59 +1,95 @@
-"""The offline template teacher: QA pairs built from layout facts, with no model.
+"""The offline template teacher: reader questions built from a document's facts, with no model.
 
-extract-single asks for one fact (a table cell, a page's first heading, a number in a sentence) on
-a named page; extract-multi gathers 2-4 facts of one kind from different pages into a list;
-reasoning computes a sum, difference, count or comparison over numeric facts. Every answer comes
-from the page text, so validation can check it. Deterministic: each job seeds its own RNG.
+Facts (facts.py) are read from the whole document, so each question picks out one fact in it;
+only the usable facts on the segment's pages are asked about. No question names a page: the
+instance shows the whole document and the model must find where the answer is.
+
+- extract-single: one fact (a table cell by its table, row and column; a quantity by its section
+  and clause; a numbered section's title by its number).
+- extract-multi: 2-4 facts of one kind (cells of one column header, quantities of one unit,
+  section titles) from different pages, answered as a list in the order asked.
+- reasoning: comparable values only (one column of one table, or quantities with one unit in
+  near-identical clauses), with the operation in the question: a difference, a sum, which row
+  is largest/smallest, or how many rows exceed a threshold.
+
+Deterministic: each job seeds its own RNG.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
-from megatron_vlm.data.synth.facts import Fact, number_format, page_facts, parse_number
-from megatron_vlm.data.synth.prompts import PROMPT_VERSION
-from megatron_vlm.data.synth.tasks import page_label
+from megatron_vlm.data.synth.facts import Fact, FactCache, mask_digits, normalize, number_format, parse_number
 from megatron_vlm.data.synth.teachers import Answer, Job
+
+TEMPLATE_VERSION = "template-v2"
 
 
 def _fmt(value: float, as_int: bool) -> str:
-    return str(int(round(value))) if as_int else f"{value:.2f}".rstrip("0").rstrip(".")
+    return str(int(round(value))) if as_int else f"{value:.4f}".rstrip("0").rstrip(".")
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _quoted(names: list[str]) -> str:
+    """'"a"', '"a" and "b"', '"a", "b" and "c"'."""
+    q = [f'"{n}"' for n in names]
+    return q[0] if len(q) == 1 else f"{', '.join(q[:-1])} and {q[-1]}"
 
 
 class TemplateTeacher:
     name = "template"
-    prompt_version = PROMPT_VERSION
+    prompt_version = TEMPLATE_VERSION
     concurrency = 1
+
+    def __init__(self, cache: FactCache | None = None):
+        self.cache = cache or FactCache()
+        self._seen_docs: set[str] = set()
+        self._facts: Counter = Counter()
 
     def answer(self, jobs: list[Job]) -> list[Answer]:
         return [self.answer_one(job) for job in jobs]
 
     def answer_one(self, job: Job) -> Answer:
         rng = random.Random(f"{job.seed}:{job.doc['id']}:{job.segment}:{job.task}:{job.index}")
-        facts = [f for p in range(*job.segment) for f in page_facts(job.doc["pages"][p])]
-        build = {"extract-single": single, "extract-multi": multi, "reasoning": reasoning}[job.task]
-        qa = build(facts, rng)
+        facts = self.cache.facts(job.doc)
+        if job.doc["id"] not in self._seen_docs:
+            self._seen_docs.add(job.doc["id"])
+            self._facts.update(f"{f.kind}: {f.problem or 'usable'}" for f in facts)
+        first, last = job.segment
+        usable = [f for f in facts if first <= f.page < last and f.problem is None]
+        if job.task == "extract-single":
+            # The k-th job of a segment asks its k-th fact, so --per-segment K asks K different facts.
+            order = random.Random(f"{job.seed}:{job.doc['id']}:{job.segment}:single")
+            qa = single(usable, order, job.index)
+        else:
+            qa = (multi if job.task == "extract-multi" else reasoning)(usable, rng)
         return Answer(job, qa=qa) if qa else Answer(job, failure=f"{job.task}: no usable facts in segment")
 
+    def usage(self) -> dict:
+        """Facts read per kind, usable or why not (summary.json's teacher_usage)."""
+        return {"facts": dict(sorted(self._facts.items()))}
 
-def single(facts: list[Fact], rng: random.Random) -> dict | None:
+
+def single(facts: list[Fact], rng: random.Random, k: int = 0) -> dict | None:
+    """The k-th fact of a seeded order that takes the kinds in turn (cell, quantity, section)."""
     kinds = sorted({f.kind for f in facts})
-    if not kinds:
+    rng.shuffle(kinds)
+    queues = {kind: rng.sample([f for f in facts if f.kind == kind], sum(f.kind == kind for f in facts)) for kind in kinds}
+    order = [q[i] for i in range(max((len(q) for q in queues.values()), default=0)) for q in queues.values() if i < len(q)]
+    if k >= len(order):
         return None
-    fact = rng.choice([f for f in facts if f.kind == rng.choice(kinds)])
-    if fact.kind == "cell":
-        question = f"What is {fact.where()}?"
-    elif fact.kind == "sentence":
-        question = f'On page {fact.page + 1}, which number completes the sentence "{fact.label}"?'
-    else:
-        question = f"What is the first heading on page {fact.page + 1}?"
+    fact = order[k]
     return {
-        "question": question,
+        "question": fact.ask(),
         "answer": fact.value,
-        "answer_format": number_format(fact.value) if fact.kind != "heading" else "Str",
+        "answer_format": "Str" if fact.kind == "section" else number_format(fact.value),
         "evidence_pages": [fact.page],
-        "evidence_description": f"{fact.where()[0].upper()}{fact.where()[1:]}.",
+        "evidence_description": fact.describe(),
     }
 
 
@@ -66,76 +102,130 @@ def _spread(facts: list[Fact], rng: random.Random, k: int) -> list[Fact]:
     return [rng.choice(by_page[p]) for p in pages]
 
 
+def _kind_of(f: Fact) -> tuple:
+    """Facts of one kind can be gathered into one extract-multi question."""
+    if f.kind == "cell":
+        return ("cell", normalize(f.column))
+    if f.kind == "quantity":
+        return ("quantity", f.unit)
+    return ("section",)
+
+
 def multi(facts: list[Fact], rng: random.Random) -> dict | None:
-    kinds = [k for k in ("cell", "sentence", "heading") if len({f.page for f in facts if f.kind == k}) >= 2]
-    if not kinds:
+    groups: dict[tuple, list[Fact]] = {}
+    for f in facts:
+        groups.setdefault(_kind_of(f), []).append(f)
+    groups = {k: v for k, v in groups.items() if len({f.page for f in v}) >= 2}
+    if not groups:
         return None
-    kind = rng.choice(kinds)
-    chosen = _spread([f for f in facts if f.kind == kind], rng, rng.randint(2, 4))
-    pages = [f.page for f in chosen]
-    if kind == "heading":
-        question = f"List the first heading of each of {page_label(pages)}, in page order."
+    kind = rng.choice(sorted(groups))
+    chosen = _spread(groups[kind], rng, rng.randint(2, 4))
+    if kind[0] == "cell":
+        parts = "; ".join(f'the value in the column "{f.column}" for the row "{f.row}" of {f.table}' for f in chosen)
+        question = f"What are these values, in this order: {parts}?"
+    elif kind[0] == "quantity":
+        parts = "; ".join(f"({i + 1}) {_lower_first(f.where())}, {f.clause}" for i, f in enumerate(chosen))
+        question = f"Answer each in order: {parts}?"
     else:
-        items = "; ".join(f.where() for f in chosen)
-        question = f"List, in this order: {items}."
+        numbers = [f.anchors[0] for f in chosen]
+        question = f"What are the titles of sections {', '.join(numbers[:-1])} and {numbers[-1]}? Answer in this order."
     return {
         "question": question,
-        "answer": json.dumps([f.value for f in chosen]),
+        "answer": json.dumps([f.value for f in chosen], ensure_ascii=False),
         "answer_format": "List",
-        "evidence_pages": pages,
-        "evidence_description": "; ".join(f"{f.where()[0].upper()}{f.where()[1:]}" for f in chosen) + ".",
+        "evidence_pages": sorted({f.page for f in chosen}),
+        "evidence_description": " ".join(f.describe() for f in chosen),
     }
 
 
+def _columns(facts: list[Fact]) -> list[list[Fact]]:
+    """Numeric cells grouped by (table, column), one unit per group, at least two rows each."""
+    groups: dict[tuple, list[Fact]] = {}
+    for f in facts:
+        if f.kind == "cell" and parse_number(f.value) is not None:
+            groups.setdefault((f.table_id, normalize(f.column), f.unit), []).append(f)
+    return [v for _, v in sorted(groups.items()) if len(v) >= 2]
+
+
+def _quantity_pairs(facts: list[Fact]) -> list[tuple[Fact, Fact]]:
+    """Quantities with one unit in clauses that differ in exactly one word (digits aside): the same
+    measure of two things ("the revenue of the north / east division was N units")."""
+    qs = [f for f in facts if f.kind == "quantity"]
+    pairs = []
+    for i, a in enumerate(qs):
+        for b in qs[i + 1:]:
+            wa, wb = mask_digits(a.anchors[1]).split(), mask_digits(b.anchors[1]).split()
+            if a.unit == b.unit and len(wa) == len(wb) >= 4 and sum(x != y for x, y in zip(wa, wb)) == 1:
+                pairs.append((a, b))
+    return pairs
+
+
 def reasoning(facts: list[Fact], rng: random.Random) -> dict | None:
-    numeric = [f for f in facts if f.kind in ("cell", "sentence") and parse_number(f.value) is not None]
-    ops = []
-    if len({f.page for f in numeric}) >= 2:
-        ops += ["sum", "difference", "comparison"]
-    columns: dict[tuple, list[Fact]] = {}
-    for f in numeric:
-        if f.kind == "cell":
-            columns.setdefault((f.page, f.caption, f.column), []).append(f)
-    columns = {k: v for k, v in columns.items() if len(v) >= 3}
-    if columns:
-        ops.append("count")
-    if not ops:
+    columns, pairs = _columns(facts), _quantity_pairs(facts)
+    options = [("column", c) for c in columns] + [("pair", p) for p in pairs]
+    if not options:
         return None
+    what, item = rng.choice(options)
+    return _column_question(item, rng) if what == "column" else _pair_question(item, rng)
+
+
+def _column_question(cells: list[Fact], rng: random.Random) -> dict | None:
+    cells = sorted(cells, key=lambda f: (f.page, f.row))[:6]
+    values = [parse_number(f.value) for f in cells]
+    as_int = all(number_format(f.value) == "Int" for f in cells)
+    head = cells[0]
+    col, table = head.column, head.table
+    ops = ["difference", "sum"] + (["largest", "smallest", "count"] if len(cells) >= 3 else [])
     op = rng.choice(ops)
-    if op == "count":
-        key = rng.choice(sorted(columns))
-        cells = columns[key]
-        values = sorted({parse_number(f.value) for f in cells})
-        if len(values) < 2:
+    listing = "; ".join(f"{f.row} {f.value}" for f in cells)
+    answer_format = "Int" if as_int else "Float"
+    if op == "difference":
+        a, b = rng.sample(cells, 2)
+        question = f'In {table}, what is the "{col}" value of the row "{a.row}" minus that of the row "{b.row}"?'
+        answer, used = _fmt(parse_number(a.value) - parse_number(b.value), as_int), [a, b]
+        how = f"{a.value} - {b.value} = {answer}"
+    elif op == "sum":
+        used = sorted(rng.sample(cells, rng.randint(2, min(4, len(cells)))), key=cells.index)
+        question = f'In {table}, what is the sum of the "{col}" values of the rows {_quoted([f.row for f in used])}?'
+        answer = _fmt(sum(parse_number(f.value) for f in used), as_int)
+        how = f"{' + '.join(f.value for f in used)} = {answer}"
+    elif op in ("largest", "smallest"):
+        pick = max(values) if op == "largest" else min(values)
+        if values.count(pick) != 1:
             return None
-        i = rng.randrange(len(values) - 1)
-        threshold = (values[i] + values[i + 1]) / 2
-        count = sum(parse_number(f.value) > threshold for f in cells)
-        table = f'the table "{key[1]}"' if key[1] else "the table"
-        return {
-            "question": f'In {table} on page {key[0] + 1}, how many rows have a value greater than {_fmt(threshold, False)} in the column "{key[2]}"?',
-            "answer": str(count),
-            "answer_format": "Int",
-            "evidence_pages": [key[0]],
-            "evidence_description": f'Column "{key[2]}" of {table} on page {key[0] + 1}: ' + ", ".join(f"{f.label} {f.value}" for f in cells) + ".",
-        }
-    a, b = _spread(numeric, rng, 2)
+        winner = cells[values.index(pick)]
+        question = f'In {table}, which of the rows {_quoted([f.row for f in cells])} has the {op} "{col}" value?'
+        answer, used, answer_format, how = winner.row, cells, "Str", f"the {op} is {winner.value} ({winner.row})"
+    else:
+        distinct = sorted(set(values))
+        if len(distinct) < 2:
+            return None
+        i = rng.randrange(len(distinct) - 1)
+        threshold = _fmt((distinct[i] + distinct[i + 1]) / 2, False)
+        count = sum(v > float(threshold) for v in values)
+        question = f'In {table}, how many of the rows {_quoted([f.row for f in cells])} have a "{col}" value greater than {threshold}?'
+        answer, used, answer_format, how = str(count), cells, "Int", f"{count} of them exceed {threshold}"
+    return {
+        "question": question,
+        "answer": answer,
+        "answer_format": answer_format,
+        "evidence_pages": sorted({f.page for f in used}),
+        "evidence_description": f'{table[0].upper()}{table[1:]}, column "{col}": {listing}; {how}.',
+    }
+
+
+def _pair_question(pair: tuple[Fact, Fact], rng: random.Random) -> dict:
+    a, b = pair if rng.random() < 0.5 else pair[::-1]
     va, vb = parse_number(a.value), parse_number(b.value)
     as_int = number_format(a.value) == number_format(b.value) == "Int"
-    evidence = f"{a.where()[0].upper()}{a.where()[1:]} is {a.value}; {b.where()} is {b.value}."
-    if op == "sum":
-        question, answer = f"What is the sum of {a.where()} and {b.where()}?", _fmt(va + vb, as_int)
-    elif op == "difference":
-        question, answer = f"What is the absolute difference between {a.where()} and {b.where()}?", _fmt(abs(va - vb), as_int)
-    else:
-        if va == vb:
-            return None
-        question = f"Which page reports the larger number: page {a.page + 1} ({a.where()}) or page {b.page + 1} ({b.where()})? Answer with the page number."
-        answer, as_int = str((a if va > vb else b).page + 1), True
+    op = rng.choice(["difference", "sum"])
+    answer = _fmt(va - vb if op == "difference" else va + vb, as_int)
+    sign = "minus" if op == "difference" else "plus"
+    question = f"Take two figures from the document: (1) {_lower_first(a.where())}, {a.clause}; (2) {_lower_first(b.where())}, {b.clause}. What is (1) {sign} (2)?"
     return {
         "question": question,
         "answer": answer,
         "answer_format": "Int" if as_int else "Float",
-        "evidence_pages": [a.page, b.page],
-        "evidence_description": evidence,
+        "evidence_pages": sorted({a.page, b.page}),
+        "evidence_description": f"{a.describe()} {b.describe()} {a.value} {'-' if op == 'difference' else '+'} {b.value} = {answer}.",
     }
