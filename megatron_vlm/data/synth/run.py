@@ -15,7 +15,6 @@ The same pool, arguments and seed give byte-identical outputs with the template 
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -182,8 +181,7 @@ def dry_run(args, teacher, ids: list[str], tasks: list[str], out: Path) -> dict:
         raise ValueError("--dry-run is for --teacher openai (the template teacher sends nothing)")
     path = out / f"requests-{args.shard_index:05d}.jsonl"
     counts = Counter(docs=0, requests=0, cached=0)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic.atomic_write(path, inputs=[args.pool]) as f:
         for doc, images in iter_documents(args.pool, images=True, ids=set(ids)):
             counts["docs"] += 1
             for job in _jobs(args, doc, images, tasks):
@@ -194,7 +192,6 @@ def dry_run(args, teacher, ids: list[str], tasks: list[str], out: Path) -> dict:
                 job_id = f"{doc['id']}-{job.segment[0]:04d}-{job.segment[1]:04d}-{job.task}-{job.index}"
                 f.write(dumps_sorted({"url": teacher.client.url, "job": job_id, "payload": payload}) + "\n")
                 counts["requests"] += 1
-    os.replace(tmp, path)
     return {"dry_run": True, **dict(counts), "paths": [str(path)]}
 
 
