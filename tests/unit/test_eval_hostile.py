@@ -53,15 +53,16 @@ def _eval_file(tmp_path, image):
     return path
 
 
-@pytest.mark.parametrize("where", ["absolute", "dotdot", "symlink-dir-name"])
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "inner-dotdot"])
 def test_run_opens_images_only_inside_the_root(tmp_path, capsys, where):
     secret = _png(tmp_path / "outside" / "secret.png")
     image = {
         "absolute": str(secret),
         "dotdot": "../outside/secret.png",
-        "symlink-dir-name": "a/../../outside/secret.png",
+        "inner-dotdot": "a/../../outside/secret.png",
     }
     eval_file = _eval_file(tmp_path, image[where])
+    (eval_file.parent / "a").mkdir()  # so that "a/../../outside" resolves: the path text alone must be refused
     out = tmp_path / "pred.jsonl"
     # nothing listens on port 9: were the image read, the run would go on and record request errors
     rc = evaluate.main(
