@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 parallel.tp=2")
     args = parser.parse_args(argv)
 
+    from megatron_vlm.checkpoint.safe_load import CheckpointError
     from megatron_vlm.training.budget import BudgetError
     from megatron_vlm.training.config import RecipeError, load_recipe
     from megatron_vlm.training.loop import NonFiniteLossError, train
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.config, args.overrides)
         result = train(recipe)
-    except (RecipeError, BudgetError, NonFiniteLossError, FileNotFoundError) as err:
+    except (RecipeError, BudgetError, NonFiniteLossError, CheckpointError, FileNotFoundError) as err:
         if rank == 0:
             print(f"megatron_vlm.train: error: {err}", file=sys.stderr, flush=True)
         return 1

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from megatron_vlm.checkpoint.convert import ConversionError, hf_to_mcore, mcore_to_hf
+    from megatron_vlm.checkpoint.safe_load import CheckpointError
 
     try:
         if args.direction == "hf-to-mcore":
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
         else:
             mcore_to_hf(args.mcore, args.output, hf_template=args.hf_template, layout=args.layout,
                         dtype=args.dtype, max_shard_gb=args.max_shard_gb, overwrite=args.overwrite)
-    except (ConversionError, FileNotFoundError) as exc:
+    except (ConversionError, CheckpointError, FileNotFoundError) as exc:
         print(f"convert_checkpoint: error: {exc}", file=sys.stderr)
         return 2
     return 0

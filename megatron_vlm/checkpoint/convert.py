@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_vlm.checkpoint import hf_names
+from megatron_vlm.checkpoint import hf_names, safe_load
 from megatron_vlm.checkpoint.hf_io import (
     ConversionError,
     HFReader,
@@ -239,20 +239,18 @@ def read_regions(ckpt_dir: Path, regions: list[tuple[str, tuple[int, ...], torch
     for exactly these chunks), without a process group.
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
     from torch.distributed.checkpoint.planner import LoadPlan
     from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
     by_chunk = {(key, tuple(offsets)): dest for key, offsets, dest in regions}
 
-    class RegionPlanner(DefaultLoadPlanner):
+    class RegionPlanner(safe_load.SafeLoadPlanner):
         def create_local_plan(self) -> LoadPlan:
             items = []
             for (key, offsets), dest in by_chunk.items():
                 md = self.metadata.state_dict_metadata.get(key)
-                if md is None:
+                if not isinstance(md, TensorStorageMetadata):
                     raise ConversionError(f"{ckpt_dir}: checkpoint has no tensor {key}")
                 chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=dest.shape)
                 items += create_read_items_for_chunk_list(key, md, [chunk])
@@ -265,7 +263,10 @@ def read_regions(ckpt_dir: Path, regions: list[tuple[str, tuple[int, ...], torch
             return dest
 
     state = {key: dest for (key, _), dest in by_chunk.items()}  # keys only matter for set-up
-    dcp.load(state, storage_reader=FileSystemReader(str(ckpt_dir)), planner=RegionPlanner(), no_dist=True)
+    try:
+        dcp.load(state, storage_reader=safe_load.SafeReader(str(ckpt_dir)), planner=RegionPlanner(), no_dist=True)
+    except Exception as exc:  # noqa: BLE001 - DCP wraps errors; one line for the CLI
+        raise safe_load.as_checkpoint_error(exc, ckpt_dir) from None
 
 
 def _group_of(name: str) -> str:
@@ -284,9 +285,7 @@ def _with_data(entry, data: torch.Tensor):
 
 def _stored_dtypes(ckpt_dir: Path) -> dict[str, torch.dtype]:
     """Dtype of each stored tensor key, from the checkpoint's metadata."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    meta = FileSystemReader(str(ckpt_dir)).read_metadata()
+    meta = safe_load.read_metadata(ckpt_dir)
     return {
         key: value.properties.dtype
         for key, value in meta.state_dict_metadata.items()
@@ -296,10 +295,10 @@ def _stored_dtypes(ckpt_dir: Path) -> dict[str, torch.dtype]:
 
 def _check_stored_shapes(ckpt: Path, entries: dict, described_by: str) -> None:
     """Refuse before writing when the checkpoint lacks a tensor the model needs or stores another shape."""
-    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    stored = {k: tuple(v.size) for k, v in FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata.items()
-              if hasattr(v, "size")}
+    stored = {k: tuple(v.size) for k, v in safe_load.read_metadata(ckpt).state_dict_metadata.items()
+              if isinstance(v, TensorStorageMetadata)}
     wanted = {part.key: part.global_shape for entry in entries.values() for part in _parts(entry)}
     missing = sorted(wanted.keys() - stored.keys())
     if missing:

@@ -128,8 +128,7 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, chunks: list, optimizer, lo
 
 def load_checkpoint(path: Path, chunks: list, optimizer, loader, dp_rank: int) -> dict:
     """Resume from checkpoint ``path``: model, optimizer, RNG and loader. Returns its train_state."""
-    from megatron.core import dist_checkpointing
-
+    from megatron_vlm.checkpoint import safe_load
     from megatron_vlm.training.optimizer import cuda_type_names, init_empty_state, restore_adam_steps
 
     train_state = json.loads((path / "train_state.json").read_text())
@@ -137,7 +136,7 @@ def load_checkpoint(path: Path, chunks: list, optimizer, loader, dp_rank: int) -
     same_world = train_state.get("world_size") == dist.get_world_size()
     with cuda_type_names():
         state = _sharded_state(chunks, optimizer, rng=same_world, loading=True)
-        loaded = dist_checkpointing.load(state, str(path))
+        loaded = safe_load.load(state, path)
         _load_model(chunks, loaded)
         with torch.no_grad():  # fp32 master shards are views of the (grad-requiring) params
             optimizer.load_state_dict(loaded["optimizer"])
@@ -161,8 +160,8 @@ def _load_model(chunks: list, loaded: dict) -> None:
 
 def load_model_weights(path: str | Path, chunks: list) -> Path:
     """Initialise the model (only) from a Megatron checkpoint (a run dir or an iter_ dir)."""
-    from megatron.core import dist_checkpointing
+    from megatron_vlm.checkpoint import safe_load
 
     path = resolve_checkpoint(path)
-    _load_model(chunks, dist_checkpointing.load(_model_state(chunks), str(path)))
+    _load_model(chunks, safe_load.load(_model_state(chunks), path))
     return path

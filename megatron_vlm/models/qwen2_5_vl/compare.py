@@ -138,12 +138,12 @@ def our_logits(cfg, batch: dict, hf_dir: Path, mcore_dir: Path | None, sequence_
 def load_weights(model, cfg, hf_dir: Path, mcore_dir: Path | None) -> None:
     """From a Megatron dist checkpoint if given, else from the HF safetensors through the name map."""
     if mcore_dir is not None:
-        from megatron.core import dist_checkpointing
+        from megatron_vlm.checkpoint import safe_load
 
         try:
-            state = dist_checkpointing.load(model.sharded_state_dict(), str(mcore_dir))
-        except Exception as err:  # noqa: BLE001 - one line for the CLI
-            raise CompareError(f"cannot load Megatron checkpoint {mcore_dir}: {str(err).splitlines()[0]}") from None
+            state = safe_load.load(model.sharded_state_dict(), mcore_dir)
+        except safe_load.CheckpointError as err:
+            raise CompareError(str(err)) from None
         result = model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
         if missing:
