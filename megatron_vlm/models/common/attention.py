@@ -12,9 +12,13 @@ not 0..len). So we keep q/k/v in ``sbhd`` with batch 1 (Megatron then applies th
 angles as given) and pass the boundaries in ``PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=...)``
 (see :func:`packed_seq_params`). Attention never crosses a boundary; GQA is handled by each backend.
 
-Context parallelism (cp > 1): the tokens of this rank are its load-balanced chunks; attention is
-delegated to ``megatron_vlm.parallel.context_parallel.cp_attention`` (all-gather K/V), passing
-this module's single-rank ``attend`` as the local kernel.
+Context parallelism (cp > 1): the tokens of this rank are its load-balanced chunks. With ``te``
+attention runs on Transformer Engine's ring (p2p) attention (``parallel.cp_te``); with the other
+backends ``megatron_vlm.parallel.context_parallel.cp_attention`` all-gathers K/V and runs this
+module's single-rank ``attend`` as the local kernel (the CPU path, and the reference for TE's).
+
+The TE module is built with the layer, never at the first forward, so every rank's state dict
+holds its ``_extra_state`` (a CP rank whose ViT encoded no image never runs the ViT).
 """
 
 from __future__ import annotations
@@ -112,6 +116,16 @@ class CoreAttention(MegatronModule):
         # Context parallelism is decided by the config (the ViT's config has cp=1 even when the LLM's has more).
         self.cp_group = getattr(pg_collection, "cp", None) if config.context_parallel_size > 1 else None
         self._te = None
+        if self.backend == "te":
+            # Built here, not at the first forward: its _extra_state must be in the state dict of
+            # every rank, also of a CP rank whose ViT encoded no image (and so never ran it).
+            from megatron_vlm.parallel.cp_te import make_te_attention
+
+            tp = config.tensor_model_parallel_size
+            self._te = make_te_attention(
+                config.num_attention_heads // tp, config.kv_channels, (config.num_query_groups or config.num_attention_heads) // tp,
+                self.softmax_scale, group=self.cp_group,
+            )
 
     def attend(self, q, k, v, cu_seqlens, causal: bool) -> torch.Tensor:
         """Single-rank attention on thd tensors: q [T, hq, d], k/v [T, hk, d] -> [T, hq, d]."""
@@ -119,23 +133,28 @@ class CoreAttention(MegatronModule):
             return torch_attention(q, k, v, cu_seqlens, causal, self.softmax_scale)
         if self.backend == "flash":
             return flash_attention(q, k, v, cu_seqlens, causal, self.softmax_scale)
-        return self._te_attention(q, k, v, cu_seqlens, causal)
-
-    def _te_attention(self, q, k, v, cu_seqlens, causal):
-        if self._te is None:
-            from transformer_engine.pytorch import DotProductAttention
-
-            self._te = DotProductAttention(
-                num_attention_heads=q.shape[1], kv_channels=q.shape[2], num_gqa_groups=k.shape[1],
-                attention_dropout=0.0, qkv_format="thd", softmax_scale=self.softmax_scale,
-                attn_mask_type="padding_causal" if causal else "padding",
-            )
         if cu_seqlens is None:
             cu_seqlens = torch.tensor([0, q.shape[0]], dtype=torch.int32, device=q.device)
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
         longest = int((cu[1:] - cu[:-1]).max())
-        out = self._te(q, k, v, cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest, max_seqlen_kv=longest)
+        out = self._te(q, k, v, cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest, max_seqlen_kv=longest,
+                       attn_mask_type="padding_causal" if causal else "padding")
         return out.view(q.shape[0], q.shape[1], q.shape[2])
+
+    def attend_cp(self, q, k, v, cu_seqlens, causal: bool) -> torch.Tensor:
+        """This CP rank's queries over the whole sequence; ``cu_seqlens``: GLOBAL padded boundaries.
+
+        ``te``: Transformer Engine's ring (p2p) attention, the padded boundaries given as both its
+        actual and padded ones (pad slots count as tokens at the end of their sub-sequence, which
+        no real token attends to: the all-gather path's convention). Other backends: the all-gather
+        path, which is also the CPU reference for TE's (tests/gpu/test_cp_te.py)."""
+        if self.backend == "te":
+            from megatron_vlm.parallel.cp_te import te_cp_attention
+
+            return te_cp_attention(self._te, q, k, v, cu_seqlens, cu_seqlens, causal=causal)
+        from megatron_vlm.parallel.context_parallel import cp_attention
+
+        return cp_attention(q, k, v, cu_seqlens=cu_seqlens, causal=causal, cp_group=self.cp_group, attend=self.attend)
 
     def forward(
         self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None, packed_seq_params=None
@@ -157,9 +176,9 @@ class CoreAttention(MegatronModule):
         for b in range(batch):
             q, k, v = query[:, b], key[:, b], value[:, b]
             if self.cp_group is not None:
-                from megatron_vlm.parallel.context_parallel import cp_attention
-
-                out = cp_attention(q, k, v, cu_seqlens=cu, causal=causal, cp_group=self.cp_group, attend=self.attend)
+                if cu is None:  # one unpacked sequence: its padded length is the whole
+                    cu = torch.tensor([0, seq * self.config.context_parallel_size], dtype=torch.int32)
+                out = self.attend_cp(q, k, v, cu, causal)
             else:
                 out = self.attend(q, k, v, cu, causal)
             outs.append(out.reshape(seq, -1))

@@ -62,7 +62,7 @@ def layer_spec(kind: str = "local", vision: bool = False, attention_backend: str
     if kind == "local":
         norm, qkv, fc1, row = local_norm(), ColumnParallelLinear, ColumnParallelLinear, RowParallelLinear
         pre_attn = pre_mlp = norm
-        backend = attention_backend if attention_backend != "te" else "auto"
+        backend = attention_backend  # an explicit "te" gives local linears with TE core attention
     elif kind == "te":
         from megatron.core.extensions.transformer_engine import (
             TELayerNormColumnParallelLinear,
