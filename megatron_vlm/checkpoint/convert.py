@@ -13,7 +13,9 @@ A Megatron dist checkpoint stores global tensors, so one written here loads at a
 ``tp``/``pp`` given at import are checked against the model's shape and recorded as the
 suggested layout. A converted checkpoint carries ``hf/`` (the source config.json, tokenizer,
 chat template, preprocessor and generation config) so the export can rebuild a complete HF
-directory without the source. Outputs appear atomically (hf_io.atomic_output_dir).
+directory without the source. Outputs appear atomically (hf_io.atomic_output_dir); an output that
+is, contains or lies inside an input is refused, so --overwrite never removes an input. Dist
+checkpoints are read through checkpoint.safe_load (no pickle runs code).
 """
 
 from __future__ import annotations
@@ -140,6 +142,17 @@ def _resolve_mcore(path: Path) -> Path:
         if (target / "metadata.json").is_file():
             return target
     raise ConversionError(f"{path}: not a Megatron dist checkpoint (no metadata.json, no complete 'latest')")
+
+
+def refuse_overlap(output: Path, inputs: list[Path]) -> None:
+    """Refuse (before anything is read or written) an output that is, contains or lies inside an
+    input: with --overwrite it would be removed first."""
+    from megatron_vlm.utils.atomic import refuse_inputs
+
+    try:
+        refuse_inputs(output, inputs)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- lazy mappings for the name map
@@ -332,6 +345,7 @@ def hf_to_mcore(
     from megatron.core import dist_checkpointing
 
     hf_dir, output = Path(hf_dir), Path(output)
+    refuse_overlap(output, [hf_dir])
     config = read_config(hf_dir)
     cfg = _qwen_config_from_hf(config, str(hf_dir))
     check_layout(cfg, tp, pp)
@@ -407,6 +421,7 @@ def mcore_to_hf(
     template = read_config(template_dir) if (template_dir / "config.json").is_file() else None
     if hf_template and template is None:
         raise ConversionError(f"--hf-template {hf_template}: no config.json there")
+    refuse_overlap(output, [Path(mcore_dir), ckpt] + ([template_dir] if hf_template else []))
     recipe = ckpt / "recipe.yaml"
     max_positions = None
     if recipe.is_file():
@@ -418,6 +433,7 @@ def mcore_to_hf(
         if template is None:
             tok = Path((tree.get("model") or {}).get("tokenizer", "") or (tree.get("data") or {}).get("tokenizer", ""))
             template_dir = tok if tok.is_dir() else template_dir
+            refuse_overlap(output, [template_dir])
     elif template is not None:
         cfg = _qwen_config_from_hf(template, str(template_dir))
     else:

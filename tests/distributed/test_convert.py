@@ -194,6 +194,23 @@ def _refusals(hf_dir: str, tmp: str) -> dict:
     wrong = variant("v5", edit_config=lambda c: c.update(
         num_hidden_layers=6, text_config={**c.get("text_config", {}), "num_hidden_layers": 6}))
     attempt("template-mismatch", lambda o: convert.mcore_to_hf(good, o, hf_template=wrong))
+
+    # --overwrite never removes an input: outputs that are, lie inside or contain one are refused.
+    def overlap(case: str, fn, inputs: list[Path]) -> None:
+        before = {p: sorted(q.name for q in p.iterdir()) for p in inputs}
+        try:
+            fn()
+            message = None
+        except ConversionError as exc:
+            message = str(exc)
+        results[case] = (message, any(not p.is_dir() or sorted(q.name for q in p.iterdir()) != before[p] for p in inputs))
+
+    overlap("export-over-input", lambda: convert.mcore_to_hf(good, good, overwrite=True), [good])
+    overlap("export-inside-input", lambda: convert.mcore_to_hf(good, good / "hf", overwrite=True), [good])
+    overlap("export-over-parent", lambda: convert.mcore_to_hf(good, tmp, overwrite=True), [good])
+    overlap("export-over-template", lambda: convert.mcore_to_hf(good, tmp / "v5", hf_template=tmp / "v5", overwrite=True),
+            [tmp / "v5"])
+    overlap("import-over-input", lambda: convert.hf_to_mcore(hf_dir, hf_dir, overwrite=True), [Path(hf_dir)])
     return results
 
 
@@ -298,10 +315,15 @@ def test_refusals_name_the_problem_and_write_nothing(tmp_path, reference_dir):
         "killed": "killed while writing",
         "not-a-checkpoint": "not a Megatron dist checkpoint",
         "template-mismatch": "has shape",
+        "export-over-input": "it is the input",
+        "export-inside-input": "it is inside the input",
+        "export-over-parent": "it contains the input",
+        "export-over-template": "it is the input",
+        "import-over-input": "it is the input",
     }
     for case, fragment in expected.items():
         message, wrote = results[case]
         assert message is not None, f"{case}: was not refused"
         assert fragment in message, f"{case}: {message}"
         assert "\n" not in message, f"{case}: message is not one line"
-        assert not wrote, f"{case}: left output behind"
+        assert not wrote, f"{case}: left output behind (or changed an input)"
