@@ -11,7 +11,8 @@
 request by `faults` ({request number: fault} or a function (n, body) -> fault or None):
 "429" (with Retry-After: 0), "500", "503", "400", "timeout" (answers only after `hang_s`),
 "disconnect" (closes the connection without a response), "broken_json" (a 200 whose body is cut
-short). `delay_s` slows every answer; `require_key` answers 401 unless the Bearer key matches.
+short), "echo" (a 400 whose body echoes the request headers, Authorization included, and other
+credentials). `delay_s` slows every answer; `require_key` answers 401 unless the Bearer key matches.
 The server tracks the most requests it ever had in flight at once (`max_in_flight`).
 """
 
@@ -111,6 +112,12 @@ class FakeOpenAI:
                 if fault in ("429", "500", "503", "400"):
                     entry["status"] = int(fault)
                     return self._send(int(fault), b'{"error": {"message": "injected"}}', {"Retry-After": "0"} if fault == "429" else None)
+                if fault == "echo":  # a server that echoes the request's headers (and other secrets) in its error body
+                    entry["status"] = 400
+                    headers = {"Authorization": self.headers.get("Authorization"), **dict(self.headers.items())}
+                    echo = {"error": {"message": "bad request", "headers": headers,
+                                      "debug": "api_key=sk-live-abcdefgh12345678 session token: 0123456789abcdef0123456789abcdef"}}
+                    return self._send(400, json.dumps(echo).encode())
                 if fault == "timeout":
                     time.sleep(fake.hang_s)
                     entry["status"] = "timeout"

@@ -14,7 +14,11 @@
   messages, parameters; never the URL or the key) as soon as it arrives, written aside and
   renamed, so a rerun after a crash sends nothing that had been answered.
 - The API key is read from the environment variable `api_key_env` (none: no Authorization
-  header, as local servers expect) and is never printed, cached or put in an error message.
+  header, as local servers expect) and is never printed, cached or put in an error message. A
+  server's error body (quoted, up to 200 characters, in the error) has the key and anything that
+  looks like a credential (Bearer/Basic tokens, sk-... keys, key=value pairs named key, token,
+  secret, password or authorization, and 32+ character tokens) replaced by "[redacted]" first
+  (`redact`); a response that contains the key itself has it replaced before it is used or cached.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -35,6 +40,27 @@ from pathlib import Path
 from megatron_vlm.utils import atomic
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+REDACTED = "[redacted]"
+CREDENTIAL = re.compile(
+    r"\b(?:bearer|basic)\s+[\w.~+/=-]{6,}"
+    r"|\bsk-[\w-]{6,}"
+    r"|\b((?:api[_-]?key|access[_-]?token|refresh[_-]?token|token|secret|password|passwd|authorization|x-api-key)\"?'?\s*[:=]\s*\"?'?)"
+    r"(?:(?:bearer|basic)\s+)?[^\s\"',;}]+"
+    r"|[\w-]{32,}",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """`text` with `secret` (and any 6+ character start of it left at the end by a cut) and
+    everything that looks like a credential replaced by [redacted]."""
+    if secret:
+        text = text.replace(secret, REDACTED)
+        for n in range(len(secret) - 1, 5, -1):
+            if text.endswith(secret[:n]):
+                text = text[:-n] + REDACTED
+                break
+    return CREDENTIAL.sub(lambda m: (m[1] or "") + REDACTED, text)
 
 
 def request_key(payload: dict) -> str:
@@ -135,6 +161,8 @@ class ChatClient:
                 with self._slots:
                     self._count(requests=1)
                     response = self._post(body)
+                if self.__api_key and self.__api_key in json.dumps(response, ensure_ascii=False):  # a server echoing the key
+                    response = json.loads(json.dumps(response, ensure_ascii=False).replace(self.__api_key, REDACTED))
                 self._store(key, response)
                 usage = response.get("usage") or {}
                 self._count(answered=1, prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0))
@@ -169,7 +197,8 @@ class ChatClient:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as r:
                 raw = r.read()
         except urllib.error.HTTPError as e:
-            detail = " ".join(e.read(300).decode("utf-8", "replace").split())[:200] if e.fp else ""
+            body = e.read(4096).decode("utf-8", "replace") if e.fp else ""
+            detail = redact(" ".join(redact(body, self.__api_key).split()), self.__api_key)[:200]
             if e.code in RETRY_STATUS or e.code >= 500:
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 wait = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None

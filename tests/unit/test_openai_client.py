@@ -79,3 +79,30 @@ def test_api_key_is_sent_but_never_written(tmp_path, monkeypatch):
         result = make_client(server, api_key_env="FAKE_KEY").complete(MSG)
         assert not result.ok and "HTTP 401" in result.error and secret not in result.error
         assert server.auth_headers == [None]  # no key in the environment: no Authorization header
+
+
+def test_error_bodies_and_echoed_keys_are_redacted(tmp_path, monkeypatch):
+    secret = "sk-test-DO-NOT-LEAK-1234567890"
+    monkeypatch.setenv("FAKE_KEY", secret)
+    leaks = (secret, "sk-live-abcdefgh", "0123456789abcdef0123456789abcdef", "DO-NOT-LEAK")
+    with FakeOpenAI(faults={0: "echo"}, answer=lambda body: "echo: Bearer " + secret) as server:
+        client = make_client(server, tmp_path, api_key_env="FAKE_KEY")
+        failed = client.complete(MSG)
+        assert server.auth_headers[0] == f"Bearer {secret}"  # the server did get (and echo) the key
+        assert not failed.ok and failed.error.startswith("HTTP 400:") and "[redacted]" in failed.error
+        assert not any(s in failed.error for s in leaks), failed.error
+        answered = client.complete(MSG, temperature=0)  # a 200 whose content echoes the key
+        assert answered.ok and secret not in answered.content and "[redacted]" in answered.content
+    written = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+    assert written and secret not in written
+
+
+def test_redact_by_hand():
+    from megatron_vlm.utils.openai_client import redact
+
+    key = "k3y-abcdefghijkl"
+    assert redact(f"got Authorization: Bearer {key} ok", key) == "got Authorization: [redacted] ok"
+    assert redact('{"api_key": "abc123xyz", "user": "ann"}') == '{"api_key": "[redacted]", "user": "ann"}'
+    assert redact(f"cut here: {key[:9]}", key) == "cut here: [redacted]"  # a key cut short by the 200-character limit
+    assert redact("password=hunter2; model=qwen") == "password=[redacted]; model=qwen"
+    assert redact("HTTP 404: model qwen-7b not found") == "HTTP 404: model qwen-7b not found"
