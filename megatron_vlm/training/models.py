@@ -27,6 +27,11 @@ def te_available() -> bool:
     return importlib.util.find_spec("transformer_engine") is not None
 
 
+def te_layers() -> bool:
+    """Build with Transformer Engine layers (the ``te`` spec): on a GPU with TE importable."""
+    return torch.cuda.is_available() and te_available()
+
+
 def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
     """TransformerConfig arguments that come from the recipe, not from the model's shape."""
     from megatron_vlm.models.qwen2_5_vl.model import pipeline_p2p_options
@@ -47,7 +52,8 @@ def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         calculate_per_token_loss=True,  # forward_step returns (loss sum, token count); see forward_step.py
-        use_cpu_initialization=True,
+        # On a GPU initialise on the device (a 72B model on host RAM is slow and heavy); on CPU there is no other.
+        use_cpu_initialization=not torch.cuda.is_available(),
         fp8=train.fp8,
         num_layers_in_first_pipeline_stage=recipe.model.first_stage_layers,
         **pipeline_p2p_options(par.pp, par.vpp),
@@ -151,25 +157,47 @@ class GptProvider:
         s = self.shape(recipe)
         check_virtual_pipeline(recipe, s.num_layers, _data_parallel_size())
         config = self.transformer_config(recipe)
-        if torch.cuda.is_available() and te_available():
+        if self.te_spec(recipe):
             from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
             spec = get_gpt_layer_with_transformer_engine_spec()
         else:
             spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-        return GPTModel(
+        model = GPTModel(
             config=config, transformer_layer_spec=spec, vocab_size=s.vocab_size,
             max_sequence_length=recipe.data.max_seq_length, pre_process=pre_process, post_process=post_process,
             position_embedding_type="mrope",
             rotary_base=int(recipe.model.rope_theta or 1_000_000), share_embeddings_and_output_weights=False,
             vp_stage=vp_stage,
         )
+        model.te_spec = self.te_spec(recipe)  # how forward() must express packing
+        return model
+
+    @staticmethod
+    def te_spec(recipe: Recipe) -> bool:
+        """Megatron's TE spec: on a GPU with TE, in bf16 (TE's packed attention has no fp32 kernel)."""
+        return te_layers() and recipe.train.precision == "bf16"
 
     def forward(self, model, batch: dict) -> torch.Tensor:
-        # The local attention has no THD path, so packing is expressed as a block-causal mask.
-        mask = block_causal_mask(batch["cu_seqlens"], batch["tokens"].shape[1]).to(batch["tokens"].device)
+        """Per-token loss of a packed micro-batch; attention never crosses a sub-sequence.
+
+        TE spec: THD packing (``PackedSeqParams``, which Megatron's TE attention turns into a
+        padding_causal mask over ``cu_seqlens``; mRoPE angles per token, Megatron mapping them by
+        offset since they cover all T tokens). Local spec (no THD path): a block-causal mask."""
+        from megatron.core.packed_seq_params import PackedSeqParams
+
         labels = batch["labels"].clamp(min=0)  # -100 targets carry loss_mask 0; any valid id will do
-        return model(batch["tokens"], batch["position_ids"], mask, labels=labels)
+        tokens, cu = batch["tokens"], batch["cu_seqlens"]
+        if getattr(_unwrap(model), "te_spec", False):
+            cu = cu.to(device=tokens.device, dtype=torch.int32)
+            if int(cu[-1]) != tokens.shape[1]:
+                raise ValueError(f"cu_seqlens end at {int(cu[-1])}, the micro-batch has {tokens.shape[1]} tokens")
+            longest = int((cu[1:] - cu[:-1]).max())
+            packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                                     max_seqlen_q=longest, max_seqlen_kv=longest)
+            return model(tokens, batch["position_ids"], None, labels=labels, packed_seq_params=packed)
+        mask = block_causal_mask(cu.cpu(), tokens.shape[1]).to(tokens.device)
+        return model(tokens, batch["position_ids"], mask, labels=labels)
 
     def load_hf(self, chunks, path: str) -> None:
         raise RecipeError("checkpoint.init_from with an HF directory needs model.kind=qwen2_5_vl")
@@ -204,7 +232,7 @@ class Qwen25VLProvider:
         for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
                     "virtual_pipeline_model_parallel_size"):
             overrides.pop(key)  # the model reads the layout from parallel_state
-        spec = "te" if torch.cuda.is_available() and te_available() else "local"
+        spec = "te" if te_layers() else "local"  # attention: by dtype (models.common.attention.resolve_backend)
         model = Qwen2_5_VLModel(cfg, spec=spec, pre_process=pre_process, post_process=post_process,
                                 vp_stage=vp_stage, **overrides)
         if not hasattr(model, "model_type"):  # Megatron's schedules read it off the model

@@ -4,7 +4,8 @@ One module, three backends behind one choice (``backend=`` in the spec's params)
 - ``torch``: PyTorch SDPA, one call per packed sub-sequence; runs anywhere (the CPU reference).
 - ``flash``: flash-attn's varlen kernel (imported lazily).
 - ``te``: Transformer Engine's DotProductAttention in THD format (imported lazily).
-``auto`` picks te, then flash, then torch, by what imports on a CUDA machine.
+``auto`` picks te, then flash, then torch, by what imports on a CUDA machine, for bf16/fp16; torch
+for float32 (no fp32 packed kernel in TE or flash-attn: :func:`resolve_backend`).
 
 Packed sequences. Megatron's ``thd`` path re-indexes the rope table from 0 in every sub-sequence
 and slices it per context-parallel rank, which is wrong for mRoPE (ids come per token and are
@@ -43,13 +44,22 @@ def packed_seq_params(cu_seqlens: torch.Tensor) -> PackedSeqParams:
     )
 
 
-def resolve_backend(backend: str) -> str:
-    """The backend ``auto`` stands for on this machine (te > flash > torch; torch without CUDA)."""
+def resolve_backend(backend: str, dtype: torch.dtype | None = None) -> str:
+    """The backend ``auto`` stands for on this machine for activations of ``dtype``.
+
+    te > flash > torch on CUDA for bf16/fp16; torch without CUDA, and for float32 everywhere:
+    neither flash-attn nor Transformer Engine (2.9, 2.10) has a float32 kernel for packed (THD)
+    attention, and TE's one at 2.11 (unfused) materialises the whole score matrix and does not run
+    under context parallelism. An explicit ``te`` or ``flash`` with float32 is refused in one line.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
+    if backend in ("te", "flash") and dtype == torch.float32:
+        raise ValueError(f"attention backend {backend} has no float32 kernel for packed sequences: "
+                         "train in bf16 (train.precision=bf16) or use the torch attention backend")
     if backend != "auto":
         return backend
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or dtype == torch.float32:
         return "torch"
     for name, module in (("te", "transformer_engine.pytorch"), ("flash", "flash_attn")):
         try:
@@ -108,7 +118,7 @@ class CoreAttention(MegatronModule):
         super().__init__(config=config)
         self.layer_number = layer_number
         self.attn_mask_type = attn_mask_type
-        self.backend = resolve_backend(backend)
+        self.backend = resolve_backend(backend, config.params_dtype)
         self.softmax_scale = softmax_scale or config.softmax_scale or 1.0 / math.sqrt(config.kv_channels)
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         if dropout:

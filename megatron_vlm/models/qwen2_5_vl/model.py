@@ -96,7 +96,8 @@ def vision_transformer_configs(cfg: Qwen2_5_VLConfig, **overrides) -> tuple[Tran
     sizes = dict(_parallel_sizes(), pipeline_model_parallel_size=1, virtual_pipeline_model_parallel_size=None,
                  context_parallel_size=1)
     base = dict(_COMMON, **sizes, add_bias_linear=True, layernorm_epsilon=v.rms_norm_eps)
-    for key in ("params_dtype", "bf16", "fp16", "recompute_granularity", "recompute_method", "recompute_num_layers"):
+    for key in ("params_dtype", "bf16", "fp16", "recompute_granularity", "recompute_method", "recompute_num_layers",
+                "use_cpu_initialization"):
         if key in overrides:
             base[key] = overrides[key]
     blocks = TransformerConfig(
