@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.setup_args import setup_kwargs
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 
@@ -27,17 +29,7 @@ def test_requirements_step_lists_everything_but_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     listed = out.stdout.splitlines()
 
-    import runpy
-
-    import setuptools
-
-    captured = {}
-    real = setuptools.setup
-    setuptools.setup = lambda **kw: captured.update(kw)
-    try:
-        runpy.run_path(str(REPO / "setup.py"))
-    finally:
-        setuptools.setup = real
+    captured = setup_kwargs()
     expected = [r for r in captured["install_requires"] if re.match(r"[A-Za-z0-9_.-]+", r).group(0) != "torch"]
     assert listed == expected and len(expected) == len(captured["install_requires"]) - 1
     assert any(r.startswith("megatron-core") for r in listed)

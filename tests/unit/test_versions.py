@@ -4,12 +4,12 @@ benchmarks/gpu_check.sh run (megatron_vlm/utils/versions.py)."""
 from __future__ import annotations
 
 import re
-import runpy
 from pathlib import Path
 
 import pytest
 
 from megatron_vlm.utils import versions
+from tests.setup_args import setup_kwargs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,15 +47,7 @@ def test_problems_name_each_version_in_one_line():
 
 def test_setup_pins_megatron_core_on_every_python():
     """NGC images run Python 3.12; an unbounded megatron-core there installs an untested major."""
-    import setuptools
-
-    captured = {}
-    real = setuptools.setup
-    setuptools.setup = lambda **kw: captured.update(kw)
-    try:
-        runpy.run_path(str(REPO / "setup.py"))
-    finally:
-        setuptools.setup = real
+    captured = setup_kwargs()
     mcore = [r for r in captured["install_requires"] if r.startswith("megatron-core")]
     assert mcore == ["megatron-core>=0.16.1,<0.17"]
     te = [r for r in captured["extras_require"]["gpu"] if r.startswith("transformer-engine")]
