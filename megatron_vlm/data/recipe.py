@@ -8,12 +8,16 @@ dataclass is its `data` section. Owned by the build/loader layer; the trainer's 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from megatron_vlm.data import image_rule
+from megatron_vlm.utils import options
 
-LENGTH_DISTRIBUTIONS = ("pool-native", "long-biased", "custom")
+LengthDistribution = Literal["pool-native", "long-biased", "custom"]
+LENGTH_DISTRIBUTIONS = typing.get_args(LengthDistribution)
 TASKS = ("extract-single", "extract-multi", "reasoning", "ocr-full", "ocr-needle")
 SHORT_TASK = "short"
 
@@ -28,7 +32,7 @@ class DataRecipe:
     """Tokenizer directory (tokenizer.json) the trainer uses; build and loader count tokens with it."""
     max_seq_length: int = 131072
     """Packed sequence length in tokens (the trainer's sequence length)."""
-    length_distribution: str = "pool-native"
+    length_distribution: LengthDistribution = "pool-native"
     """`pool-native`, `long-biased`, or `custom` (then `length_histogram` is used)."""
     pages_range: list[int] = field(default_factory=lambda: [32, 50])
     """pool-native: documents with this many pages (inclusive), sampled as the pool has them."""
@@ -68,18 +72,28 @@ class DataRecipe:
     seq_length_multiple: int = 128
     """Loader, variable length: sequence lengths are multiples of this (or max_seq_length); a
     multiple of pad_multiple, of 2 x CP, and of CP x TP with sequence parallelism."""
-    image_backend: str = "pil"
+    image_backend: Literal["pil", "dali"] = "pil"
     """Loader: `pil` (CPU) or `dali` (GPU decode and resize, when nvidia.dali is installed)."""
+
+    RULES = (
+        ("length_histogram", lambda d: d.length_distribution != "custom" or d.length_histogram,
+         "length_distribution custom needs a length_histogram"),
+        ("mixture", lambda d: d.mixture and set(d.mixture) <= set(TASKS) and min(d.mixture.values()) >= 0
+         and sum(d.mixture.values()) > 0, f"needs non-negative shares of tasks in {TASKS}"),
+        ("short_share", lambda d: 0 <= d.short_share < 1, "must be in [0, 1)"),
+        ("short_source", lambda d: d.short_share == 0 or d.short_source, "needed when short_share > 0"),
+        ("long_share", lambda d: 0 <= d.long_share <= 1, "must be in [0, 1]"),
+        ("pages_range", lambda d: len(d.pages_range) == 2, "must be [min, max]"),
+        ("max_seq_length", lambda d: d.max_seq_length % d.pad_multiple == 0, "must be a multiple of pad_multiple"),
+        ("seq_length_multiple", lambda d: not d.variable_seq_length
+         or (d.seq_length_multiple >= 1 and d.seq_length_multiple % d.pad_multiple == 0),
+         "must be a positive multiple of pad_multiple"),
+    )
 
     @classmethod
     def from_dict(cls, data: dict) -> DataRecipe:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown data recipe keys: {', '.join(unknown)}")
-        recipe = cls(**data)
-        recipe.validate()
-        return recipe
+        """The data section from a mapping: unknown keys, bad types and broken RULES raise OptionError."""
+        return options.build(cls, data, "data.")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DataRecipe:
@@ -92,22 +106,8 @@ class DataRecipe:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Raise ValueError with a one-line reason for an inconsistent recipe."""
-        if self.length_distribution not in LENGTH_DISTRIBUTIONS:
-            raise ValueError(f"length_distribution must be one of {LENGTH_DISTRIBUTIONS}, got {self.length_distribution!r}")
-        if self.length_distribution == "custom" and not self.length_histogram:
-            raise ValueError("length_distribution custom needs length_histogram")
-        bad = sorted(set(self.mixture) - set(TASKS))
-        if bad or not self.mixture or any(v < 0 for v in self.mixture.values()) or sum(self.mixture.values()) <= 0:
-            raise ValueError(f"mixture needs non-negative shares of tasks in {TASKS}; got {self.mixture}")
-        if not 0 <= self.short_share < 1 or (self.short_share > 0 and not self.short_source):
-            raise ValueError("short_share must be in [0, 1) and needs short_source when > 0")
-        if not 0 <= self.long_share <= 1 or len(self.pages_range) != 2:
-            raise ValueError("long_share must be in [0, 1] and pages_range [min, max]")
-        if self.max_seq_length % self.pad_multiple:
-            raise ValueError("max_seq_length must be a multiple of pad_multiple")
-        if self.variable_seq_length and (self.seq_length_multiple < 1 or self.seq_length_multiple % self.pad_multiple):
-            raise ValueError("seq_length_multiple must be a positive multiple of pad_multiple")
+        """Raise OptionError (a ValueError) with a one-line reason for a bad or inconsistent recipe."""
+        options.check(self, "data.")
 
     def task_shares(self) -> dict[str, float]:
         """Target share of every task, the short-context share included, summing to 1."""

@@ -7,27 +7,37 @@ data layer: :class:`megatron_vlm.data.recipe.DataRecipe`), ``train``, ``checkpoi
     print(recipe_to_yaml(recipe))
 
 Unknown keys are errors (a typo must not silently train with a default). Override values are
-parsed as YAML scalars, so ``train.tokens=5e9`` and ``model.freeze_vision=true`` work.
+parsed as YAML scalars, so ``train.tokens=5e9`` and ``model.freeze_vision=true`` work. Every value
+is checked when the recipe loads (utils/options.py): a choice is a ``Literal`` field, a number is
+finite and not a list, and what a type cannot say is a one-line rule in the section's ``RULES``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from megatron_vlm.data.recipe import DataRecipe
+from megatron_vlm.utils import options
+
+ModelKind = Literal["qwen2_5_vl", "gpt"]
+Recompute = Literal["none", "selective", "full"]
+DataSource = Literal["shards", "synthetic"]
+LrSchedule = Literal["cosine", "constant"]
+Optimizer = Literal["adam", "sgd"]
+Precision = Literal["bf16", "fp32"]
+WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
 @dataclass
 class ModelConfig:
     """Which model to build and the recipe-level options on it."""
 
-    kind: str = "qwen2_5_vl"
+    kind: ModelKind = "qwen2_5_vl"
     """`qwen2_5_vl` (the real model) or `gpt` (Megatron GPTModel on synthetic data, for tests)."""
     flavor: str = "debug"
     """Named size in the model's flavor registry (e.g. `debug`, `7b`)."""
@@ -39,7 +49,7 @@ class ModelConfig:
     """Keep the ViT blocks frozen (no grads, no optimizer state)."""
     freeze_merger: bool = False
     """Keep the patch merger (vision -> LLM projection) frozen."""
-    recompute: str = "none"
+    recompute: Recompute = "none"
     """Activation recompute: `none`, `selective` (core attention) or `full` (whole layers)."""
     first_stage_layers: int | None = None
     """LLM layers on the first pipeline stage (it also holds the ViT); None splits evenly."""
@@ -73,17 +83,17 @@ class TrainConfig:
     """Tokens per optimizer step (e.g. 32 x 131,072); a multiple of data.max_seq_length."""
     max_steps: int | None = None
     """Stop after this many steps even if the budget allows more (schedule still uses the budget)."""
-    data_source: str = "shards"
+    data_source: DataSource = "shards"
     """`shards` (the real loader over data.shards) or `synthetic` (packed random batches, for tests)."""
     lr: float = 1e-5
     """Peak learning rate."""
     min_lr: float = 0.0
     """Learning rate at the end of the cosine decay."""
-    lr_schedule: str = "cosine"
+    lr_schedule: LrSchedule = "cosine"
     """`cosine` (warmup then cosine to min_lr) or `constant` (warmup then lr)."""
     warmup_steps: int = 0
     """Linear warmup steps from 0 to lr."""
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     """`adam` (AdamW) or `sgd`."""
     weight_decay: float = 0.1
     """Decoupled weight decay (not applied to biases and norms)."""
@@ -95,7 +105,7 @@ class TrainConfig:
     """AdamW epsilon."""
     clip_grad: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
-    precision: str = "bf16"
+    precision: Precision = "bf16"
     """`bf16` (bf16 weights, fp32 master weights and grad reduction) or `fp32`."""
     fp8: str | None = None
     """FP8 recipe through Transformer Engine (`hybrid` or `e4m3`); None for no FP8. Needs TE."""
@@ -131,7 +141,7 @@ class LoggingConfig:
     """W&B project name."""
     wandb_run_name: str = ""
     """W&B run name; empty uses the checkpoint directory's name."""
-    wandb_mode: str = "auto"
+    wandb_mode: WandbMode = "auto"
     """`auto` (online with an API key, offline without), `online`, `offline` or `disabled`."""
     peak_tflops: float = 989.0
     """Per-device peak TFLOP/s for the MFU estimate (H100 SXM dense bf16: 989)."""
@@ -155,50 +165,8 @@ class Recipe:
     """Logging section."""
 
 
-class RecipeError(ValueError):
+class RecipeError(options.OptionError):
     """A recipe that cannot be used; the message is one line saying why."""
-
-
-def _build(cls, values: dict, where: str):
-    if not isinstance(values, dict):
-        raise RecipeError(f"{where or 'recipe'}: expected a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise RecipeError(f"unknown key(s) {', '.join(where + k for k in unknown)}; known: {', '.join(sorted(names))}")
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, f"{where}{name}.")
-        else:
-            kwargs[name] = _coerce(value, hint, where + name)
-    return cls(**kwargs)
-
-
-def _coerce(value, hint, key: str):
-    """Turn YAML values into the field's type where YAML is loose (5e9 -> int, 1 -> float)."""
-    if value is None:
-        return None
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
-        hint = next(t for t in typing.get_args(hint) if t is not type(None))
-    base = typing.get_origin(hint) or hint
-    try:
-        if base is int and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            number = float(value)
-            if number != int(number):
-                raise ValueError
-            return int(number)
-        if base is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            return float(value)
-        if base is bool and not isinstance(value, bool):
-            raise ValueError
-        if base is str and not isinstance(value, str):
-            return str(value)
-    except ValueError:
-        raise RecipeError(f"{key}: cannot use {value!r} as {getattr(base, '__name__', base)}") from None
-    return value
 
 
 def _apply_override(tree: dict, override: str) -> None:
@@ -229,7 +197,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
             raise RecipeError(str(err)) from None
     for override in overrides:
         _apply_override(tree, override)
-    return _build(Recipe, tree, "")
+    return options.build(Recipe, tree, "", RecipeError)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
@@ -242,4 +210,4 @@ def recipe_to_yaml(recipe: Recipe) -> str:
 
 
 def recipe_from_dict(values: dict) -> Recipe:
-    return _build(Recipe, values, "")
+    return options.build(Recipe, values, "", RecipeError)

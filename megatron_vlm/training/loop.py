@@ -256,8 +256,6 @@ def build_data(recipe: Recipe, provider, dp_rank: int, dp_size: int):
         return SyntheticPackedBatches(seq_length=data.max_seq_length, vocab_size=provider.vocab_size(recipe),
                                       dp_rank=dp_rank, dp_size=dp_size, seed=data.seed,
                                       length_multiple=data.seq_length_multiple if data.variable_seq_length else None)
-    if source != "shards":
-        raise RecipeError(f"train.data_source must be shards or synthetic, got {source!r}")
     if not data.tokenizer or not (Path(data.tokenizer) / "tokenizer.json").is_file():
         raise RecipeError(f"data.tokenizer={data.tokenizer!r} is not a tokenizer directory (no tokenizer.json); "
                           "point it at the Qwen2.5-VL tokenizer, e.g. ../shared/reference/qwen2_5_vl_tokenizer")

@@ -39,8 +39,6 @@ def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
     par, train = recipe.parallel, recipe.train
     if train.fp8 and not te_available():
         raise RecipeError(f"train.fp8={train.fp8} needs Transformer Engine, which is not installed (set train.fp8=null)")
-    if train.precision not in ("bf16", "fp32"):
-        raise RecipeError(f"train.precision must be bf16 or fp32, got {train.precision!r}")
     bf16 = train.precision == "bf16"
     kwargs = dict(
         tensor_model_parallel_size=par.tp,
@@ -62,8 +60,6 @@ def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
         kwargs.update(recompute_granularity="selective")
     elif recipe.model.recompute == "full":
         kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-    elif recipe.model.recompute != "none":
-        raise RecipeError(f"model.recompute must be none, selective or full, got {recipe.model.recompute!r}")
     return kwargs
 
 

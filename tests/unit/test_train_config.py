@@ -75,3 +75,49 @@ def test_example_recipes_load(recipe):
     assert loaded.model.kind in ("qwen2_5_vl", "gpt")
     assert loaded.train.tokens > 0 and loaded.data.max_seq_length > 0
     assert abs(sum(loaded.data.mixture.values()) - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.lr_schedule=cosin"], r"train.lr_schedule: 'cosin' is not one of cosine, constant"),
+        (["logging.wandb_mode=offlin"], r"logging.wandb_mode: 'offlin' is not one of auto, online, offline, disabled"),
+        (["model.kind=qwen25"], r"model.kind: 'qwen25' is not one of"),
+        (["model.recompute=some"], r"model.recompute: 'some' is not one of none, selective, full"),
+        (["train.data_source=disk"], r"train.data_source: 'disk' is not one of shards, synthetic"),
+        (["train.optimizer=adamw"], r"train.optimizer: 'adamw' is not one of adam, sgd"),
+        (["train.precision=fp16"], r"train.precision: 'fp16' is not one of bf16, fp32"),
+        (["data.length_distribution=long"], r"data.length_distribution: 'long' is not one of pool-native"),
+        (["data.image_backend=cv2"], r"data.image_backend: 'cv2' is not one of pil, dali"),
+        (["train.lr=[1, 2]"], r"train.lr: cannot use \[1, 2\] as float"),
+        (["train.tokens=.inf"], r"train.tokens: cannot use inf as int"),
+        (["train.lr=.nan"], r"train.lr: cannot use nan as float"),
+        (["data.pages_range=[32, x]"], r"data.pages_range\[1\]: cannot use 'x' as int"),
+        (["data.mixture={reasoning: many}"], r"data.mixture.reasoning: cannot use 'many' as float"),
+        (["data.short_share=0.1"], r"data.short_source='': needed when short_share > 0"),
+    ],
+)
+def test_choices_types_and_rules_fail_at_load_with_the_key(overrides, message):
+    """A typo in a choice or a value of the wrong kind stops the run when the recipe loads, in one line."""
+    with pytest.raises(RecipeError, match=message) as err:
+        load_recipe(None, overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_rules_see_the_whole_section_and_objects_built_in_code():
+    from megatron_vlm.utils import options
+
+    with pytest.raises(options.OptionError, match=r"data.max_seq_length=100: must be a multiple of pad_multiple"):
+        DataRecipe(max_seq_length=100, pad_multiple=8).validate()
+    with pytest.raises(options.OptionError, match=r"data.length_distribution: 'x' is not one of"):
+        DataRecipe(length_distribution="x").validate()
+    with pytest.raises(options.OptionError, match=r"data.pages_range=\[32\]: must be \[min, max\]"):
+        DataRecipe.from_dict({"pages_range": [32]})
+    DataRecipe().validate()
+
+
+def test_model_kinds_are_the_provider_registry():
+    from megatron_vlm.training.models import PROVIDERS
+    from megatron_vlm.utils import options
+
+    assert set(options.choices(cfg.ModelConfig, "kind")) == set(PROVIDERS)
