@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 import sys
 import tarfile
 from collections import Counter
@@ -25,6 +26,8 @@ from megatron_vlm.data import mixture, tokens
 from megatron_vlm.data.image_rule import image_token_count
 from megatron_vlm.data.recipe import SHORT_TASK, DataRecipe
 from megatron_vlm.data.short_source import load_short_samples, read_image
+from megatron_vlm.data.synth.records import read_records
+from megatron_vlm.data.synth.validation import names_a_page
 from megatron_vlm.utils import atomic
 
 FORMAT = "megatron-vlm-shards-v1"
@@ -93,56 +96,70 @@ def read_pool(pool_dir: Path) -> tuple[dict, dict]:
     return docs, images
 
 
-def read_records(qa_dir: Path) -> list[dict]:
-    files = sorted(qa_dir.glob("records-*.jsonl"))
-    if not files:
-        raise FileNotFoundError(f"no records-*.jsonl in {qa_dir}")
-    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
-
-
 def _key(record_id: str) -> str:
     # WebDataset splits a member name at its first dot: keys must have none.
     return str(record_id).replace(".", "_").replace("/", "_")
 
 
-def make_candidates(recipe, tokenizer, docs, images, records, drops: Counter, examples: dict) -> tuple[list, dict]:
-    """Document candidates after truncation, and per record id what is needed to write it."""
+def make_candidates(recipe, tokenizer, docs, images, records, drops: Counter, examples: dict) -> tuple[list, dict, dict]:
+    """Document candidates after truncation, per record id what is needed to write it, and per
+    task what happened to its records (for the error when none fits)."""
     cands, info = [], {}
+    why: dict[str, Counter] = {}
     for n, rec in enumerate(records):
         if n and n % 20000 == 0:
             print(f"build: counted {n}/{len(records)} records", flush=True)
-        rid = _key(rec.get("id", ""))
+        if rec["task"] not in recipe.task_shares():
+            continue  # a task the recipe does not use is not a drop
+        rid, task_why = _key(rec["id"]), why.setdefault(rec["task"], Counter())
+        task_why["records"] += 1
         try:
-            if not rid or rec.get("task") not in recipe.task_shares() or "question" not in rec or "answer" not in rec:
-                if rec.get("task") in recipe.task_shares() or not rid:
-                    raise mixture.Dropped("bad-record", "missing id/question/answer")
-                continue  # a task the recipe does not use is not a drop
             doc = docs.get(rec["doc_id"])
             if doc is None:
                 raise mixture.Dropped("missing-document", rec["doc_id"])
             page_tokens = [image_token_count(h, w, recipe.min_pixels, recipe.max_pixels) for h, w in doc["sizes"]]
-            q, a = str(rec["question"]), str(rec["answer"])
+            q, a = rec["question"], rec["answer"]
 
             def count(pages, q=q, a=a, pt=page_tokens):
                 return tokens.count_tokens(tokenizer, q, a, [pt[p] for p in pages])
 
-            pages = mixture.truncate_pages(page_tokens, tuple(rec.get("segment") or (0, 0)), list(rec.get("evidence_pages") or []), q, count, recipe.max_seq_length)
+            rng = random.Random(f"{recipe.seed}:{rec['id']}")
+            pages = mixture.truncate_pages(page_tokens, tuple(rec["segment"]), rec["evidence_pages"], names_a_page(q), count, recipe.max_seq_length, rng)
             if any((rec["doc_id"], p) not in images for p in pages):
                 raise mixture.Dropped("missing-page-image", rec["doc_id"])
         except mixture.Dropped as d:
             drops[d.reason] += 1
+            task_why[d.reason] += 1
+            if d.needs_tokens:
+                task_why["smallest_needs"] = min(task_why["smallest_needs"] or d.needs_tokens, d.needs_tokens)
             ex = examples.setdefault(d.reason, [])
             if len(ex) < 5:
-                ex.append(rid or "?")
+                ex.append(rid)
             continue
         except ValueError as e:  # special tokens in the text
             drops["special-token-in-text"] += 1
+            task_why["special-token-in-text"] += 1
             examples.setdefault("special-token-in-text", []).append(str(e)[:80])
             continue
-        c = mixture.Candidate(rid, rec["task"], count(pages), pages, doc["num_pages"])
+        c = mixture.Candidate(rid, rec["task"], count(pages), pages, doc["num_pages"], sorted(rec["evidence_pages"]))
         cands.append(c)
-        info[rid] = {"record_id": str(rec["id"]), "doc_id": rec["doc_id"], "question": q, "answer": a, "grids": [list(_grid(doc["sizes"][p], recipe)) for p in pages]}
-    return cands, info
+        info[rid] = {"record_id": rec["id"], "doc_id": rec["doc_id"], "question": q, "answer": a, "grids": [list(_grid(doc["sizes"][p], recipe)) for p in pages]}
+    return cands, info, why
+
+
+def _nothing_fits(recipe, task: str, why: Counter, excluded: Counter, qa_dir: Path) -> str:
+    """Why no instance of `task` can be built, in one line."""
+    if not why["records"]:
+        return f"the recipe's mixture asks for {task} but {qa_dir} has no {task} records"
+    parts = [f"{k} {v}" for k, v in sorted(why.items()) if k not in ("records", "smallest_needs", "kept")]
+    parts += [f"{k} {v}" for k, v in sorted(excluded.items())]
+    line = f"no {task} instance fits the recipe: of {why['records']} records, " + ", ".join(parts)
+    if why["smallest_needs"]:
+        line += f"; the smallest needs {why['smallest_needs']:,} tokens and max_seq_length is {recipe.max_seq_length:,}"
+    if any(k.startswith("outside-pages-range") for k in excluded):
+        lo, hi = recipe.pages_range
+        line += f"; data.pages_range is {lo}-{hi} pages and the documents have {why['min_pages']}-{why['max_pages']}"
+    return line
 
 
 def _grid(size, recipe):
@@ -196,19 +213,27 @@ def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path) -> di
     records = read_records(qa_dir)
     print(f"build: {len(docs)} documents in {pool_dir}, {len(records)} QA records in {qa_dir}", flush=True)
     drops, examples, excluded = Counter(), {}, Counter()
-    cands, info = make_candidates(recipe, tokenizer, docs, images, records, drops, examples)
-    doc_cands = []
+    cands, info, why = make_candidates(recipe, tokenizer, docs, images, records, drops, examples)
+    doc_cands, excluded_by_task = [], {}
     for c in cands:
-        why = mixture.eligible(recipe, c)
-        if why:
-            excluded[why] += 1
+        task_why = why[c.task]
+        task_why["min_pages"] = min(task_why["min_pages"] or c.doc_pages, c.doc_pages)
+        task_why["max_pages"] = max(task_why["max_pages"], c.doc_pages)
+        reason = mixture.eligible(recipe, c)
+        if reason:
+            excluded[reason] += 1
+            excluded_by_task.setdefault(c.task, Counter())[reason] += 1
         else:
             doc_cands.append(c)
+    for task in recipe.task_shares():
+        if task != SHORT_TASK and not any(c.task == task for c in doc_cands):
+            raise ValueError(_nothing_fits(recipe, task, why.get(task, Counter()), excluded_by_task.get(task, Counter()), qa_dir))
     shorts, short_info = ([], {})
     if recipe.short_share > 0:
         shorts, short_info = make_short_candidates(recipe, tokenizer, drops)
     info.update(short_info)
     chosen, targets = mixture.select(recipe, doc_cands, shorts)
+    mixture.check_repeats(recipe, chosen)
 
     sources = {
         "pool": str(pool_dir),
@@ -285,6 +310,8 @@ def _write_instance(tf, key: str, c, meta: dict, images: dict) -> None:
         "answer": meta["answer"],
         "num_tokens": c.num_tokens,
         "grids": meta["grids"],
+        "evidence_pages": c.evidence,
+        "doc_pages": c.doc_pages,
     }
     _add(tf, f"{key}.json", _dumps(record))
     short = meta.get("short")

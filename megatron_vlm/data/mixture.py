@@ -3,11 +3,14 @@
 Truncation policy (documents whose instance is longer than max_seq_length):
   1. The QA record's segment and its evidence pages, and every page between them, are never
      removed: the teacher wrote the question from that span, so it stays answerable.
-  2. Pages after that span are removed first, from the end of the document backwards. The
-     kept pages then still start at page 0, so page numbers named in a question stay right.
-  3. If that is not enough, pages before the span are removed from the start of the document.
-     A question that names page numbers ("page 12") would then point at the wrong image, so
-     such an instance is dropped instead (reason ``page-numbered-question-needs-head-cut``).
+  2. A reader question names no page (synth's rule), so the kept window may start anywhere: it
+     is the longest run of pages that fits and holds the span, placed with a seeded random start
+     among all such windows (those that reach the end of the document are not shortened), so the
+     evidence sits at every depth of the context, also in the late pages of long documents.
+  3. A question that names page numbers (the OCR baselines: "Transcribe pages 3 and 7") keeps
+     page 0, so the numbers stay right: pages after the span are removed from the end; if the
+     span still does not fit from page 0 the instance is dropped
+     (reason ``page-numbered-question-needs-head-cut``).
   4. If the span alone with the question and answer does not fit, the instance is dropped
      (reason ``evidence-span-too-long``). Nothing is ever cut inside a page.
 The kept pages are always one contiguous run, in document order.
@@ -26,21 +29,19 @@ This greedy keeps every achieved share within one sample of its target at all ti
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 
 from megatron_vlm.data.recipe import SHORT_TASK, DataRecipe
 
-PAGE_REFERENCE = re.compile(r"\bpages?\s*\d", re.IGNORECASE)
 REPORT_BIN = 16384  # width of the length bins pool-native targets are reported in
 
 
 class Dropped(Exception):
     """An instance that cannot be built; ``reason`` is a short stable tag for reports."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", needs_tokens: int = 0):
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        self.reason, self.needs_tokens = reason, needs_tokens
 
 
 @dataclass
@@ -52,17 +53,20 @@ class Candidate:
     num_tokens: int
     pages: list[int] = field(default_factory=list)
     doc_pages: int = 0  # pages of the whole document (before truncation)
+    evidence: list[int] = field(default_factory=list)  # the record's evidence pages (all in `pages`)
 
 
 def truncate_pages(
     page_tokens: list[int],
     segment: tuple[int, int],
     evidence_pages: list[int],
-    question: str,
+    names_pages: bool,
     count: callable,
     max_length: int,
+    rng: random.Random,
 ) -> list[int]:
-    """Kept page indices under the policy above. ``count(pages)`` gives the instance's exact length."""
+    """Kept page indices under the policy above. ``count(pages)`` gives the instance's exact
+    length; ``names_pages``: the question names page numbers; ``rng`` places the window."""
     n = len(page_tokens)
     needed = [p for p in evidence_pages] + ([segment[0], segment[1] - 1] if segment[1] > segment[0] else [])
     if not needed or min(needed) < 0 or max(needed) >= n:
@@ -70,16 +74,19 @@ def truncate_pages(
     lo, hi = min(needed), max(needed) + 1
     if count(list(range(n))) <= max_length:
         return list(range(n))
-    if count(list(range(lo, hi))) > max_length:
-        raise Dropped("evidence-span-too-long", f"pages {lo}-{hi - 1} with the question exceed {max_length} tokens")
-    # Largest end (tail cut) keeping page 0; the cost is monotone in the number of pages.
-    end = _largest_fit(lambda e: count(list(range(0, e))) <= max_length, hi, n)
-    if end is not None:
+    span = count(list(range(lo, hi)))
+    if span > max_length:
+        raise Dropped("evidence-span-too-long", f"pages {lo}-{hi - 1} with the question need {span:,} tokens, more than {max_length:,}", span)
+    fits_from = lambda s: (lambda e: count(list(range(s, e))) <= max_length)  # noqa: E731
+    if names_pages:
+        end = _largest_fit(fits_from(0), hi, n)
+        if end is None:
+            raise Dropped("page-numbered-question-needs-head-cut", "the evidence lies beyond max length from page 0")
         return list(range(0, end))
-    if PAGE_REFERENCE.search(question):
-        raise Dropped("page-numbered-question-needs-head-cut", "the evidence lies beyond max length from page 0")
-    start = _smallest_fit(lambda s: count(list(range(s, hi))) <= max_length, 0, lo)
-    return list(range(start, hi))
+    first = _smallest_fit(lambda s: count(list(range(s, hi))) <= max_length, 0, lo)
+    last_full = _smallest_fit(lambda s: count(list(range(s, n))) <= max_length, first, n)
+    start = rng.randint(first, min(lo, last_full))
+    return list(range(start, _largest_fit(fits_from(start), hi, n)))
 
 
 def _largest_fit(fits, lo: int, hi: int) -> int | None:
@@ -223,3 +230,22 @@ def select(recipe: DataRecipe, docs: list[Candidate], shorts: list[Candidate]) -
         "passes": {t: max((c.passes for c in cells if c), default=0) for t, cells in cycles.items()},
     }
     return chosen, targets
+
+
+def check_repeats(recipe: DataRecipe, chosen: list[Candidate]) -> None:
+    """ValueError when the budget needs one instance more than recipe.max_repeats times, naming
+    how many times and the largest budget that stays within the limit."""
+    seen: dict[str, int] = {}
+    tokens, fits = 0, None
+    for c in chosen:
+        seen[c.record_id] = seen.get(c.record_id, 0) + 1
+        if fits is None and seen[c.record_id] > recipe.max_repeats:
+            fits = tokens
+        tokens += c.num_tokens
+    worst = max(seen.values(), default=0)
+    if worst > recipe.max_repeats:
+        raise ValueError(
+            f"data.token_budget {recipe.token_budget:,} needs {len(chosen):,} samples from {len(seen):,} distinct instances, "
+            f"one of them {worst} times (data.max_repeats is {recipe.max_repeats}); a budget of at most {fits:,} tokens "
+            f"stays within it: lower data.token_budget, add documents, or raise data.max_repeats"
+        )

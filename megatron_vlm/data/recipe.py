@@ -52,6 +52,9 @@ class DataRecipe:
     """Short-sample dataset (JSONL or WebDataset of image+QA), for short_share > 0."""
     token_budget: int = 5_000_000_000
     """Tokens the built shards should hold in total (sample tokens, before packing)."""
+    max_repeats: int = 4
+    """Build refuses a token budget that needs one instance more than this many times (the error
+    says how many and the budget that fits); raise it knowingly for small pools."""
     seed: int = 1234
     """Seed for every random choice in build and loader."""
     min_pixels: int = image_rule.MIN_PIXELS

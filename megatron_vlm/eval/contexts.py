@@ -160,30 +160,12 @@ def read_pool(pool_dir: str | Path) -> dict[str, Document]:
 
 def read_qa_records(qa_dir: str | Path) -> list[Question]:
     """QA records (docs/formats.md section 2) from QA_DIR/records-*.jsonl, or from one .jsonl file."""
-    qa_dir = Path(qa_dir)
-    files = [qa_dir] if qa_dir.is_file() else sorted(qa_dir.glob("records-*.jsonl"))
-    if not files:
-        raise FileNotFoundError(f"no records-*.jsonl in {qa_dir}")
-    out = []
-    for path in files:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            seg = tuple(r["segment"]) if r.get("segment") else None
-            out.append(
-                Question(
-                    r["id"],
-                    r["doc_id"],
-                    r["task"],
-                    r["question"],
-                    r["answer"],
-                    r["answer_format"],
-                    list(r.get("evidence_pages") or []),
-                    seg,
-                )
-            )
-    return out
+    from megatron_vlm.data.synth.records import read_records
+
+    return [
+        Question(r["id"], r["doc_id"], r["task"], r["question"], r["answer"], r["answer_format"], list(r["evidence_pages"]), tuple(r["segment"]))
+        for r in read_records(qa_dir)
+    ]
 
 
 def image_page(path: Path, doc_id: str, index: int) -> Page:

@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
@@ -88,11 +89,12 @@ def test_token_counts_and_truncation_on_long_documents(big_pool, qwen_tokenizer_
         # Exact count by hand: text tokens + 2508 per kept page; within max length.
         text_only = count_tokens(tok, rec["question"], rec["answer"], [1] * len(pages)) - len(pages)
         assert meta["num_tokens"] == text_only + PAGE_TOKENS * len(pages) <= 131_072
-        # Policy: contiguous, evidence and segment kept, tail cut first (start at page 0 when possible).
+        # Policy: contiguous, evidence and segment kept, the window as long as fits (one more page would not).
         assert pages == list(range(pages[0], pages[-1] + 1))
         assert set(rec["evidence_pages"]) <= set(pages) and rec["segment"][0] in pages and rec["segment"][1] - 1 in pages
-        if pages[0] > 0:  # a head cut only after the tail is cut back to the evidence span
-            assert pages[-1] == max(rec["evidence_pages"] + [rec["segment"][1] - 1])
+        if len(pages) < counts[int(rec["doc_id"], 16)]:  # write_pool numbers its documents in hex
+            assert meta["num_tokens"] + PAGE_TOKENS > 131_072
+        assert meta["evidence_pages"] == sorted(rec["evidence_pages"])
         assert sum(k.startswith("i") for k in s) == len(pages) == len(meta["grids"])
         n += 1
     assert n == index["totals"]["samples"]
@@ -101,13 +103,25 @@ def test_token_counts_and_truncation_on_long_documents(big_pool, qwen_tokenizer_
 def test_truncation_policy_by_hand():
     toks = [10] * 20
     count = lambda pages: 5 + sum(toks[p] for p in pages)  # noqa: E731
-    assert mixture.truncate_pages(toks, (2, 5), [3], "q", count, 1000) == list(range(20))
-    assert mixture.truncate_pages(toks, (2, 5), [3], "q", count, 105) == list(range(10))  # tail cut
-    assert mixture.truncate_pages(toks, (12, 16), [14], "q", count, 65) == list(range(10, 16))  # head cut
+    rng = random.Random(0)
+    assert mixture.truncate_pages(toks, (2, 5), [3], False, count, 1000, rng) == list(range(20))
+    # A window of 10 pages (105 tokens) holding pages 12-15 of 20: starts 6..10 (a later start would
+    # leave a shorter window at the end), every one is drawn.
+    starts = Counter()
+    for seed in range(400):
+        pages = mixture.truncate_pages(toks, (12, 16), [14], False, count, 105, random.Random(seed))
+        assert len(pages) == 10 and pages == list(range(pages[0], pages[0] + 10)) and {12, 13, 14, 15} <= set(pages)
+        starts[pages[0]] += 1
+    assert sorted(starts) == list(range(6, 11)) and min(starts.values()) > 50
+    # Evidence near the end: windows reaching the last page are not shortened (start 10 at most).
+    assert {mixture.truncate_pages(toks, (17, 19), [18], False, count, 105, random.Random(s))[0] for s in range(200)} == set(range(9, 11))
+    # A question naming pages keeps page 0: tail cut, or dropped when the span is out of reach.
+    assert mixture.truncate_pages(toks, (2, 5), [3], True, count, 105, rng) == list(range(10))
     with pytest.raises(mixture.Dropped, match="page-numbered"):
-        mixture.truncate_pages(toks, (12, 16), [14], "What is on page 15?", count, 65)
-    with pytest.raises(mixture.Dropped, match="evidence-span-too-long"):
-        mixture.truncate_pages(toks, (2, 10), [3], "q", count, 60)
+        mixture.truncate_pages(toks, (12, 16), [14], True, count, 65, rng)
+    with pytest.raises(mixture.Dropped, match="evidence-span-too-long") as e:
+        mixture.truncate_pages(toks, (2, 10), [3], False, count, 60, rng)
+    assert e.value.needs_tokens == 85
 
 
 def _digest(path):
@@ -121,7 +135,7 @@ def test_deterministic_resumable_and_cli(tmp_path, qwen_tokenizer_dir):
     write_records(tmp_path / "qa", ids, counts)
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(f"data:\n  tokenizer: {qwen_tokenizer_dir}\n  length_distribution: custom\n  length_histogram: {{'0-5000': 1}}\n"
-                           "  token_budget: 20000\n  samples_per_shard: 8\n  mixture: {extract-single: 0.5, reasoning: 0.5}\n")
+                           "  token_budget: 20000\n  max_repeats: 40\n  samples_per_shard: 8\n  mixture: {extract-single: 0.5, reasoning: 0.5}\n")
     cmd = [sys.executable, "tools/preprocess_data.py", "build", "--pool", str(tmp_path / "pool"), "--qa", str(tmp_path / "qa"), "--recipe", str(recipe_path)]
     out = subprocess.run(cmd + ["--output", str(tmp_path / "a")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -66,7 +66,7 @@ def test_short_share_is_hit_and_loads(tmp_path, qwen_tokenizer_dir, kind):
     source = _jsonl_source(tmp_path / "src") if kind == "jsonl" else _wds_source(tmp_path / "src")
     recipe = DataRecipe(tokenizer=str(qwen_tokenizer_dir), max_seq_length=1024, length_distribution="custom",
                         length_histogram={"0-1025": 1}, short_share=0.25, short_source=str(source),
-                        token_budget=200 * 100, samples_per_shard=16)
+                        token_budget=200 * 100, max_repeats=20, samples_per_shard=16)
     index = build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "out")
     report = stats.compute(tmp_path / "out")
     assert report["targets_met"], stats.render_markdown(report)

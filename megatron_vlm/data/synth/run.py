@@ -24,6 +24,7 @@ from pathlib import Path
 
 from megatron_vlm.data.pool import dumps_sorted, iter_documents, read_manifest, shard_of
 from megatron_vlm.data.synth import tasks as T
+from megatron_vlm.data.synth.records import write_records
 from megatron_vlm.data.synth.teachers import Answer, Job, make_teacher
 from megatron_vlm.data.synth.validation import Validator
 from megatron_vlm.utils import atomic
@@ -143,7 +144,7 @@ def run(args) -> dict:
     records.sort(key=lambda r: r["id"])
     suffix = f"{args.shard_index:05d}"
     records_path, failures_path = out / f"records-{suffix}.jsonl", out / f"failures-{suffix}.jsonl"
-    atomic.write_text(records_path, "".join(dumps_sorted(r) + "\n" for r in records))
+    write_records(records_path, records)
     atomic.write_text(failures_path, "".join(dumps_sorted(f) + "\n" for f in sorted(failures, key=lambda f: (f["doc_id"], f["segment"], f["task"], f["index"]))))
     summary = {
         "pool": str(Path(args.pool)),
