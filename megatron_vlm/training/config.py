@@ -31,6 +31,11 @@ LrSchedule = Literal["cosine", "constant"]
 Optimizer = Literal["adam", "sgd"]
 Precision = Literal["bf16", "fp32"]
 WandbMode = Literal["auto", "online", "offline", "disabled"]
+AttentionBackend = Literal["auto", "torch", "flash", "te"]
+Fp8 = Literal["e4m3", "hybrid"]
+FP8_ROWS = 16
+"""With FP8, every rank's rows (tokens after the CP and SP split) must be a multiple of this: TE's FP8
+GEMMs need 8, Megatron pads to 16 (MXFP8, Blackwell only and out of scope here, would need 32)."""
 
 
 @dataclass
@@ -53,6 +58,9 @@ class ModelConfig:
     """Activation recompute: `none`, `selective` (core attention) or `full` (whole layers)."""
     first_stage_layers: int | None = None
     """LLM layers on the first pipeline stage (it also holds the ViT); None splits evenly."""
+    attention_backend: AttentionBackend = "auto"
+    """Core attention of `qwen2_5_vl`: `auto` (bf16 on a GPU: TE, else flash-attn, else torch; fp32 and
+    CPU: torch), or `torch` (SDPA), `flash` (flash-attn) or `te` (Transformer Engine), which need bf16."""
 
 
 @dataclass
@@ -107,8 +115,9 @@ class TrainConfig:
     """Clip the global gradient norm to this value; 0 disables clipping."""
     precision: Precision = "bf16"
     """`bf16` (bf16 weights, fp32 master weights and grad reduction) or `fp32`."""
-    fp8: str | None = None
-    """FP8 recipe through Transformer Engine (`hybrid` or `e4m3`); None for no FP8. Needs TE."""
+    fp8: Fp8 | None = None
+    """FP8 recipe through Transformer Engine (`hybrid` or `e4m3`); null for none. Needs TE (Hopper);
+    every rank's rows must be a multiple of 16 (see the recipe's rules)."""
     seed: int = 1234
     """Seed for model init and every RNG the trainer owns."""
     max_nonfinite_steps: int = 3
@@ -163,6 +172,31 @@ class Recipe:
     """Checkpoint section."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Logging section."""
+
+    RULES = (
+        # TE has no fp32 kernel for packed (THD) attention; flash-attn none at all.
+        ("model.attention_backend", lambda r: r.train.precision == "bf16" or r.model.attention_backend in ("auto", "torch"),
+         "te and flash attention need train.precision=bf16 (no fp32 kernel for packed sequences); use auto or torch"),
+        ("model.attention_backend", lambda r: r.model.kind == "qwen2_5_vl" or r.model.attention_backend == "auto",
+         "is chosen by Megatron's spec for model.kind=gpt; leave it auto"),
+        ("train.fp8", lambda r: r.train.fp8 is None or all(n % fp8_row_unit(r) == 0 for n in sequence_lengths(r)),
+         f"with FP8 every rank's rows (sequence length / (parallel.cp x parallel.tp with sequence parallelism)) must be "
+         f"a multiple of {FP8_ROWS}: make data.max_seq_length and data.seq_length_multiple multiples of "
+         f"{FP8_ROWS} x cp x (tp if sequence_parallel)"),
+    )
+
+
+def fp8_row_unit(recipe: Recipe) -> int:
+    """What every sequence length must be a multiple of for FP8: 16 rows on each CP x SP rank."""
+    par = recipe.parallel
+    return FP8_ROWS * par.cp * (par.tp if par.sequence_parallel else 1)
+
+
+def sequence_lengths(recipe: Recipe) -> tuple[int, ...]:
+    """The lengths the loader's sequences are multiples of: the maximum, and with variable-length
+    packing the multiple each sequence is rounded up to."""
+    data = recipe.data
+    return (data.max_seq_length, data.seq_length_multiple) if data.variable_seq_length else (data.max_seq_length,)
 
 
 class RecipeError(options.OptionError):

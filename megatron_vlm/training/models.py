@@ -229,7 +229,8 @@ class Qwen25VLProvider:
                     "virtual_pipeline_model_parallel_size"):
             overrides.pop(key)  # the model reads the layout from parallel_state
         spec = "te" if te_layers() else "local"  # attention: by dtype (models.common.attention.resolve_backend)
-        model = Qwen2_5_VLModel(cfg, spec=spec, pre_process=pre_process, post_process=post_process,
+        model = Qwen2_5_VLModel(cfg, spec=spec, attention_backend=recipe.model.attention_backend,
+                                pre_process=pre_process, post_process=post_process,
                                 vp_stage=vp_stage, **overrides)
         if not hasattr(model, "model_type"):  # Megatron's schedules read it off the model
             from megatron.core.enums import ModelType

@@ -104,3 +104,51 @@ def test_gpt_packing_on_the_te_spec_is_thd(monkeypatch):
     mask, packed = local_model.seen
     assert packed is None and torch.equal(mask, block_causal_mask(batch["cu_seqlens"], 12))
     assert not mask[0, 0, 6, 5] and mask[0, 0, 5, 4]  # within a document causal; across documents never
+
+
+@pytest.mark.parametrize("value", ["true", "e5m2", "fp8", "1", "mxfp8"])
+def test_fp8_values_outside_null_e4m3_hybrid_are_refused_at_load(value):
+    from megatron_vlm.training.config import RecipeError
+
+    with pytest.raises(RecipeError, match=r"^train\.fp8: .* is not one of e4m3, hybrid$"):
+        _recipe(f"train.fp8={value}")
+    for ok in ("null", "e4m3", "hybrid"):
+        assert _recipe(f"train.fp8={ok}").train.fp8 == (None if ok == "null" else ok)
+
+
+@pytest.mark.parametrize("layout,lengths,ok", [
+    # cp=2, tp=2 with sequence parallelism: 64 rows per... every length a multiple of 16 x 2 x 2 = 64
+    (["parallel.cp=2", "parallel.tp=2", "parallel.sequence_parallel=true"], (4096, 64), True),
+    (["parallel.cp=2", "parallel.tp=2", "parallel.sequence_parallel=true"], (4096, 32), False),  # 8 rows a rank
+    (["parallel.cp=2", "parallel.tp=2"], (4096, 32), True),  # without SP the TP ranks hold all 16 rows
+    (["parallel.cp=4", "parallel.tp=4", "parallel.sequence_parallel=true"], (131072, 128), False),  # the 7B layout
+    (["parallel.cp=4", "parallel.tp=4", "parallel.sequence_parallel=true"], (131072, 256), True),
+    ([], (1000, 16), False),  # fixed-length mode below: max_seq_length itself
+])
+def test_fp8_rows_per_rank_are_a_multiple_of_16(layout, lengths, ok):
+    from megatron_vlm.training.config import RecipeError
+
+    max_len, multiple = lengths
+    overrides = [*layout, f"data.max_seq_length={max_len}", f"data.seq_length_multiple={multiple}",
+                 f"train.global_batch_tokens={max_len}", "train.fp8=hybrid"]
+    if ok:
+        _recipe(*overrides)
+    else:
+        with pytest.raises(RecipeError, match=r"^train\.fp8='hybrid': with FP8 every rank's rows .* multiple of 16"):
+            _recipe(*overrides)
+    _recipe(*[o for o in overrides if o != "train.fp8=hybrid"])  # without FP8 the same layout loads
+
+
+def test_attention_backend_rules_at_load():
+    from megatron_vlm.training.config import RecipeError
+
+    for backend in ("te", "flash"):
+        with pytest.raises(RecipeError, match=rf"^model\.attention_backend='{backend}': te and flash attention need "
+                                              r"train\.precision=bf16"):
+            _recipe("train.precision=fp32", f"model.attention_backend={backend}")
+        assert _recipe(f"model.attention_backend={backend}").model.attention_backend == backend
+    assert _recipe("train.precision=fp32", "model.attention_backend=torch").model.attention_backend == "torch"
+    with pytest.raises(RecipeError, match="model.attention_backend='wrong'|is not one of auto, torch, flash, te"):
+        _recipe("model.attention_backend=wrong")
+    with pytest.raises(RecipeError, match=r"^model\.attention_backend='torch': is chosen by Megatron's spec"):
+        _recipe("model.kind=gpt", "model.attention_backend=torch")
