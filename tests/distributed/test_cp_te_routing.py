@@ -15,6 +15,7 @@ one image and a text-only sample:
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.dist_utils import run_distributed
@@ -70,6 +71,7 @@ def _rank():
     return out
 
 
+@pytest.mark.slow(seconds=40)
 def test_te_backend_uses_ring_attention_under_cp():
     ranks = sorted(run_distributed(_rank, 2, timeout_s=300), key=lambda r: r["rank"])
     cu_padded = ranks[0]["cu_padded"]

@@ -103,6 +103,7 @@ def _straight_and_resumed(root: str, distributed_optimizer: bool) -> tuple[dict,
     return straight, first, _train(f"{root}/split", STEPS, distributed_optimizer)
 
 
+@pytest.mark.slow(seconds=30)
 @pytest.mark.parametrize("distributed_optimizer", [True, False])
 def test_resume_with_fused_adam_equals_uninterrupted(tmp_path, distributed_optimizer):
     straight, first, resumed = run_distributed(_straight_and_resumed, 1, str(tmp_path), distributed_optimizer)[0]
