@@ -109,6 +109,18 @@ def make_report(path: Path) -> ReportTruth:
     )
 
 
+def pool_and_qa(root: Path, per_segment: int = 4, **synth_options) -> tuple[ReportTruth, Path, Path, dict]:
+    """The report PDF under root/pdfs, its pool (root/pool, no OCR) and the template teacher's
+    records for it (root/qa, segments of 3 pages): (truth, pool dir, QA dir, synth summary)."""
+    from megatron_vlm.data import pool
+    from megatron_vlm.data.synth.run import synthesize
+
+    truth = make_report(root / "pdfs" / "report.pdf")
+    pool.build_pool(root / "pdfs", root / "pool", no_ocr=True)
+    summary = synthesize(root / "pool", root / "qa", segment_pages=(3, 3), per_segment=per_segment, **synth_options)
+    return truth, root / "pool", root / "qa", summary
+
+
 def named_in(question: str, items: list[tuple], sections: dict[str, str]) -> list[tuple]:
     """The known facts a question names, in the order it names them.
 

@@ -5,6 +5,8 @@
     python tools/preprocess_data.py synth --pool POOL_DIR --output QA_DIR --teacher template|openai
     python tools/preprocess_data.py build --pool POOL_DIR --qa QA_DIR --recipe RECIPE.yaml --output SHARD_DIR
     python tools/preprocess_data.py stats SHARD_DIR
+    python tools/preprocess_data.py qa-check QA_DIR --pool POOL_DIR
+    python tools/preprocess_data.py review --pool POOL_DIR --qa QA_DIR --output REVIEW_DIR [-n 40]
 
 Argument parsing only; each stage lives in megatron_vlm.data.<stage> as add_arguments(parser) and
 main(args) -> exit code.
@@ -22,6 +24,8 @@ STAGES = {
     "synth": ("megatron_vlm.data.synth.run", "synthesize long-document QA records from a pool"),
     "build": ("megatron_vlm.data.build", "build training shards from a pool and QA records"),
     "stats": ("megatron_vlm.data.stats", "report on a directory of training shards"),
+    "qa-check": ("megatron_vlm.data.synth.qa_check", "count QA records that break the reader-question rules"),
+    "review": ("megatron_vlm.data.synth.review", "write an HTML page of sampled QA records with their evidence pages"),
 }
 
 

@@ -87,6 +87,7 @@ class DataRecipe:
         ("short_source", lambda d: d.short_share == 0 or d.short_source, "needed when short_share > 0"),
         ("long_share", lambda d: 0 <= d.long_share <= 1, "must be in [0, 1]"),
         ("pages_range", lambda d: len(d.pages_range) == 2, "must be [min, max]"),
+        ("max_repeats", lambda d: d.max_repeats >= 1, "must be at least 1"),
         ("max_seq_length", lambda d: d.max_seq_length % d.pad_multiple == 0, "must be a multiple of pad_multiple"),
         ("seq_length_multiple", lambda d: not d.variable_seq_length
          or (d.seq_length_multiple >= 1 and d.seq_length_multiple % d.pad_multiple == 0),

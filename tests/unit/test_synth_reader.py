@@ -11,21 +11,16 @@ import json
 import pytest
 
 from megatron_vlm.data import pool
-from megatron_vlm.data.synth import run as synth
 from megatron_vlm.data.synth.facts import document_facts, normalize
 from megatron_vlm.data.synth.validation import Validator, problems
-from tests.qa_docs import check_reasoning, make_report, named_in
+from tests.qa_docs import check_reasoning, named_in, pool_and_qa
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reader")
-    truth = make_report(root / "pdfs" / "report.pdf")
-    pool.build_pool(root / "pdfs", root / "pool", no_ocr=True)
-    summary = synth.synthesize(root / "pool", root / "qa", segment_pages=(3, 3), per_segment=4,
-                               tasks=["extract-single", "extract-multi", "reasoning"])
-    records = [json.loads(line) for line in (root / "qa" / "records-00000.jsonl").read_text().splitlines()]
-    (doc, _), = pool.iter_documents(root / "pool")
+    truth, pool_dir, qa_dir, summary = pool_and_qa(tmp_path_factory.mktemp("reader"), tasks=["extract-single", "extract-multi", "reasoning"])
+    records = [json.loads(line) for line in (qa_dir / "records-00000.jsonl").read_text().splitlines()]
+    (doc, _), = pool.iter_documents(pool_dir)
     return truth, records, doc, summary
 
 
@@ -103,6 +98,6 @@ def test_validation_rejects_each_rule_by_reason(report):
     }
     for reason, record in cases.items():
         assert v.check(record, doc) == reason, (reason, problems(record, doc))
-    scanned = {**doc, "id": "scanned", "pages": [{**p, "ocr": "tesseract", "ocr_confidence": 0.41} for p in doc["pages"]]}
+    scanned = {**doc, "id": "scanned", "pages": [{**p, "ocr": "tesseract", "ocr_confidence": 41.0} for p in doc["pages"]]}
     assert v.check(_record(doc_id="scanned"), scanned) == "answer comes from low-quality text"
     assert v.check(_record(question="Which district has 1,240 households?", answer="North", evidence_pages=[3]), doc) == "answer not on its evidence pages"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 NUMBER_RE = re.compile(r"(?<![\w.,/\-])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d|,\d|/|\.\d)")
 YEAR_RE = re.compile(r"^(1[89]|20)\d\d$")
 BODY_KINDS = ("paragraph", "list", "table")
-MIN_OCR_CONFIDENCE = 0.8
+MIN_OCR_CONFIDENCE = 70.0  # mean character confidence (0-100) an OCRed page needs to give facts
 REPEATED_PAGES = 3  # text on this many pages is a running header, footer or boilerplate, not a fact
 MAX_CLAUSE_WORDS = 30
 
@@ -135,10 +135,11 @@ class Fact:
 
 
 def page_problem(page: dict) -> str | None:
-    """Why a page's text must not give facts (broken text layer, OCR missing or not confident), or None."""
+    """Why a page's text must not give facts, or None: a broken text layer, no text, or OCR whose
+    page confidence (0-100, the pool's `ocr_confidence`) is unknown or below MIN_OCR_CONFIDENCE."""
     quality = page.get("text_quality")
-    if quality not in (None, "good"):
-        return f"text quality: {quality}"
+    if quality in ("broken", "none"):
+        return f"text layer {quality}"
     if page.get("ocr") == "missing":
         return "not OCRed"
     if page.get("ocr") not in (None, "none"):
@@ -148,6 +149,11 @@ def page_problem(page: dict) -> str | None:
         if confidence < MIN_OCR_CONFIDENCE:
             return "OCR confidence low"
     return None
+
+
+def block_usable(block: dict) -> bool:
+    """A body block (paragraph, list, table) whose text is not marked low confidence."""
+    return block["kind"] in BODY_KINDS and not block.get("low_confidence")
 
 
 def repeated_texts(doc: dict) -> set[str]:
@@ -222,7 +228,7 @@ class _Walk:
                         if sec := section_number(text):
                             self.facts.append(Fact("section", page["index"], sec[1], (sec[0],), section=self.section))
                     continue
-                if problem is not None or block["kind"] not in BODY_KINDS:
+                if problem is not None or not block_usable(block):
                     continue
                 if block["kind"] == "table":
                     table_id = (page["index"], tables_here)

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from megatron_vlm.data.pool import dumps_sorted
+from megatron_vlm.data.pool import dumps_sorted, read_manifest
 from megatron_vlm.data.synth.prompts import ANSWER_FORMATS
 from megatron_vlm.data.synth.tasks import ALL_TASKS
 from megatron_vlm.utils import atomic
@@ -86,3 +86,15 @@ def read_records(qa: str | Path) -> list[dict]:
                 raise ValueError(f"{path}:{n}: {problem}")
             records.append(r)
     return records
+
+
+def by_document(records: list[dict], pool: str | Path) -> dict[str, list[tuple[int, dict]]]:
+    """{doc id: [(position in `records`, record), ...]}; ValueError when a document is not an ok
+    row of the pool's manifest."""
+    known = {r["id"] for r in read_manifest(pool) if r["status"] == "ok"}
+    grouped: dict[str, list[tuple[int, dict]]] = {}
+    for i, r in enumerate(records):
+        if r["doc_id"] not in known:
+            raise ValueError(f"document {r['doc_id']} of record {r['id']} is not in the pool {pool}")
+        grouped.setdefault(r["doc_id"], []).append((i, r))
+    return grouped

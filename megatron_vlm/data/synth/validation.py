@@ -16,8 +16,9 @@
 - it picks out one fact in the whole document: a text answer occurs once in the document (or
   only after the label the question names), and no fact the question names (facts.py: its
   anchors all appear in the question) has another value elsewhere under the same name;
-- reasoning states its operation, and the facts it names are comparable (one column of one
-  table, or quantities with one unit);
+- reasoning states its operation and names at least two facts of the document (facts.py), all
+  comparable (one column of one table, or quantities with one unit): values the fact reader cannot
+  find (in figures, say) cannot be checked, so such questions are not kept;
 - a question already kept for the same document is a duplicate.
 """
 
@@ -28,10 +29,10 @@ import re
 from collections import Counter
 
 from megatron_vlm.data.synth.facts import (
-    BODY_KINDS,
     STOPWORDS,
     Fact,
     FactCache,
+    block_usable,
     is_repeated,
     normalize,
     occurs_once,
@@ -65,6 +66,7 @@ CATEGORIES = {
     "answer comes from low-quality text": "fact from header/footer/caption or low-quality text",
     "reasoning question states no operation": "reasoning not over comparable values",
     "reasoning combines values of different kinds": "reasoning not over comparable values",
+    "reasoning operands are not facts of the document": "reasoning not over comparable values",
 }
 
 
@@ -108,13 +110,14 @@ def usable_text(doc: dict, page_index: int, repeated: set[str]) -> str:
         return ""
     parts = []
     for block in page["blocks"]:
-        if block["kind"] in (*BODY_KINDS, "heading"):
+        if block_usable(block) or block["kind"] == "heading":
             parts += [line for line in block["text"].splitlines() if not is_repeated(line, repeated)]
     return normalize(" \n ".join(parts))
 
 
 def named_facts(question: str, facts: list[Fact], pages: list[int]) -> list[Fact]:
-    """The facts on `pages` a question names: every non-empty anchor of the fact appears in it."""
+    """The facts on `pages` a question names: a cell's table, row and column (quoted, when the
+    question quotes), a quantity's section, unit and clause words, a section's number."""
     q = normalize(question)
     quoted = '"' in q  # a question that quotes headers names a cell by its quoted row and column
     parts = q.split(";")  # a question listing several things names each within one part
@@ -130,11 +133,34 @@ def named_facts(question: str, facts: list[Fact], pages: list[int]) -> list[Fact
             if f.anchors[0] in sections:
                 found.append(f)
             continue
-        if f.kind == "cell" and quoted:
+        if f.kind == "quantity":
+            if any(_names_quantity(f, part) for part in parts):
+                found.append(f)
+            continue
+        if quoted:
             anchors = [a if i == 0 else f'"{a}"' for i, a in enumerate(normalize(x) for x in f.anchors) if a]
         if anchors and any(all(a in part for a in anchors) for part in parts):
             found.append(f)
     return found
+
+
+def _stems(text: str) -> set[str]:
+    return {w[:5] for w in re.findall(r"[^\W\d_]{3,}", normalize(text)) if w not in STOPWORDS}
+
+
+def _names_quantity(f: Fact, part: str) -> bool:
+    """A question (part) names a quantity when it names its section (if any) and unit, and two
+    thirds of the clause's words (by their first five letters, so "included" ~ "include")."""
+    section, before, unit = (normalize(a) for a in f.anchors)
+    if section and section not in part:
+        return False
+    if unit == "%":
+        if not re.search(r"%|percent|per cent", part):
+            return False
+    elif not re.search(rf"(?<!\w){re.escape(unit)}(?!\w)", part):
+        return False
+    words = _stems(before)
+    return bool(words) and len(words & _stems(part)) >= 2 * len(words) / 3
 
 
 def _format_problem(r: dict) -> str | None:
@@ -204,6 +230,8 @@ def problems(r: dict, doc: dict, cache: FactCache | None = None) -> list[str]:
             kinds = {(f.kind, f.table_id, normalize(f.column)) if f.kind == "cell" else (f.kind, f.unit) for f in named}
             if len(kinds) > 1:
                 found.append("reasoning combines values of different kinds")
+            elif len(named) < 2:
+                found.append("reasoning operands are not facts of the document")
     return found
 
 
