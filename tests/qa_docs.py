@@ -29,7 +29,7 @@ class ReportTruth:
     header_footer: tuple[str, str] = (HEADER, FOOTER)
 
 
-# Per page: (heading or None, [paragraphs], [(caption or None, header, rows)])
+# Per page: (heading or None, [paragraphs], [(caption or None, header, rows)][, (heading, paragraph) after the tables])
 PAGES = [
     ("1 Introduction", [
         "The survey reached 1,240 households in the northern district of the county.",
@@ -44,7 +44,8 @@ PAGES = [
     ], [(None, ["Item", "Status"], [["Printing", "Pending"], ["Binding", "Stitched by hand"], ["Mailing", "Pending"]])]),
     (None, [
         "The pilot sample included 150 volunteers from the city and its suburbs.",
-    ], [(None, ["Item", "Status"], [["Printing", "Delayed twice"], ["Archiving", "Scanned to microfilm"], ["Sorting", "Not started"]])]),
+    ], [(None, ["Item", "Status"], [["Printing", "Delayed twice"], ["Archiving", "Scanned to microfilm"], ["Sorting", "Not started"]])],
+     ("2.2 Weighting", "Answers were weighted by the size of each district.")),
     ("3 Results", [
         "The response rate was 68% in the first wave of the survey.",
     ], [("Table 2: Responses by wave", ["Wave", "Responses", "Rate (%)"],
@@ -59,7 +60,7 @@ PAGES = [
 def make_report(path: Path) -> ReportTruth:
     doc = pymupdf.open()
     n = len(PAGES)
-    for i, (heading, paragraphs, tables) in enumerate(PAGES):
+    for i, (heading, paragraphs, tables, *tail) in enumerate(PAGES):
         page = doc.new_page(width=612, height=792)
         page.insert_text((60, 40), HEADER, fontsize=9, fontname="helv")
         page.insert_text((60, 770), f"{FOOTER} - {i + 1} / {n}", fontsize=9, fontname="helv")
@@ -83,13 +84,16 @@ def make_report(path: Path) -> ReportTruth:
             for c in range(len(header) + 1):
                 page.draw_line((60 + c * col_w, top), (60 + c * col_w, top + (len(rows) + 1) * row_h), width=0.7)
             y = top + (len(rows) + 1) * row_h + 30
+        for late_heading, text in tail:
+            page.insert_text((60, y), late_heading, fontsize=15, fontname="hebo")
+            page.insert_textbox(pymupdf.Rect(60, y + 23, 552, y + 74), text, fontsize=10.5, fontname="helv")
     doc.set_metadata({"producer": "megatron-vlm tests", "creationDate": "", "modDate": ""})
     path.parent.mkdir(parents=True, exist_ok=True)
     doc.save(path, garbage=3, deflate=True, no_new_id=True)
     return ReportTruth(
         path=path,
         pages=n,
-        sections={"1": "Introduction", "2": "Methods", "2.1": "Sampling", "3": "Results", "4": "Discussion"},
+        sections={"1": "Introduction", "2": "Methods", "2.1": "Sampling", "2.2": "Weighting", "3": "Results", "4": "Discussion"},
         cells={
             **{("Table 1", r[0], h): v for r in PAGES[1][2][0][2] for h, v in zip(["Households", "Share (%)"], r[1:])},
             **{("Table 2", r[0], h): v for r in PAGES[4][2][0][2] for h, v in zip(["Responses", "Rate (%)"], r[1:])},

@@ -12,6 +12,7 @@ import pytest
 
 from megatron_vlm.data import pool
 from megatron_vlm.data.synth.facts import document_facts, normalize
+from megatron_vlm.data.synth.teachers import template
 from megatron_vlm.data.synth.validation import Validator, problems
 from tests.qa_docs import check_reasoning, named_in, pool_and_qa
 
@@ -67,6 +68,18 @@ def test_usable_facts_are_exactly_the_unambiguous_body_facts(report):
     unusable = {f.value for f in facts if f.problem}
     assert unusable == truth.ambiguous
     assert not any(v in truth.never for _, v in usable)
+
+
+def test_subsection_count_is_complete_and_right(report):
+    truth, _, doc, _ = report
+    facts = document_facts(doc)
+    usable = [f for f in facts if f.problem is None]
+    ((parent, children),) = template._subsections(usable, facts)
+    expected = sorted(n for n in truth.sections if n.startswith(parent.anchors[0] + "."))
+    assert [c.anchors[0] for c in children] == expected and len(expected) >= 2
+    qa = template._count_question(parent, children)
+    record = {**qa, "task": "reasoning", "segment": [0, truth.pages], "doc_id": doc["id"], "id": "x"}
+    assert qa["answer"] == str(len(expected)) and problems(record, doc) == []
 
 
 def _record(**kw):

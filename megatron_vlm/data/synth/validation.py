@@ -122,7 +122,7 @@ def named_facts(question: str, facts: list[Fact], pages: list[int]) -> list[Fact
     quoted = '"' in q  # a question that quotes headers names a cell by its quoted row and column
     parts = q.split(";")  # a question listing several things names each within one part
     unquoted = re.sub(r'"[^"]*"', " ", q)  # "section 2.1" names a section; a quoted title does not
-    sections = {n for m in re.finditer(r"\bsections?\s+((?:\d+(?:\.\d+)*(?:,\s*|\s+and\s+)?)+)", unquoted)
+    sections = {n for m in re.finditer(r"\b(?:sub)?sections?\s+((?:\d+(?:\.\d+)*(?:,\s*|\s+and\s+)?)+)", unquoted)
                 for n in re.findall(r"\d+(?:\.\d+)*", m[1])}
     found = []
     for f in facts:

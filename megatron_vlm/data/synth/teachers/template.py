@@ -10,7 +10,9 @@ instance shows the whole document and the model must find where the answer is.
   section titles) from different pages, answered as a list in the order asked.
 - reasoning: comparable values only (one column of one table, or quantities with one unit in
   near-identical clauses), with the operation in the question: a difference, a sum, which row
-  is largest/smallest, or how many rows exceed a threshold.
+  is largest/smallest, or how many rows exceed a threshold; or a count over the document's
+  structure: how many numbered subsections a section has (only when they are numbered without a
+  gap, all on the segment's pages, and the next section follows the last of them).
 
 Deterministic: each job seeds its own RNG.
 """
@@ -66,8 +68,10 @@ class TemplateTeacher:
             # The k-th job of a segment asks its k-th fact, so --per-segment K asks K different facts.
             order = random.Random(f"{job.seed}:{job.doc['id']}:{job.segment}:single")
             qa = single(usable, order, job.index)
+        elif job.task == "extract-multi":
+            qa = multi(usable, rng)
         else:
-            qa = (multi if job.task == "extract-multi" else reasoning)(usable, rng)
+            qa = reasoning(usable, rng, facts)
         return Answer(job, qa=qa) if qa else Answer(job, failure=f"{job.task}: no usable facts in segment")
 
     def usage(self) -> dict:
@@ -160,13 +164,56 @@ def _quantity_pairs(facts: list[Fact]) -> list[tuple[Fact, Fact]]:
     return pairs
 
 
-def reasoning(facts: list[Fact], rng: random.Random) -> dict | None:
+def reasoning(facts: list[Fact], rng: random.Random, doc_facts: list[Fact] | None = None) -> dict | None:
+    """A reasoning question over the segment's usable `facts` (`doc_facts`: the whole document's,
+    to know a section's subsections are complete)."""
     columns, pairs = _columns(facts), _quantity_pairs(facts)
-    options = [("column", c) for c in columns] + [("pair", p) for p in pairs]
+    chapters = _subsections(facts, doc_facts or facts)
+    options = [("column", c) for c in columns] + [("pair", p) for p in pairs] + [("sections", c) for c in chapters]
     if not options:
         return None
     what, item = rng.choice(options)
+    if what == "sections":
+        return _count_question(*item)
     return _column_question(item, rng) if what == "column" else _pair_question(item, rng)
+
+
+def _next_number(number: str) -> str:
+    """'3.2' -> '3.3': the next sibling's number."""
+    *head, last = number.split(".")
+    return ".".join([*head, str(int(last) + 1)])
+
+
+def _subsections(facts: list[Fact], doc_facts: list[Fact]) -> list[tuple[Fact, list[Fact]]]:
+    """(section, its subsections) where all of them are usable facts on the segment's pages, they
+    are numbered N.1 .. N.k without a gap, and the next section at N's level (or above) follows
+    the last one, so no subsection was missed."""
+    numbered = {f.anchors[0]: f for f in facts if f.kind == "section"}
+    order = [f.anchors[0] for f in doc_facts if f.kind == "section"]
+    out = []
+    for number, parent in sorted(numbered.items()):
+        children, k = [], 1
+        while f"{number}.{k}" in numbered:
+            children.append(numbered[f"{number}.{k}"])
+            k += 1
+        if len(children) < 2 or f"{number}.{k}" in order:
+            continue
+        later = order[order.index(children[-1].anchors[0]) + 1:] if children[-1].anchors[0] in order else []
+        upper = [_next_number(".".join(number.split(".")[:i])) for i in range(1, number.count(".") + 2)]
+        if later and later[0] in upper and all(c.page >= parent.page for c in children):
+            out.append((parent, children))
+    return out
+
+
+def _count_question(parent: Fact, children: list[Fact]) -> dict:
+    number, first, second = parent.anchors[0], children[0].anchors[0], children[1].anchors[0]
+    return {
+        "question": f'Section {number} ("{parent.value}") is divided into numbered subsections {first}, {second} and so on. How many subsections does it have?',
+        "answer": str(len(children)),
+        "answer_format": "Int",
+        "evidence_pages": sorted({parent.page, *(c.page for c in children)}),
+        "evidence_description": f"Section {number} has the subsections " + "; ".join(f"{c.anchors[0]} {c.value}" for c in children) + f": {len(children)}.",
+    }
 
 
 def _column_question(cells: list[Fact], rng: random.Random) -> dict | None:
