@@ -89,9 +89,11 @@ def need(module: str, why: str) -> None:
 
 
 def _single_rank_env() -> None:
-    if "RANK" not in os.environ:
-        from tests.dist_utils import free_port
+    """One rank on this machine, on a port free now (each start of the process group takes a new one:
+    the last one's socket may still be closing)."""
+    from tests.dist_utils import free_port
 
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
@@ -116,10 +118,10 @@ def stage_train(workdir: Path, quick: bool = False) -> dict:
             "train.lr=1e-3", "train.warmup_steps=2", f"checkpoint.dir={ckpt}", "checkpoint.save_interval=0",
             "logging.wandb_mode=disabled",
         ])
+        _single_rank_env()
         result = train(recipe)
         return [m["loss"] for m in result.history], result.start_step
 
-    _single_rank_env()
     straight, _ = run(str(workdir / "straight"), steps)
     first, _ = run(str(workdir / "split"), steps // 2)
     resumed, start = run(str(workdir / "split"), steps)
