@@ -22,7 +22,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from megatron_vlm.data import mixture, tokens
+from megatron_vlm.data import mixture, pool_format, tokens
 from megatron_vlm.data.image_rule import image_token_count
 from megatron_vlm.data.recipe import SHORT_TASK, DataRecipe
 from megatron_vlm.data.short_source import load_short_samples, read_image
@@ -66,33 +66,15 @@ def _sha256(path: Path) -> str:
 
 
 def read_pool(pool_dir: Path) -> tuple[dict, dict]:
-    """(documents by id: page count and sizes, page image locations by (doc id, page index)).
-
-    Only the manifest's `ok` rows, each from the shard the manifest names (docs/formats.md s.1).
-    """
-    from megatron_vlm.data.pool import read_manifest
-
-    wanted: dict[str, set[str]] = {}
-    for row in read_manifest(pool_dir):
-        if row["status"] == "ok":
-            wanted.setdefault(row["shard"], set()).add(row["id"])
-    if not wanted:
-        raise ValueError(f"the pool at {pool_dir} has no usable documents")
+    """(documents by id: page count and sizes, page image locations by (doc id, page index)),
+    for the manifest's `ok` rows (pool_format.documents)."""
     docs: dict[str, dict] = {}
-    images: dict[tuple[str, int], tuple[str, int, int, str]] = {}
-    for shard in sorted(wanted):
-        tar_path = pool_dir / shard
-        with tarfile.open(tar_path, "r:") as tf:
-            for m in tf:
-                key, _, ext = Path(m.name).name.partition(".")
-                if not m.isfile() or key not in wanted[shard]:
-                    continue
-                if ext == "json":
-                    doc = json.loads(tf.extractfile(m).read())
-                    docs[key] = {"num_pages": doc["num_pages"], "sizes": [(p["height_px"], p["width_px"]) for p in doc["pages"]]}
-                elif ext.startswith("p") and ext.rsplit(".", 1)[-1] in ("png", "jpg", "jpeg"):
-                    page, img_ext = ext.split(".", 1)
-                    images[(key, int(page[1:]))] = (str(tar_path), m.offset_data, m.size, img_ext)
+    images: dict[tuple[str, int], pool_format.PageImage] = {}
+    for doc in pool_format.documents(pool_dir):
+        docs[doc.id] = {"num_pages": doc.meta["num_pages"], "sizes": [(p["height_px"], p["width_px"]) for p in doc.meta["pages"]]}
+        images.update({(doc.id, index): image for index, image in doc.images.items()})
+    if not docs:
+        raise ValueError(f"the pool at {pool_dir} has no usable documents")
     return docs, images
 
 
@@ -319,8 +301,6 @@ def _write_instance(tf, key: str, c, meta: dict, images: dict) -> None:
         if short is not None:
             data, ext = read_image(short.images[j]), short.exts[j]
         else:
-            tar_path, offset, size, ext = images[(meta["doc_id"], p)]
-            with open(tar_path, "rb") as f:
-                f.seek(offset)
-                data = f.read(size)
+            image = images[(meta["doc_id"], p)]
+            data, ext = image.read(), image.ext
         _add(tf, f"{key}.i{p:04d}.{ext}", data)

@@ -22,7 +22,7 @@ How a run goes, and why:
   finds every shard's manifest present writes manifest.jsonl, where a document present in
   several shards is kept once (the first source) and the others become `duplicate` rows, so
   the union of a sharded run equals the unsharded run (the tasks already agree on it, see
-  above). Readers (read_manifest, iter_documents, the build, the eval sets) read the one tar the
+  above). Readers (pool_format.py: synth, the build, the eval sets) read the one tar the
   kept row names.
 """
 
@@ -37,12 +37,12 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 from megatron_vlm.data import image_rule
 from megatron_vlm.data.pdf import PdfError, PdfSettings, process_pdf
+from megatron_vlm.data.pool_format import iter_documents, read_manifest, read_settings  # noqa: F401 (the readers)
 from megatron_vlm.utils import atomic
 from megatron_vlm.utils.cli import stage_args
 
@@ -404,47 +404,3 @@ def main(args) -> int:
         + (f"; merged {counts['merged']}" if counts["merged"] else f"; manifest.jsonl waits for the other {args.num_shards - 1} shards")
     )
     return 0
-
-
-# ---- readers (used by synth, build and tests) -------------------------------------------------
-
-
-def read_manifest(pool_dir: str | Path) -> list[dict]:
-    """The merged manifest rows; raises ValueError when the pool is incomplete."""
-    path = Path(pool_dir) / "manifest.jsonl"
-    if not path.exists():
-        raise ValueError(f"{path} missing: the pool run has not finished (all shards)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
-def read_settings(pool_dir: str | Path) -> dict:
-    return json.loads((Path(pool_dir) / "pool.json").read_text())
-
-
-def iter_documents(pool_dir: str | Path, images: bool = False, ids: set[str] | None = None) -> Iterator[tuple[dict, dict[int, bytes]]]:
-    """Yield (document json, {page index: encoded image}) for each `ok` manifest row, once each.
-
-    Documents come tar by tar in manifest order of their shards; images are read only when asked.
-    """
-    pool_dir = Path(pool_dir)
-    wanted: dict[str, set[str]] = {}
-    for r in read_manifest(pool_dir):
-        if r["status"] == "ok" and (ids is None or r["id"] in ids):
-            wanted.setdefault(r["shard"], set()).add(r["id"])
-    for shard in sorted(wanted):
-        current, doc, pages = None, None, {}
-        with tarfile.open(pool_dir / shard) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if key not in wanted[shard]:
-                    continue
-                if key != current:
-                    if doc is not None:
-                        yield doc, pages
-                    current, doc, pages = key, None, {}
-                if ext == "json":
-                    doc = json.loads(tar.extractfile(member).read())
-                elif images:
-                    pages[int(ext[1:5])] = tar.extractfile(member).read()
-            if doc is not None:
-                yield doc, pages

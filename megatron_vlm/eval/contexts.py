@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_vlm.data import image_rule
+from megatron_vlm.data import image_rule, pool_format
 
 VISION_WRAP_TOKENS = 2  # <|vision_start|> and <|vision_end|> around each image's pads
 
@@ -97,15 +97,6 @@ class Context:
 # sources
 
 
-def _span_reader(path: Path, offset: int, size: int) -> Callable[[], bytes]:
-    def read() -> bytes:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
-
-    return read
-
-
 def _file_reader(path: Path) -> Callable[[], bytes]:
     return path.read_bytes
 
@@ -113,46 +104,24 @@ def _file_reader(path: Path) -> Callable[[], bytes]:
 def read_pool(pool_dir: str | Path) -> dict[str, Document]:
     """Every ``ok`` document of a pool (docs/formats.md section 1), pages costed with the pool's pixel limits.
 
-    Uses the pool stage's manifest and settings readers; page images are not loaded, only located
-    (byte offsets inside the tars), and read when an eval set is written.
+    Read through data.pool_format; page images are not loaded, only located (byte spans inside
+    the tars), and read when an eval set is written.
     """
-    from megatron_vlm.data import pool as pool_stage
-
     pool_dir = Path(pool_dir)
-    settings = pool_stage.read_settings(pool_dir)
+    settings = pool_format.read_settings(pool_dir)
     min_px = settings.get("min_pixels", image_rule.MIN_PIXELS)
     max_px = settings.get("max_pixels", image_rule.MAX_PIXELS)
-    wanted: dict[str, set[str]] = {}
-    for row in pool_stage.read_manifest(pool_dir):
-        if row["status"] == "ok":
-            wanted.setdefault(row["shard"], set()).add(row["id"])
     docs: dict[str, Document] = {}
-    for shard in sorted(wanted):
-        tar_path = pool_dir / shard
-        metas, spans = [], {}
-        with tarfile.open(tar_path) as tf:
-            for m in tf:
-                key = m.name.split(".", 1)[0]
-                if key not in wanted[shard]:
-                    continue
-                if m.name.endswith(".json"):
-                    metas.append(json.loads(tf.extractfile(m).read()))
-                else:
-                    spans[m.name] = (m.offset_data, m.size)
-        for meta in metas:
-            doc_id = meta["id"]
-            pages = []
-            for p in meta["pages"]:
-                stem = f"{doc_id}.p{p['index']:04d}"
-                name = next((f"{stem}.{e}" for e in ("png", "jpg") if f"{stem}.{e}" in spans), None)
-                if name is None:
-                    raise FileNotFoundError(f"{stem}.png|jpg missing from {tar_path}")
-                grid = image_rule.image_grid_thw(p["height_px"], p["width_px"], min_px, max_px)
-                tokens = image_rule.image_token_count(p["height_px"], p["width_px"], min_px, max_px)
-                pages.append(
-                    Page(doc_id, p["index"], tokens, grid, name.rsplit(".", 1)[1], _span_reader(tar_path, *spans[name]))
-                )
-            docs[doc_id] = Document(doc_id, sorted(pages, key=lambda q: q.index))
+    for doc in pool_format.documents(pool_dir):
+        pages = []
+        for p in doc.meta["pages"]:
+            image = doc.images.get(p["index"])
+            if image is None:
+                raise FileNotFoundError(f"{doc.id}.p{p['index']:04d}.png|jpg missing from the pool at {pool_dir}")
+            grid = image_rule.image_grid_thw(p["height_px"], p["width_px"], min_px, max_px)
+            tokens = image_rule.image_token_count(p["height_px"], p["width_px"], min_px, max_px)
+            pages.append(Page(doc.id, p["index"], tokens, grid, image.ext, image.read))
+        docs[doc.id] = Document(doc.id, sorted(pages, key=lambda q: q.index))
     if not docs:
         raise ValueError(f"no ok documents in the pool at {pool_dir}")
     return docs

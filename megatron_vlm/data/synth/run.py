@@ -22,7 +22,8 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from megatron_vlm.data.pool import dumps_sorted, iter_documents, read_manifest, shard_of
+from megatron_vlm.data.pool import dumps_sorted, shard_of
+from megatron_vlm.data.pool_format import iter_documents, read_manifest
 from megatron_vlm.data.synth import tasks as T
 from megatron_vlm.data.synth.records import write_records
 from megatron_vlm.data.synth.teachers import Answer, Job, make_teacher
