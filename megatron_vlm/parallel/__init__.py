@@ -1,7 +1,6 @@
-"""Process groups and the CPU compatibility layer (state.py, cpu_compat.py); context parallelism:
+"""Process groups and the device (state.py), the CPU shims (cpu_compat.py); context parallelism:
 the micro-batch split (context_parallel.py), attention (cp_attention.py, cp_te.py), vision (cp_vision.py)."""
 
-from megatron_vlm.parallel.cpu_compat import enable_cpu_compat
-from megatron_vlm.parallel.state import ParallelLayout, destroy, initialize
+from megatron_vlm.parallel.state import Device, ParallelLayout, destroy, device, initialize
 
-__all__ = ["ParallelLayout", "destroy", "enable_cpu_compat", "initialize"]
+__all__ = ["Device", "ParallelLayout", "destroy", "device", "initialize"]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from megatron_vlm.parallel.state import device
+
 
 def make_te_attention(num_heads: int, head_dim: int, num_kv_heads: int, softmax_scale: float | None, group=None,
                       cp_comm_type: str = "p2p"):
@@ -32,7 +34,7 @@ def make_te_attention(num_heads: int, head_dim: int, num_kv_heads: int, softmax_
         softmax_scale=softmax_scale,
     )
     if group is not None:
-        stream = torch.cuda.Stream() if torch.cuda.is_available() else None  # None: CPU tests with a stand-in TE
+        stream = torch.cuda.Stream() if device().is_cuda else None  # None: CPU tests with a stand-in TE
         attn.set_context_parallel_group(group, dist.get_process_group_ranks(group), stream, cp_comm_type)
     return attn
 

@@ -1,24 +1,30 @@
-"""Let Megatron-Core run on a machine without CUDA (tests, CI, the CPU quick start).
+"""Every workaround that lets Megatron-Core run without CUDA (tests, CI, the CPU quick start), in
+one place, switched on by ``initialize()`` for a CPU device and off again by ``destroy()``.
 
-Megatron-Core assumes CUDA in three places that matter for a forward/backward pass:
-``torch.cuda.current_device()``, the CUDA RNG state behind the model-parallel RNG tracker,
-and tensors created with ``device="cuda"`` (or ``device=torch.cuda.current_device()``).
-``enable_cpu_compat()`` redirects all three to the CPU.
+Megatron-Core assumes CUDA in four places that matter for a training step:
+``torch.cuda.current_device()``, the CUDA RNG state behind the model-parallel RNG tracker, tensors
+created with ``device="cuda"`` (or ``device=torch.cuda.current_device()``), and its optimizer's
+``param.type() == "torch.cuda.FloatTensor"`` checks. ``enable()`` redirects the first three to the
+CPU; ``cuda_type_names()`` is the context in which CPU tensors answer with CUDA type names (the
+optimizer's build and step, and the optimizer state in a checkpoint). ``disable()`` puts back
+everything ``enable()`` changed.
 
 The device rewrite is a ``TorchFunctionMode``. A mode is switched off while its own handler
 runs, so ``loss.backward()`` (which the mode sees) would run every ``autograd.Function.backward``
 without it, e.g. Megatron's sequence-parallel reduce-scatter, which allocates on
 ``torch.cuda.current_device()``. The autograd entry point is therefore wrapped to run with the
-mode on. It is explicit: nothing here runs on import, and on a machine with CUDA it is a no-op
-unless ``force=True``.
+mode on. Nothing here runs on import.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.overrides import TorchFunctionMode
 
-_ENABLED = False
+_saved: list[tuple[object, str, object]] = []  # (owner, attribute, original) for disable()
+_mode: TorchFunctionMode | None = None
 
 
 def _to_cpu_device(device):
@@ -48,28 +54,25 @@ class _CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class _CpuRngStates:
-    """Stands in for the CUDA default generator: get/set/seed go to the CPU generator's state."""
+class _CudaTypeNames(TorchFunctionMode):
+    """CPU tensors report ``torch.cuda.*`` type names (Megatron's optimizer checks them)."""
 
-    @staticmethod
-    def get_rng_state(device=None, **_):
-        return torch.random.get_rng_state()
-
-    @staticmethod
-    def set_rng_state(state, device=None, **_):
-        torch.random.set_rng_state(state)
-
-    @staticmethod
-    def manual_seed(seed):
-        torch.random.manual_seed(seed)
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, "__name__", "") == "type" and len(args) == 1 and not kwargs and isinstance(out, str):
+            if out.startswith("torch.") and not out.startswith("torch.cuda."):
+                return "torch.cuda." + out[len("torch."):]
+        return out
 
 
-def _run_autograd_with_mode(mode: TorchFunctionMode) -> None:
-    """Make torch.autograd.backward/grad (and so Tensor.backward) run the engine with ``mode`` on."""
-    import torch.autograd as autograd
+def _patch(owner, name: str, value) -> None:
+    _saved.append((owner, name, getattr(owner, name)))
+    setattr(owner, name, value)
+
+
+def _autograd_with_mode(mode: TorchFunctionMode, engine_run_backward):
+    """torch.autograd's engine entry point, run with ``mode`` on (see the module docstring)."""
     from torch.overrides import _get_current_function_mode_stack
-
-    engine_run_backward = autograd._engine_run_backward
 
     def run_backward_with_mode(*args, **kwargs):
         if any(m is mode for m in _get_current_function_mode_stack()):
@@ -77,39 +80,49 @@ def _run_autograd_with_mode(mode: TorchFunctionMode) -> None:
         with mode:
             return engine_run_backward(*args, **kwargs)
 
-    autograd._engine_run_backward = run_backward_with_mode
+    return run_backward_with_mode
 
 
-def enable_cpu_compat(force: bool = False) -> bool:
-    """Redirect Megatron-Core's CUDA assumptions to the CPU. Returns True if it took effect.
-
-    Idempotent. On a CUDA machine it does nothing unless ``force`` is set.
-    """
-    global _ENABLED
-    if _ENABLED:
-        return True
-    if torch.cuda.is_available() and not force:
-        return False
-
-    torch.cuda.current_device = lambda: 0
-    torch.cuda.get_rng_state = _CpuRngStates.get_rng_state
-    torch.cuda.set_rng_state = _CpuRngStates.set_rng_state
-    torch.cuda.manual_seed = _CpuRngStates.manual_seed
-    torch.cuda.random.get_rng_state = _CpuRngStates.get_rng_state
-    torch.cuda.synchronize = lambda *a, **k: None
-    torch.cuda.empty_cache = lambda: None
-
+def enable() -> None:
+    """Redirect Megatron-Core's CUDA assumptions to the CPU, until ``disable()``. Idempotent."""
+    global _mode
+    if _mode is not None:
+        return
+    import torch.autograd as autograd
     from megatron.core.tensor_parallel import random as mcore_random
 
-    mcore_random._get_cuda_rng_state = lambda *a, **k: torch.random.get_rng_state()
-    mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.random.set_rng_state(state)
-
+    cpu_state, set_cpu_state = torch.random.get_rng_state, torch.random.set_rng_state
+    _patch(torch.cuda, "current_device", lambda: 0)
+    _patch(torch.cuda, "get_rng_state", lambda device=None, **_: cpu_state())
+    _patch(torch.cuda, "set_rng_state", lambda state, device=None, **_: set_cpu_state(state))
+    _patch(torch.cuda, "manual_seed", torch.random.manual_seed)
+    _patch(torch.cuda.random, "get_rng_state", lambda device=None, **_: cpu_state())
+    _patch(torch.cuda, "synchronize", lambda *a, **k: None)
+    _patch(torch.cuda, "empty_cache", lambda: None)
+    _patch(mcore_random, "_get_cuda_rng_state", lambda *a, **k: cpu_state())
+    _patch(mcore_random, "_set_cuda_rng_state", lambda state, *a, **k: set_cpu_state(state))
     mode = _CudaToCpuMode()
-    mode.__enter__()  # stays active for the life of the process
-    _run_autograd_with_mode(mode)
-    _ENABLED = True
-    return True
+    _patch(autograd, "_engine_run_backward", _autograd_with_mode(mode, autograd._engine_run_backward))
+    mode.__enter__()
+    _mode = mode
 
 
-def cpu_compat_enabled() -> bool:
-    return _ENABLED
+def disable() -> None:
+    """Undo ``enable()``: the original torch.cuda / Megatron functions, no device rewrite."""
+    global _mode
+    if _mode is None:
+        return
+    _mode.__exit__(None, None, None)
+    _mode = None
+    while _saved:
+        owner, name, original = _saved.pop()
+        setattr(owner, name, original)
+
+
+def enabled() -> bool:
+    return _mode is not None
+
+
+def cuda_type_names():
+    """While the shims are on: a context in which CPU tensors report CUDA type names; else a no-op."""
+    return _CudaTypeNames() if enabled() else contextlib.nullcontext()

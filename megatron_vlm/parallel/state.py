@@ -1,9 +1,12 @@
-"""One place that starts torch.distributed and Megatron-Core's model-parallel groups.
+"""One place that starts torch.distributed and Megatron-Core's model-parallel groups, and
+records the device this process computes on.
 
 ``ParallelLayout`` names the layout (tp, pp, cp, vpp; dp follows from the world size).
-``initialize(layout)`` picks nccl with CUDA and gloo without (turning on the CPU compatibility
-layer in that case), then calls ``parallel_state.initialize_model_parallel``. ``destroy()``
-tears both down so tests can run several layouts in one process.
+``initialize(layout, device=...)`` chooses the ``Device`` (CUDA with nccl, or CPU with gloo and
+the CPU shims of cpu_compat.py on), starts the process group and calls
+``parallel_state.initialize_model_parallel``; ``device()`` is what every other module asks
+instead of ``torch.cuda.is_available()``. ``destroy()`` tears it all down (shims off) so tests
+can run several layouts in one process.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -40,27 +44,74 @@ class ParallelLayout:
         return world_size // model_parallel
 
 
-def initialize(layout: ParallelLayout, seed: int = 1234, timeout_s: float = 600.0) -> None:
-    """Start torch.distributed from the torchrun environment (if needed) and Megatron's groups.
+DEVICE_ENV = "MEGATRON_VLM_DEVICE"
 
-    Without CUDA this uses gloo and enables :func:`enable_cpu_compat`.
-    """
+
+@dataclass(frozen=True)
+class Device:
+    """Where this process computes: a CUDA device (process groups over nccl) or the CPU (gloo)."""
+
+    type: Literal["cuda", "cpu"]
+    """`cuda` or `cpu`."""
+    index: int = 0
+    """The CUDA device index (LOCAL_RANK under torchrun); 0 on CPU."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.type == "cuda"
+
+    @property
+    def backend(self) -> str:
+        """The torch.distributed backend for this device."""
+        return "nccl" if self.is_cuda else "gloo"
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device("cuda", self.index) if self.is_cuda else torch.device("cpu")
+
+
+_device: Device | None = None
+
+
+def choose_device(want: str | None = None) -> Device:
+    """``want`` (`auto`, `cuda` or `cpu`; None reads $MEGATRON_VLM_DEVICE, default `auto`) as a Device.
+    `auto` is CUDA when it is available; `cpu` holds even on a machine with CUDA."""
+    want = want or os.environ.get(DEVICE_ENV) or "auto"
+    if want not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be auto, cuda or cpu, got {want!r}")
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return Device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but CUDA is not available")
+    return Device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def device() -> Device:
+    """The device ``initialize()`` chose; before it (or after ``destroy()``), what `auto` would choose."""
+    return _device or choose_device()
+
+
+def initialize(layout: ParallelLayout, seed: int = 1234, timeout_s: float = 600.0, device: str | None = None) -> Device:
+    """Start torch.distributed from the torchrun environment (if needed) and Megatron's groups on
+    the chosen device (see ``choose_device``); returns it. On CPU the cpu_compat shims go on."""
+    global _device
     from megatron.core import parallel_state, tensor_parallel
 
-    from megatron_vlm.parallel.cpu_compat import enable_cpu_compat
+    from megatron_vlm.parallel import cpu_compat
 
-    use_cuda = torch.cuda.is_available()
-    if not use_cuda:
-        enable_cpu_compat()
+    chosen = choose_device(device)
+    if chosen.is_cuda:
+        torch.cuda.set_device(chosen.index)
+    else:
+        cpu_compat.enable()
+    _device = chosen
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
         rank = int(os.environ.get("RANK", "0"))
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if use_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
+            backend=chosen.backend,
             rank=rank,
             world_size=world,
             timeout=timedelta(seconds=timeout_s),
@@ -73,12 +124,18 @@ def initialize(layout: ParallelLayout, seed: int = 1234, timeout_s: float = 600.
         virtual_pipeline_model_parallel_size=layout.vpp,
     )
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    return chosen
 
 
 def destroy() -> None:
-    """Tear down Megatron's groups and the default process group."""
+    """Tear down Megatron's groups and the default process group; the CPU shims go off."""
+    global _device
     from megatron.core import parallel_state
+
+    from megatron_vlm.parallel import cpu_compat
 
     parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    cpu_compat.disable()
+    _device = None

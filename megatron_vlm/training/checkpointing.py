@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from megatron_vlm.parallel.cpu_compat import cuda_type_names
+from megatron_vlm.parallel.state import device
 from megatron_vlm.training.config import Recipe, recipe_to_yaml
 from megatron_vlm.utils import atomic
 
@@ -64,7 +66,7 @@ def _rng_state(rank: int, world: int) -> dict:
     from megatron.core.dist_checkpointing import ShardedTensor
 
     states = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if device().is_cuda:
         states["cuda"] = torch.cuda.get_rng_state()
     for name, state in tensor_parallel.get_cuda_rng_tracker().get_states().items():
         states[f"tracker.{name}"] = state
@@ -78,7 +80,7 @@ def _set_rng_state(states: dict) -> None:
     from megatron.core import tensor_parallel
 
     torch.set_rng_state(states["cpu"][0])
-    if "cuda" in states and torch.cuda.is_available():
+    if "cuda" in states and device().is_cuda:
         torch.cuda.set_rng_state(states["cuda"][0])
     tracker = {k[len("tracker."):]: v[0] for k, v in states.items() if k.startswith("tracker.")}
     if tracker:
@@ -98,8 +100,6 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, chunks: list, optimizer, lo
                     recipe: Recipe, dp_rank: int, is_loader_writer: bool, keep_last: int = 0) -> Path:
     """Save everything for ``step``; returns the iter_ directory. Collective over all ranks."""
     from megatron.core import dist_checkpointing
-
-    from megatron_vlm.training.optimizer import cuda_type_names
 
     target = iter_dir(ckpt_dir, step)
     if dist.get_rank() == 0:
@@ -129,7 +129,7 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, chunks: list, optimizer, lo
 def load_checkpoint(path: Path, chunks: list, optimizer, loader, dp_rank: int) -> dict:
     """Resume from checkpoint ``path``: model, optimizer, RNG and loader. Returns its train_state."""
     from megatron_vlm.checkpoint import safe_load
-    from megatron_vlm.training.optimizer import cuda_type_names, init_empty_state, restore_adam_steps
+    from megatron_vlm.training.optimizer import init_empty_state, restore_adam_steps
 
     train_state = json.loads((path / "train_state.json").read_text())
     init_empty_state(optimizer)

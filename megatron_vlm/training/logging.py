@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from megatron_vlm.parallel.state import device
 from megatron_vlm.training.config import Recipe, recipe_to_dict
 
 
 def peak_memory_gib() -> float:
-    if torch.cuda.is_available():
+    if device().is_cuda:
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 

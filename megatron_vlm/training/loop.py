@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron_vlm.parallel import ParallelLayout, destroy, initialize
+from megatron_vlm.parallel import ParallelLayout, destroy, device, initialize
 from megatron_vlm.training import checkpointing
 from megatron_vlm.training.budget import Budget, learning_rate, plan_budget
 from megatron_vlm.training.config import Recipe, RecipeError, recipe_to_yaml
@@ -74,13 +74,9 @@ class StopSignal:
         self.received = signum
 
     def requested(self) -> bool:
-        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=_device())
+        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device().torch_device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def train(recipe: Recipe) -> TrainResult:
@@ -131,7 +127,7 @@ def _train(recipe: Recipe) -> TrainResult:
     stop = StopSignal()
     forward_backward = get_forward_backward_func()
     cp_size = recipe.parallel.cp
-    forward_step = ForwardStep(provider, cp_size, ps.get_context_parallel_rank(), _device())
+    forward_step = ForwardStep(provider, cp_size, ps.get_context_parallel_rank(), device().torch_device)
     data_iterator = chunk_iterators(loader, len(chunks)) if len(chunks) > 1 else loader
     dp_cp_group = ps.get_data_parallel_group(with_context_parallel=True)
     nonfinite_streak = train_state.get("nonfinite_streak", 0)
@@ -162,7 +158,7 @@ def _train(recipe: Recipe) -> TrainResult:
             num_microbatches=budget.micro_batches_per_rank, seq_length=recipe.data.max_seq_length,
             micro_batch_size=1, forward_only=False,
         )
-        report = reduce_report(losses, dp_cp_group).to(_device())
+        report = reduce_report(losses, dp_cp_group).to(device().torch_device)
         if ps.get_pipeline_model_parallel_world_size() > 1:  # only the last stage has the loss
             dist.all_reduce(report, group=ps.get_pipeline_model_parallel_group())
         finite = bool(torch.isfinite(report[0]).item()) and grads_are_finite(chunks)
@@ -229,8 +225,8 @@ def build_model(provider, recipe: Recipe) -> tuple[list, object]:
             vp_stage=stage,
         )
         config = chunk.config
-        if torch.cuda.is_available():
-            chunk.cuda(torch.cuda.current_device())
+        if device().is_cuda:
+            chunk.cuda(device().index)
         if config.bf16:
             chunk = Float16Module(config, chunk)
         chunks.append(chunk)

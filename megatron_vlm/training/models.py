@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_vlm.parallel.state import device
 from megatron_vlm.training.config import Recipe, RecipeError
 
 
@@ -29,7 +30,7 @@ def te_available() -> bool:
 
 def te_layers() -> bool:
     """Build with Transformer Engine layers (the ``te`` spec): on a GPU with TE importable."""
-    return torch.cuda.is_available() and te_available()
+    return device().is_cuda and te_available()
 
 
 def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
@@ -51,7 +52,7 @@ def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         calculate_per_token_loss=True,  # forward_step returns (loss sum, token count); see forward_step.py
         # On a GPU initialise on the device (a 72B model on host RAM is slow and heavy); on CPU there is no other.
-        use_cpu_initialization=not torch.cuda.is_available(),
+        use_cpu_initialization=not device().is_cuda,
         fp8=train.fp8,
         num_layers_in_first_pipeline_stage=recipe.model.first_stage_layers,
         **pipeline_p2p_options(par.pp, par.vpp),

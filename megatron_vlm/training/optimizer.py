@@ -7,32 +7,16 @@ ZeRO-1 sharding when ``parallel.distributed_optimizer``. ``set_learning_rate`` a
 schedule from budget.py. ``grads_are_finite`` is the NaN/Inf check before a step.
 
 Megatron's optimizer checks ``param.type() == "torch.cuda.FloatTensor"``; on CPU (tests, the
-quick start) ``cuda_type_names()`` makes CPU tensors answer with the CUDA name for the
-optimizer's own calls.
+quick start) its build and step run in parallel.cpu_compat's ``cuda_type_names()``.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
-from torch.overrides import TorchFunctionMode
 
+from megatron_vlm.parallel.cpu_compat import cuda_type_names
+from megatron_vlm.parallel.state import device
 from megatron_vlm.training.config import Recipe
-
-
-class _CudaTypeNames(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if getattr(func, "__name__", "") == "type" and len(args) == 1 and not kwargs and isinstance(out, str):
-            if out.startswith("torch.") and not out.startswith("torch.cuda."):
-                return "torch.cuda." + out[len("torch."):]
-        return out
-
-
-def cuda_type_names():
-    """Context in which CPU tensors report CUDA type names (no-op with CUDA)."""
-    return contextlib.nullcontext() if torch.cuda.is_available() else _CudaTypeNames()
 
 
 def wrap_ddp(chunks: list, config, recipe: Recipe) -> list:
@@ -80,13 +64,11 @@ def optimizer_step(optimizer):
 
 def grads_are_finite(chunks: list) -> bool:
     """True when no rank holds a NaN/Inf gradient (checked over every grad buffer, all ranks agree)."""
-    bad = torch.zeros(1)
+    bad = torch.zeros(1, device=device().torch_device)
     for chunk in chunks:
         for buffer in list(chunk.buffers) + list(getattr(chunk, "expert_parallel_buffers", [])):
             if not torch.isfinite(buffer.grad_data).all():
                 bad.fill_(1)
-    if torch.cuda.is_available():
-        bad = bad.cuda()
     torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
     return bool(bad.item() == 0)
 

@@ -32,6 +32,8 @@ from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
+from megatron_vlm.parallel.state import device
+
 BACKENDS = ("auto", "torch", "flash", "te")
 
 
@@ -59,7 +61,7 @@ def resolve_backend(backend: str, dtype: torch.dtype | None = None) -> str:
                          "train in bf16 (train.precision=bf16) or use the torch attention backend")
     if backend != "auto":
         return backend
-    if not torch.cuda.is_available() or dtype == torch.float32:
+    if not device().is_cuda or dtype == torch.float32:
         return "torch"
     for name, module in (("te", "transformer_engine.pytorch"), ("flash", "flash_attn")):
         try:
