@@ -20,6 +20,7 @@ import random
 import sys
 import tarfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_vlm.data import mixture, pool_format, tokens
@@ -28,22 +29,35 @@ from megatron_vlm.data.recipe import SHORT_TASK, DataRecipe
 from megatron_vlm.data.short_source import load_short_samples, read_image
 from megatron_vlm.data.synth.records import read_records
 from megatron_vlm.data.synth.validation import names_a_page
-from megatron_vlm.utils import atomic
+from megatron_vlm.utils import atomic, options
 
 FORMAT = "megatron-vlm-shards-v1"
 STATE_FILE = ".build-state.json"
 
 
+@dataclass
+class BuildOptions:
+    """The build stage's options; the CLI's flags are generated from these fields."""
+
+    pool: str
+    """document pool directory (preprocess_data.py pool)"""
+    qa: str
+    """QA records directory (preprocess_data.py synth)"""
+    recipe: str
+    """recipe YAML; its `data` section is used"""
+    output: str
+    """directory for the training shards"""
+    tokenizer: str | None = None
+    """tokenizer directory (overrides the recipe's data.tokenizer)"""
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--pool", required=True, help="document pool directory (preprocess_data.py pool)")
-    parser.add_argument("--qa", required=True, help="QA records directory (preprocess_data.py synth)")
-    parser.add_argument("--recipe", required=True, help="recipe YAML; its `data` section is used")
-    parser.add_argument("--output", required=True, help="directory for the training shards")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (overrides the recipe's data.tokenizer)")
+    options.add_arguments(parser, BuildOptions)
 
 
 def main(args) -> int:
     try:
+        args = options.from_args(BuildOptions, args)
         recipe = DataRecipe.from_yaml(args.recipe)
         if args.tokenizer:
             recipe.tokenizer = args.tokenizer

@@ -37,34 +37,62 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from megatron_vlm.data import image_rule
 from megatron_vlm.data.pdf import PdfError, PdfSettings, process_pdf
 from megatron_vlm.data.pool_format import iter_documents, read_manifest, read_settings  # noqa: F401 (the readers)
-from megatron_vlm.utils import atomic
-from megatron_vlm.utils.cli import stage_args
+from megatron_vlm.utils import atomic, options
 
 POOL_VERSION = 1
 
 
+@dataclass
+class PoolOptions:
+    """The pool stage's options; the CLI's flags are generated from these fields."""
+
+    input: str
+    """directory of PDFs (searched recursively), one PDF, or a list file"""
+    output: str
+    """pool directory"""
+    dpi: int = PdfSettings.dpi
+    """render resolution"""
+    image_format: Literal["png", "jpg"] = "png"
+    """png is lossless (and on text pages smaller and faster to write); jpg is lossy, smaller only for photographic pages"""
+    min_pixels: int = image_rule.MIN_PIXELS
+    """image resize rule: smallest area (for the pages' token counts)"""
+    max_pixels: int = image_rule.MAX_PIXELS
+    """image resize rule: largest area"""
+    max_page_pixels: int = PdfSettings.max_page_pixels
+    """a page rendering larger is an error"""
+    max_pages: int = PdfSettings.max_pages
+    """a document with more pages is an error"""
+    no_ocr: bool = False
+    """mark scanned pages ocr=missing instead of running tesseract"""
+    ocr_language: str = "eng"
+    """tesseract language(s)"""
+    workers: int = 1
+    """processes rendering documents"""
+    shard_index: int = 0
+    """this task's share of the inputs (sha256(source) mod --num-shards)"""
+    num_shards: int = 1
+    """tasks the inputs are split over"""
+    docs_per_tar: int = 64
+    """documents per pool tar (the unit of work and resumption)"""
+    quiet: bool = False
+    """no progress lines"""
+
+    def pdf_settings(self) -> PdfSettings:
+        return PdfSettings(
+            dpi=self.dpi, image_format=self.image_format, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+            max_page_pixels=self.max_page_pixels, max_pages=self.max_pages, ocr=not self.no_ocr, ocr_language=self.ocr_language,
+        )
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--input", required=True, help="directory of PDFs (searched recursively), one PDF, or a list file")
-    parser.add_argument("--output", required=True, help="pool directory")
-    parser.add_argument("--dpi", type=int, default=144)
-    parser.add_argument("--image-format", choices=["png", "jpg"], default="png", help="png is lossless (and on text pages smaller and faster to write); jpg is lossy, smaller only for photographic pages")
-    parser.add_argument("--min-pixels", type=int, default=image_rule.MIN_PIXELS)
-    parser.add_argument("--max-pixels", type=int, default=image_rule.MAX_PIXELS)
-    parser.add_argument("--max-page-pixels", type=int, default=PdfSettings.max_page_pixels, help="a page rendering larger is an error")
-    parser.add_argument("--max-pages", type=int, default=PdfSettings.max_pages, help="a document with more pages is an error")
-    parser.add_argument("--no-ocr", action="store_true", help="mark scanned pages ocr=missing instead of running tesseract")
-    parser.add_argument("--ocr-language", default="eng")
-    parser.add_argument("--workers", type=int, default=1, help="processes rendering documents")
-    parser.add_argument("--shard-index", type=int, default=0)
-    parser.add_argument("--num-shards", type=int, default=1)
-    parser.add_argument("--docs-per-tar", type=int, default=64, help="documents per pool tar (the unit of work and resumption)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    options.add_arguments(parser, PoolOptions)
 
 
 def dumps_sorted(obj) -> str:
@@ -255,94 +283,44 @@ class Progress:
         print(f"[pool] {docs}/{self.total} docs, {pages} pages, {pages / dt:.1f} pages/s, {rate:.2f} docs/s, ETA {eta_s}", file=sys.stderr, flush=True)
 
 
-def run(args) -> dict:
-    """Do one task's share of the pool; returns counts. Raises ValueError for bad arguments."""
-    if not 0 <= args.shard_index < args.num_shards:
-        raise ValueError(f"--shard-index {args.shard_index} must be in [0, --num-shards {args.num_shards})")
-    settings = PdfSettings(
-        dpi=args.dpi, image_format=args.image_format, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-        max_page_pixels=args.max_page_pixels, max_pages=args.max_pages, ocr=not args.no_ocr, ocr_language=args.ocr_language,
-    )
-    everything = list_inputs(args.input)
-    if not everything:
-        raise ValueError(f"no inputs: {args.input} holds no *.pdf files (or the list is empty)")
-    inputs = [(s, p) for s, p in everything if shard_of(s, args.num_shards) == args.shard_index]
-    out = Path(args.output)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    (out / "parts").mkdir(exist_ok=True)
-    _check_settings(out, {"version": POOL_VERSION, "num_shards": args.num_shards, "docs_per_tar": args.docs_per_tar, **asdict(settings)})
-    # Manifests of an earlier run stop claiming anything until this run has finished.
-    for old in (out / f"manifest-{args.shard_index:05d}.jsonl", out / "manifest.jsonl"):
-        old.unlink(missing_ok=True)
-    prefix = f"pool-{args.shard_index:05d}-"
-    for stale in [*atomic.stale_temps(out / "shards", prefix), *atomic.stale_temps(out / "parts", prefix)]:
-        stale.unlink()
+@dataclass
+class PoolPlan:
+    """What one task's run will do: the rows known before rendering and the chunks to render."""
 
+    out: Path
+    inputs: int
+    """inputs in this task's share"""
+    unique: int
+    """of those, contents rendered by this task"""
+    elsewhere: int
+    """contents this task shares with other tasks' inputs"""
+    rows: list[dict]
+    """error and duplicate rows, and the rows of chunks an earlier run finished"""
+    jobs: list[dict]
+    """chunks to render (process_chunk's jobs)"""
+    tars: int
+    """pool tars this task's share makes, done or not"""
+
+
+def run(opts: PoolOptions) -> dict:
+    """Do one task's share of the pool; returns counts. Raises ValueError for bad options."""
+    if not 0 <= opts.shard_index < opts.num_shards:
+        raise ValueError(f"--shard-index {opts.shard_index} must be in [0, --num-shards {opts.num_shards})")
+    everything = list_inputs(opts.input)
+    if not everything:
+        raise ValueError(f"no inputs: {opts.input} holds no *.pdf files (or the list is empty)")
     ctx = mp.get_context("spawn")
     counters = (ctx.Value("q", 0), ctx.Value("q", 0))
-    workers = max(1, args.workers)
+    workers = max(1, opts.workers)
     pool = ctx.Pool(workers, initializer=_init_worker, initargs=(counters,)) if workers > 1 else None
     try:
-        items = [(s, str(p)) for s, p in inputs]
-        imap = (lambda fn, xs: pool.imap(fn, xs, chunksize=64)) if pool else map
-        hashed = list(imap(_hash_file, items))
-        # A content is rendered once in the whole run: by the task holding its first source.
-        others = [(s, str(p)) for s, p in everything if shard_of(s, args.num_shards) != args.shard_index]
-        first_by_sha = first_sources_elsewhere(hashed, others, imap) if others else {}
-        elsewhere = len(first_by_sha)
-        rows, unique = [], []
-        for source, path, sha, error in hashed:
-            if sha is None:
-                rows.append(_row(source, None, "error", error))
-            elif sha in first_by_sha and first_by_sha[sha] < source:
-                rows.append(_row(source, sha, "duplicate", duplicate_of=first_by_sha[sha]))
-            else:
-                first_by_sha[sha] = source
-                unique.append((source, path, sha))
-
-        n_tar = (len(unique) + args.docs_per_tar - 1) // args.docs_per_tar
-        jobs, done_rows = [], []
-        for n in range(n_tar):
-            docs = unique[n * args.docs_per_tar : (n + 1) * args.docs_per_tar]
-            fingerprint = hashlib.sha256("\n".join(f"{s}\t{h}" for s, _, h in docs).encode()).hexdigest()
-            name = f"{prefix}{n:05d}"
-            job = {
-                "docs": docs, "fingerprint": fingerprint, "settings": asdict(settings), "shard": f"shards/{name}.tar",
-                "tar": str(out / "shards" / f"{name}.tar"), "part": str(out / "parts" / f"{name}.json"),
-            }
-            previous = _part_rows(Path(job["part"]), fingerprint) if Path(job["tar"]).exists() else None
-            if previous is not None:
-                done_rows += previous
-            else:
-                jobs.append(job)
-        for old in [*(out / "shards").glob(prefix + "*.tar"), *(out / "parts").glob(prefix + "*.json")]:
-            if int(old.stem.split("-")[2]) >= n_tar:  # left from an earlier run over more inputs
-                old.unlink()
-
-        skipped = len(unique) - sum(len(j["docs"]) for j in jobs)
-        if not args.quiet:
-            print(f"[pool] shard {args.shard_index}/{args.num_shards}: {len(inputs)} inputs, {len(unique)} unique "
-                  f"({elsewhere} contents also in other shards), "
-                  f"{skipped} already done, {len(jobs)} tars to write, {workers} workers", file=sys.stderr, flush=True)
-        progress = Progress(sum(len(j["docs"]) for j in jobs), args.quiet)
-        if pool:
-            results = pool.imap_unordered(process_chunk, jobs)
-            for _ in jobs:
-                while True:  # wake up now and then to report progress inside long chunks
-                    try:
-                        done_rows += results.next(timeout=progress.every)
-                        break
-                    except mp.TimeoutError:
-                        progress.update(counters[0].value, counters[1].value)
-                progress.update(counters[0].value, counters[1].value)
-        else:
-            _init_worker(counters)
-            for job in jobs:
-                done_rows += process_chunk(job)
-                progress.update(counters[0].value, counters[1].value)
-            _init_worker(None)
-        if jobs:
-            progress.update(counters[0].value, counters[1].value, force=True)
+        work = plan(opts, everything, (lambda fn, xs: pool.imap(fn, xs, chunksize=64)) if pool else map)
+        if not opts.quiet:
+            print(f"[pool] shard {opts.shard_index}/{opts.num_shards}: {work.inputs} inputs, {work.unique} unique "
+                  f"({work.elsewhere} contents also in other shards), "
+                  f"{work.unique - sum(len(j['docs']) for j in work.jobs)} already done, {len(work.jobs)} tars to write, "
+                  f"{workers} workers", file=sys.stderr, flush=True)
+        rows = work.rows + execute(work.jobs, pool, counters, opts.quiet)
     except BaseException:
         if pool:
             pool.terminate()  # a crash or Ctrl-C stops the workers; their temporary files are never renamed
@@ -351,24 +329,107 @@ def run(args) -> dict:
         if pool:
             pool.close()
             pool.join()
+    return write(opts, work, rows)
 
-    rows = sorted(rows + done_rows, key=lambda r: r["source"])
-    manifest = out / f"manifest-{args.shard_index:05d}.jsonl"
+
+def plan(opts: PoolOptions, everything: list[tuple[str, Path]], imap=map) -> PoolPlan:
+    """Prepare the output directory and decide the work: hash this task's inputs (with ``imap``),
+    keep each content once across all tasks, cut the unique ones into chunks and find the chunks
+    an earlier run finished. Leftovers of earlier runs (temporaries, manifests, extra tars) go."""
+    settings = opts.pdf_settings()
+    inputs = [(s, p) for s, p in everything if shard_of(s, opts.num_shards) == opts.shard_index]
+    out = Path(opts.output)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    (out / "parts").mkdir(exist_ok=True)
+    _check_settings(out, {"version": POOL_VERSION, "num_shards": opts.num_shards, "docs_per_tar": opts.docs_per_tar, **asdict(settings)})
+    # Manifests of an earlier run stop claiming anything until this run has finished.
+    for old in (out / f"manifest-{opts.shard_index:05d}.jsonl", out / "manifest.jsonl"):
+        old.unlink(missing_ok=True)
+    prefix = f"pool-{opts.shard_index:05d}-"
+    for stale in [*atomic.stale_temps(out / "shards", prefix), *atomic.stale_temps(out / "parts", prefix)]:
+        stale.unlink()
+
+    hashed = list(imap(_hash_file, [(s, str(p)) for s, p in inputs]))
+    # A content is rendered once in the whole run: by the task holding its first source.
+    others = [(s, str(p)) for s, p in everything if shard_of(s, opts.num_shards) != opts.shard_index]
+    first_by_sha = first_sources_elsewhere(hashed, others, imap) if others else {}
+    elsewhere = len(first_by_sha)
+    rows, unique = [], []
+    for source, path, sha, error in hashed:
+        if sha is None:
+            rows.append(_row(source, None, "error", error))
+        elif sha in first_by_sha and first_by_sha[sha] < source:
+            rows.append(_row(source, sha, "duplicate", duplicate_of=first_by_sha[sha]))
+        else:
+            first_by_sha[sha] = source
+            unique.append((source, path, sha))
+
+    n_tar = (len(unique) + opts.docs_per_tar - 1) // opts.docs_per_tar
+    jobs = []
+    for n in range(n_tar):
+        docs = unique[n * opts.docs_per_tar : (n + 1) * opts.docs_per_tar]
+        fingerprint = hashlib.sha256("\n".join(f"{s}\t{h}" for s, _, h in docs).encode()).hexdigest()
+        name = f"{prefix}{n:05d}"
+        job = {
+            "docs": docs, "fingerprint": fingerprint, "settings": asdict(settings), "shard": f"shards/{name}.tar",
+            "tar": str(out / "shards" / f"{name}.tar"), "part": str(out / "parts" / f"{name}.json"),
+        }
+        previous = _part_rows(Path(job["part"]), fingerprint) if Path(job["tar"]).exists() else None
+        if previous is not None:
+            rows += previous
+        else:
+            jobs.append(job)
+    for old in [*(out / "shards").glob(prefix + "*.tar"), *(out / "parts").glob(prefix + "*.json")]:
+        if int(old.stem.split("-")[2]) >= n_tar:  # left from an earlier run over more inputs
+            old.unlink()
+    return PoolPlan(out, len(inputs), len(unique), elsewhere, rows, jobs, n_tar)
+
+
+def execute(jobs: list[dict], pool, counters, quiet: bool) -> list[dict]:
+    """Render the chunks (in the worker ``pool``, or here without one), with progress lines;
+    returns their manifest rows."""
+    progress = Progress(sum(len(j["docs"]) for j in jobs), quiet)
+    rows = []
+    if pool:
+        results = pool.imap_unordered(process_chunk, jobs)
+        for _ in jobs:
+            while True:  # wake up now and then to report progress inside long chunks
+                try:
+                    rows += results.next(timeout=progress.every)
+                    break
+                except mp.TimeoutError:
+                    progress.update(counters[0].value, counters[1].value)
+            progress.update(counters[0].value, counters[1].value)
+    else:
+        _init_worker(counters)
+        for job in jobs:
+            rows += process_chunk(job)
+            progress.update(counters[0].value, counters[1].value)
+        _init_worker(None)
+    if jobs:
+        progress.update(counters[0].value, counters[1].value, force=True)
+    return rows
+
+
+def write(opts: PoolOptions, work: PoolPlan, rows: list[dict]) -> dict:
+    """Write this task's manifest (and the merged one when every task is done); returns counts."""
+    rows = sorted(rows, key=lambda r: r["source"])
+    manifest = work.out / f"manifest-{opts.shard_index:05d}.jsonl"
     atomic.write_text(manifest, "".join(dumps_sorted(r) + "\n" for r in rows))
-    merged = merge_manifests(out, args.num_shards)
+    merged = merge_manifests(work.out, opts.num_shards)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "duplicate")}
     counts.update(pages=sum(r["pages"] or 0 for r in rows if r["status"] == "ok"), tokens=sum(r["tokens"] or 0 for r in rows if r["status"] == "ok"))
-    counts.update(inputs=len(rows), tars=n_tar, manifest=str(manifest), merged=str(merged) if merged else None)
+    counts.update(inputs=len(rows), tars=work.tars, manifest=str(manifest), merged=str(merged) if merged else None)
     return counts
 
 
-def build_pool(input_path: str | Path, output: str | Path, quiet: bool = True, **options) -> dict:
-    """The pool stage from Python (tests, notebooks); options are the CLI flags, e.g. workers=2, no_ocr=True.
+def build_pool(input_path: str | Path, output: str | Path, quiet: bool = True, **kw) -> dict:
+    """The pool stage from Python (tests, notebooks); ``kw`` are PoolOptions fields, e.g. workers=2, no_ocr=True.
 
         from megatron_vlm.data.sample_pdfs import make_corpus
         make_corpus("pdfs", n_docs=4, pages=(10, 14)); build_pool("pdfs", "pool", no_ocr=True)
     """
-    return run(stage_args(add_arguments, ["--input", str(input_path), "--output", str(output)], {**options, "quiet": quiet}, "build_pool"))
+    return run(options.make(PoolOptions, "build_pool", input=input_path, output=output, quiet=quiet, **kw))
 
 
 def merge_manifests(out: Path, num_shards: int) -> Path | None:
@@ -393,6 +454,7 @@ def merge_manifests(out: Path, num_shards: int) -> Path | None:
 
 def main(args) -> int:
     try:
+        args = options.from_args(PoolOptions, args)
         counts = run(args)
     except ValueError as e:
         print(f"[pool] error: {e}", file=sys.stderr)

@@ -13,12 +13,23 @@ cannot say goes in the class's ``RULES``, one line each, checked after the field
 The key names the field the message is about (``section.key=value: why``); the check gets the
 whole object, so a rule may read several fields; a check that raises counts as failed. Every
 error is one line naming the key.
+
+The same dataclass is a command's options: ``add_arguments(parser, cls)`` makes one flag per
+field (``--field-name``; the type, choices and default from the annotation and the default, the
+help from the docstring under the field), ``from_args(cls, namespace)`` turns the parsed flags
+back into the dataclass, and ``make(cls, caller, **kw)`` is the Python API's way in. A field's
+``metadata`` may say ``positional``, ``metavar`` or ``group`` (an argument group's title).
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+import inspect
 import math
+import os
+import textwrap
 import types
 import typing
 
@@ -116,13 +127,17 @@ def coerce(value, hint, key: str, error: type[OptionError] = OptionError):
             raise fail
         return value
     if base is str:
-        if not isinstance(value, (str, int, float)):
+        if not isinstance(value, (str, int, float, os.PathLike)):
             raise fail
-        return str(value)
+        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
     if base is list:
         if not isinstance(value, (list, tuple)):
             raise fail
         return [coerce(v, args[0], f"{key}[{i}]", error) for i, v in enumerate(value)] if args else list(value)
+    if base is tuple:
+        if not isinstance(value, (list, tuple)) or (args and len(value) != len(args)):
+            raise fail
+        return tuple(coerce(v, t, f"{key}[{i}]", error) for i, (v, t) in enumerate(zip(value, args))) if args else tuple(value)
     if base is dict:
         if not isinstance(value, dict):
             raise fail
@@ -134,3 +149,71 @@ def coerce(value, hint, key: str, error: type[OptionError] = OptionError):
 
 def _type_name(hint) -> str:
     return getattr(hint, "__name__", None) if not typing.get_args(hint) else str(hint).replace("typing.", "")
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass (read from its source), by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        except (OSError, TypeError):
+            continue
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One command-line argument per field of ``cls`` (see the module docstring)."""
+    hints, docs, groups = typing.get_type_hints(cls), field_docs(cls), {}
+    for f in dataclasses.fields(cls):
+        hint, meta = hints[f.name], f.metadata
+        target = parser
+        if "group" in meta:
+            target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kw: dict = {"help": docs.get(f.name, "")}
+        if not required and default not in (None, False, "", ()):
+            kw["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, (list, tuple)) else default})"
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(t for t in typing.get_args(hint) if t is not type(None))
+        base, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+        if base is bool:
+            target.add_argument(f"--{f.name.replace('_', '-')}", action="store_true", default=default, **kw)
+            continue
+        item = args[0] if base in (list, tuple) and args else hint
+        if _literal(item):
+            kw["choices"] = list(_literal(item))
+            item = type(kw["choices"][0])
+        kw["type"] = item if item in (int, float, str) else str
+        if base is list:
+            kw["nargs"] = "+"
+        elif base is tuple:
+            kw["nargs"] = len(args)
+        if "metavar" in meta:
+            kw["metavar"] = meta["metavar"]
+        if meta.get("positional"):
+            target.add_argument(f.name, **kw)
+        else:
+            target.add_argument(f"--{f.name.replace('_', '-')}", required=required, default=default, **kw)
+
+
+def from_args(cls, args: argparse.Namespace):
+    """The options ``add_arguments`` parsed, as ``cls`` (values checked as ``build`` does)."""
+    return build(cls, {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def make(cls, caller: str, **values):
+    """``cls`` from keyword options (a stage's Python API): TypeError naming an unknown one, the
+    values checked as ``build`` does."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise TypeError(f"{caller}() got an unknown option {key!r}")
+    return build(cls, values, "")

@@ -20,7 +20,9 @@ import sys
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from megatron_vlm.data.pool import dumps_sorted, shard_of
 from megatron_vlm.data.pool_format import iter_documents, read_manifest
@@ -28,37 +30,68 @@ from megatron_vlm.data.synth import tasks as T
 from megatron_vlm.data.synth.records import write_records
 from megatron_vlm.data.synth.teachers import Answer, Job, make_teacher
 from megatron_vlm.data.synth.validation import Validator
-from megatron_vlm.utils import atomic
-from megatron_vlm.utils.cli import stage_args
+from megatron_vlm.utils import atomic, options
+
+_OPENAI = {"group": "openai teacher"}
+
+
+@dataclass
+class SynthOptions:
+    """The synth stage's options; the CLI's flags are generated from these fields."""
+
+    pool: str
+    """pool directory (preprocess_data.py pool)"""
+    output: str
+    """QA directory"""
+    teacher: Literal["template", "openai"] = "template"
+    """who writes the QA pairs: the offline template teacher or an OpenAI-compatible endpoint"""
+    tasks: list[Literal[T.ALL_TASKS]] = field(default_factory=lambda: list(T.ALL_TASKS))
+    """task types to make"""
+    segment_pages: tuple[int, int] = field(default=(8, 15), metadata={"metavar": ("MIN", "MAX")})
+    """pages in a segment shown to the teacher"""
+    per_segment: int = 1
+    """QA pairs asked per segment and task"""
+    seed: int = 1234
+    """seed for every random choice"""
+    shard_index: int = 0
+    """this task's share of the documents"""
+    num_shards: int = 1
+    """tasks the documents are split over"""
+    max_docs: int | None = None
+    """stop after this many documents (for trials)"""
+    quiet: bool = False
+    """no progress lines"""
+    batch_jobs: int = 64
+    """most teacher jobs in flight (and page images held) at once"""
+    teacher_url: str | None = field(default=None, metadata=_OPENAI)
+    """base URL of an OpenAI-compatible API, e.g. http://host:8000/v1"""
+    teacher_model: str | None = field(default=None, metadata=_OPENAI)
+    """model name to ask for"""
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata=_OPENAI)
+    """environment variable holding the API key (never printed)"""
+    concurrency: int = field(default=8, metadata=_OPENAI)
+    """requests in flight"""
+    max_retries: int = field(default=5, metadata=_OPENAI)
+    """retries per request on 429/5xx/timeouts/connection errors"""
+    request_timeout: float = field(default=300.0, metadata=_OPENAI)
+    """seconds"""
+    max_reasks: int = field(default=2, metadata=_OPENAI)
+    """times a malformed or off-schema reply is asked again"""
+    send_ocr_text: bool = field(default=False, metadata=_OPENAI)
+    """send each page's OCR text with its image"""
+    temperature: float = field(default=0.7, metadata=_OPENAI)
+    """sampling temperature"""
+    max_tokens: int = field(default=1024, metadata=_OPENAI)
+    """most tokens in a reply"""
+    cache_dir: str | None = field(default=None, metadata=_OPENAI)
+    """request cache (default QA_DIR/cache); a rerun re-sends nothing answered"""
+    dry_run: bool = field(default=False, metadata=_OPENAI)
+    """send nothing: write the first request of every job not answered in the cache to QA_DIR/requests-SSSSS.jsonl
+    ({"url", "job", "payload"} per line; re-asks depend on replies and are not included)"""
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--pool", required=True, help="pool directory (preprocess_data.py pool)")
-    parser.add_argument("--output", required=True, help="QA directory")
-    parser.add_argument("--teacher", choices=["template", "openai"], default="template")
-    parser.add_argument("--tasks", nargs="+", choices=T.ALL_TASKS, default=list(T.ALL_TASKS))
-    parser.add_argument("--segment-pages", type=int, nargs=2, default=(8, 15), metavar=("MIN", "MAX"))
-    parser.add_argument("--per-segment", type=int, default=1, help="QA pairs asked per segment and task")
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--shard-index", type=int, default=0, help="this task's share of the documents")
-    parser.add_argument("--num-shards", type=int, default=1)
-    parser.add_argument("--max-docs", type=int, default=None, help="stop after this many documents (for trials)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.add_argument("--batch-jobs", type=int, default=64, help="most teacher jobs in flight (and page images held) at once")
-    g = parser.add_argument_group("openai teacher")
-    g.add_argument("--teacher-url", help="base URL of an OpenAI-compatible API, e.g. http://host:8000/v1")
-    g.add_argument("--teacher-model", help="model name to ask for")
-    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (never printed)")
-    g.add_argument("--concurrency", type=int, default=8)
-    g.add_argument("--max-retries", type=int, default=5, help="retries per request on 429/5xx/timeouts/connection errors")
-    g.add_argument("--request-timeout", type=float, default=300.0, help="seconds")
-    g.add_argument("--max-reasks", type=int, default=2, help="times a malformed or off-schema reply is asked again")
-    g.add_argument("--send-ocr-text", action="store_true", help="send each page's OCR text with its image")
-    g.add_argument("--temperature", type=float, default=0.7)
-    g.add_argument("--max-tokens", type=int, default=1024)
-    g.add_argument("--cache-dir", help="request cache (default QA_DIR/cache); a rerun re-sends nothing answered")
-    g.add_argument("--dry-run", action="store_true", help="send nothing: write the first request of every job not answered in the cache "
-                   "to QA_DIR/requests-SSSSS.jsonl ({\"url\", \"job\", \"payload\"} per line; re-asks depend on replies and are not included)")
+    options.add_arguments(parser, SynthOptions)
 
 
 def _record(answer: Answer, teacher_name: str, prompt_version: str) -> dict:
@@ -75,7 +108,7 @@ def _record(answer: Answer, teacher_name: str, prompt_version: str) -> dict:
     }
 
 
-def run(args) -> dict:
+def run(args: SynthOptions) -> dict:
     lo, hi = args.segment_pages
     if not 1 <= lo <= hi:
         raise ValueError(f"--segment-pages {lo} {hi}: need 1 <= MIN <= MAX")
@@ -88,7 +121,7 @@ def run(args) -> dict:
     teacher = make_teacher(args)
     teacher_name = getattr(teacher, "record_name", teacher.name)
     teacher_tasks = [t for t in args.tasks if t in T.TEACHER_TASKS]
-    if getattr(args, "dry_run", False):
+    if args.dry_run:
         return dry_run(args, teacher, ids, teacher_tasks, out)
 
     validator = Validator(getattr(teacher, "cache", None))
@@ -197,14 +230,14 @@ def dry_run(args, teacher, ids: list[str], tasks: list[str], out: Path) -> dict:
     return {"dry_run": True, **dict(counts), "paths": [str(path)]}
 
 
-def synthesize(pool_dir: str | Path, output: str | Path, quiet: bool = True, **options) -> dict:
-    """The synth stage from Python; options are the CLI flags, e.g. teacher="template", segment_pages=(3, 5)."""
-    return run(stage_args(add_arguments, ["--pool", str(pool_dir), "--output", str(output)], {**options, "quiet": quiet}, "synthesize"))
+def synthesize(pool_dir: str | Path, output: str | Path, quiet: bool = True, **kw) -> dict:
+    """The synth stage from Python; ``kw`` are SynthOptions fields, e.g. teacher="template", segment_pages=(3, 5)."""
+    return run(options.make(SynthOptions, "synthesize", pool=pool_dir, output=output, quiet=quiet, **kw))
 
 
 def main(args) -> int:
     try:
-        s = run(args)
+        s = run(options.from_args(SynthOptions, args))
     except ValueError as e:
         print(f"[synth] error: {e}", file=sys.stderr)
         return 2
