@@ -114,22 +114,19 @@ def _qwen_config_from_hf(config: dict, where: str):
         raise ConversionError(f"{where}: config.json does not describe a Qwen2.5-VL model ({exc})") from None
 
 
-def _qwen_config_from_recipe(recipe_path: Path):
-    """Model config of a trainer checkpoint: its flavor with the recipe's overrides."""
-    import yaml
+def _recipe_and_config(recipe_path: Path):
+    """A trainer checkpoint's recipe, loaded as the trainer loads it, and the model config the
+    trainer built from it (the provider's ``model_config``: one function for both)."""
+    from megatron_vlm.training.config import RecipeError, load_recipe
+    from megatron_vlm.training.models import get_provider
 
-    from megatron_vlm.models.qwen2_5_vl.config import flavor
-
-    model = (yaml.safe_load(recipe_path.read_text()) or {}).get("model", {})
-    if model.get("kind", "qwen2_5_vl") != "qwen2_5_vl":
-        raise ConversionError(f"{recipe_path}: model.kind={model.get('kind')!r} is not a Qwen2.5-VL model")
-    cfg = flavor(model.get("flavor", "debug"))
-    text = {}
-    if model.get("num_layers"):
-        text["num_hidden_layers"] = int(model["num_layers"])
-    if model.get("rope_theta"):
-        text["rope_theta"] = float(model["rope_theta"])
-    return cfg.replace(text=text) if text else cfg
+    try:
+        recipe = load_recipe(recipe_path)
+        if recipe.model.kind != "qwen2_5_vl":
+            raise ConversionError(f"{recipe_path}: model.kind={recipe.model.kind!r} is not a Qwen2.5-VL model")
+        return recipe, get_provider(recipe).model_config(recipe)
+    except RecipeError as exc:
+        raise ConversionError(f"{recipe_path}: {exc}") from None
 
 
 def _resolve_mcore(path: Path) -> Path:
@@ -425,14 +422,11 @@ def mcore_to_hf(
     recipe = ckpt / "recipe.yaml"
     max_positions = None
     if recipe.is_file():
-        import yaml
-
-        tree = yaml.safe_load(recipe.read_text()) or {}
-        cfg = _qwen_config_from_recipe(recipe)
-        max_positions = (tree.get("data") or {}).get("max_seq_length")
+        loaded, cfg = _recipe_and_config(recipe)
+        max_positions = loaded.data.max_seq_length
         if template is None:
-            tok = Path((tree.get("model") or {}).get("tokenizer", "") or (tree.get("data") or {}).get("tokenizer", ""))
-            template_dir = tok if tok.is_dir() else template_dir
+            tok = Path(loaded.data.tokenizer)
+            template_dir = tok if loaded.data.tokenizer and tok.is_dir() else template_dir
             refuse_overlap(output, [template_dir])
     elif template is not None:
         cfg = _qwen_config_from_hf(template, str(template_dir))

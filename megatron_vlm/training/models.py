@@ -164,7 +164,7 @@ class GptProvider:
             config=config, transformer_layer_spec=spec, vocab_size=s.vocab_size,
             max_sequence_length=recipe.data.max_seq_length, pre_process=pre_process, post_process=post_process,
             position_embedding_type="mrope",
-            rotary_base=int(recipe.model.rope_theta or 1_000_000), share_embeddings_and_output_weights=False,
+            rotary_base=recipe.model.rope_theta or 1_000_000, share_embeddings_and_output_weights=False,
             vp_stage=vp_stage,
         )
         model.te_spec = self.te_spec(recipe)  # how forward() must express packing
