@@ -50,6 +50,7 @@ STOPWORDS = set(
 ENGLISH_WORDS = set("the of and to is are was were with that this by from which has have on for each all at it be as we our its their these those".split())
 NOT_BEFORE_NUMBER = set("the a an this that these those type each every its their our his her version release".split())
 PREPOSITIONS = set("of in on at for from per to with within across over under during between among into".split())
+CLAUSE_ENDS = set("but and or which that while where when because although so if as whereas".split())
 VERBS_AFTER = set("is are was were be been has have had can will may must should would could do does did".split())
 LOWER_FIRST = STOPWORDS | set("we our this each all every some most about only over after before during when while".split())
 LABEL_RE = re.compile(r"^(Table|Tab\.|Tabelle|Tableau|Tabla)\s*(\d+(?:\.\d+)*)\s*[:.\-–—]?\s*(.*)$", re.S)
@@ -326,6 +327,10 @@ class _Walk:
             if tail[0].casefold() in VERBS_AFTER:
                 return None
             tail = []
+        for i, word in enumerate(tail):
+            if word.casefold() in CLAUSE_ENDS:
+                tail = tail[:i]  # the phrase ends where a new clause begins
+                break
         while tail and tail[-1].casefold() in STOPWORDS:
             tail.pop()
         tail_text = " ".join(tail)
