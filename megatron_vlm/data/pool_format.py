@@ -6,7 +6,8 @@
 ``read_manifest`` and ``read_settings`` read POOL_DIR/manifest.jsonl and pool.json;
 ``documents`` reads each `ok` manifest row's ``<id>.json`` from the tar the row names and locates
 (does not load) its page images ``<id>.pNNNN.<png|jpg>`` as byte spans inside that tar. Members of
-other documents, and members that are not a file, are skipped. The pool stage is the one writer.
+other documents, and members that are not a file, are skipped. A missing, truncated or
+unreadable tar is a ValueError naming it, in one line. The pool stage is the one writer.
 """
 
 from __future__ import annotations
@@ -72,21 +73,33 @@ def documents(pool_dir: str | Path, ids: set[str] | None = None) -> Iterator[Poo
             wanted.setdefault(row["shard"], set()).add(row["id"])
     for shard in sorted(wanted):
         tar_path = pool_dir / shard
-        found: dict[str, PoolDocument] = {}
-        with tarfile.open(tar_path, "r:") as tar:
-            for member in tar:
-                key, _, rest = Path(member.name).name.partition(".")
-                if not member.isfile() or key not in wanted[shard]:
-                    continue
-                doc = found.setdefault(key, PoolDocument({}))
-                page = _PAGE.fullmatch(rest)
-                if rest == "json":
-                    doc.meta = json.loads(tar.extractfile(member).read())
-                elif page:
-                    doc.images[int(page[1])] = PageImage(str(tar_path), member.offset_data, member.size, page[2])
+        try:
+            found = _read_tar(tar_path, wanted[shard])
+        except FileNotFoundError:
+            raise ValueError(f"{tar_path}: missing (the pool's manifest names it)") from None
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise ValueError(f"{tar_path}: not a readable pool tar ({type(e).__name__}: {e})") from None
+        except ValueError as e:
+            raise ValueError(f"{tar_path}: a document json is unreadable ({e})") from None
         for doc in found.values():
             if doc.meta:
                 yield doc
+
+
+def _read_tar(tar_path: Path, wanted: set[str]) -> dict[str, PoolDocument]:
+    found: dict[str, PoolDocument] = {}
+    with tarfile.open(tar_path, "r:") as tar:
+        for member in tar:
+            key, _, rest = Path(member.name).name.partition(".")
+            if not member.isfile() or key not in wanted:
+                continue
+            doc = found.setdefault(key, PoolDocument({}))
+            page = _PAGE.fullmatch(rest)
+            if rest == "json":
+                doc.meta = json.loads(tar.extractfile(member).read())
+            elif page:
+                doc.images[int(page[1])] = PageImage(str(tar_path), member.offset_data, member.size, page[2])
+    return found
 
 
 def iter_documents(pool_dir: str | Path, images: bool = False, ids: set[str] | None = None) -> Iterator[tuple[dict, dict[int, bytes]]]:

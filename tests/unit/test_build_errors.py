@@ -92,3 +92,17 @@ def test_budget_that_repeats_too_often_is_refused_with_the_count(inputs, tmp_pat
     worst = max(copies.values())
     assert worst > 4 and f"one of them {worst} times (data.max_repeats is 4)" in err[0]
     assert f"from {len(copies)} distinct instances" in err[0]
+
+
+def test_truncated_pool_tar_is_named(inputs, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(inputs / "pool", tmp_path / "pool")
+    (tar,) = sorted((tmp_path / "pool" / "shards").glob("*.tar"))[:1]
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    recipe = write_recipe(tmp_path / "r.yaml", tokenizer=str(inputs.parent / "tok"), length_distribution="custom",
+                          length_histogram={"0-131073": 1}, token_budget=10_000)
+    rc = cli(["build", "--pool", str(tmp_path / "pool"), "--qa", str(inputs / "qa"), "--recipe", str(recipe), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{tar}: not a readable pool tar" in err[0]
+    assert not (tmp_path / "out").exists()
