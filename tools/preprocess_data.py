@@ -6,7 +6,7 @@
     python tools/preprocess_data.py build --pool POOL_DIR --qa QA_DIR --recipe RECIPE.yaml --output SHARD_DIR
     python tools/preprocess_data.py stats SHARD_DIR
     python tools/preprocess_data.py qa-check QA_DIR --pool POOL_DIR
-    python tools/preprocess_data.py review --pool POOL_DIR --qa QA_DIR --output REVIEW_DIR [-n 40]
+    python tools/preprocess_data.py review --pool POOL_DIR --qa QA_DIR --output REVIEW_DIR [--num 40]
 
 Argument parsing only; each stage lives in megatron_vlm.data.<stage> as add_arguments(parser) (the
 flags generated from the stage's options dataclass) and main(args) -> exit code.

@@ -25,24 +25,36 @@ import json
 import sys
 import tarfile
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_vlm.utils import atomic
+from megatron_vlm.utils import atomic, options
 
 DOC_PAGE_BINS = [(0, 10), (10, 50), (50, 100), (100, 200), (200, 10**9)]
 
 
+@dataclass
+class StatsOptions:
+    """The stats stage's options; the CLI's flags are generated from these fields."""
+
+    shards: str = field(metadata={"positional": True})
+    """directory of training shards (with index.json)"""
+    output: str | None = None
+    """report directory (default SHARD_DIR/report)"""
+    tolerance: float = 0.01
+    """allowed |achieved - target| share, at least one sample's worth"""
+    check: bool = False
+    """exit 1 when a target is not met (default: report it and exit 0)"""
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("shards", help="directory of training shards (with index.json)")
-    parser.add_argument("--output", default=None, help="report directory (default SHARD_DIR/report)")
-    parser.add_argument("--tolerance", type=float, default=0.01,
-                        help="allowed |achieved - target| share, at least one sample's worth")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a target is not met (default: report it, exit 0)")
+    options.add_arguments(parser, StatsOptions)
 
 
 def main(args) -> int:
-    shard_dir = Path(args.shards)
     try:
+        args = options.from_args(StatsOptions, args)
+        shard_dir = Path(args.shards)
         report = compute(shard_dir, args.tolerance)
     except (FileNotFoundError, ValueError) as e:
         print(f"stats: error: {e}", file=sys.stderr)

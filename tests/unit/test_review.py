@@ -29,7 +29,7 @@ def test_review_page_shows_sampled_records_with_their_pages(made, capsys):
     (made / "qa2").mkdir()
     (made / "qa2" / "records-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*records, hostile]))
     out = made / "rev"
-    assert cli(["review", "--pool", str(made / "pool"), "--qa", str(made / "qa2"), "--output", str(out), "-n", "1000", "--width", "300"]) == 0
+    assert cli(["review", "--pool", str(made / "pool"), "--qa", str(made / "qa2"), "--output", str(out), "--num", "1000", "--width", "300"]) == 0
     reader = [r for r in [*records, hostile] if not r["task"].startswith("ocr")]
     assert f"review: {len(reader)} records" in capsys.readouterr().out
     page = (out / "index.html").read_text()
@@ -48,7 +48,7 @@ def test_review_page_shows_sampled_records_with_their_pages(made, capsys):
             assert got.width == 300 and abs(got.height - ref.height * 300 / ref.width) <= 1
     assert {f.name for f in out.iterdir()} == {"index.html", "review.json", "images"}
     # Rerun into the same review replaces it; a directory that is not a review is refused.
-    assert cli(["review", "--pool", str(made / "pool"), "--qa", str(made / "qa"), "--output", str(out), "-n", "2"]) == 0
+    assert cli(["review", "--pool", str(made / "pool"), "--qa", str(made / "qa"), "--output", str(out), "--num", "2"]) == 0
     (made / "other").mkdir()
     assert cli(["review", "--pool", str(made / "pool"), "--qa", str(made / "qa"), "--output", str(made / "other")]) == 2
     assert "not an earlier review" in capsys.readouterr().err

@@ -19,22 +19,34 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_vlm.data.pool import iter_documents
 from megatron_vlm.data.synth.facts import FactCache, normalize
 from megatron_vlm.data.synth.records import by_document, read_records, record_files
 from megatron_vlm.data.synth.validation import CATEGORIES, READER_TASKS, problems
-from megatron_vlm.utils import atomic
+from megatron_vlm.utils import atomic, options
 
 GROUPS = list(dict.fromkeys(CATEGORIES.values())) + ["other rules"]
 
 
+@dataclass
+class QaCheckOptions:
+    """qa-check's options; the CLI's flags are generated from these fields."""
+
+    qa: str = field(metadata={"positional": True})
+    """QA directory (records-*.jsonl) or one records .jsonl file"""
+    pool: str
+    """the pool the records were made from"""
+    report: str | None = None
+    """write the flagged records and their problems here (JSON)"""
+    examples: int = 3
+    """examples printed per group"""
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("qa", help="QA directory (records-*.jsonl) or one records .jsonl file")
-    parser.add_argument("--pool", required=True, help="the pool the records were made from")
-    parser.add_argument("--report", default=None, help="write the flagged records and their problems here (JSON)")
-    parser.add_argument("--examples", type=int, default=3, help="examples printed per group")
+    options.add_arguments(parser, QaCheckOptions)
 
 
 def check(qa: str | Path, pool: str | Path) -> dict:
@@ -70,6 +82,7 @@ def check(qa: str | Path, pool: str | Path) -> dict:
 
 def main(args) -> int:
     try:
+        args = options.from_args(QaCheckOptions, args)
         result = check(args.qa, args.pool)
         if args.report:
             atomic.write_json(args.report, result, inputs=[args.qa, args.pool])

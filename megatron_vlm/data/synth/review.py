@@ -1,6 +1,6 @@
 """`preprocess_data.py review`: a static HTML page of sampled QA records, to judge them at a glance.
 
-    python tools/preprocess_data.py review --pool POOL_DIR --qa QA_DIR --output REVIEW_DIR [-n 40] [--seed 0]
+    python tools/preprocess_data.py review --pool POOL_DIR --qa QA_DIR --output REVIEW_DIR [--num 40] [--seed 0]
 
 Samples N records (the reader tasks by default, `--tasks` to choose), and writes REVIEW_DIR as one
 self-contained directory: index.html (per record: the question, the answer, the evidence
@@ -20,14 +20,16 @@ import json
 import random
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from megatron_vlm.data.pool import iter_documents
 from megatron_vlm.data.synth.facts import FactCache
 from megatron_vlm.data.synth.records import by_document, read_records
 from megatron_vlm.data.synth.tasks import ALL_TASKS
 from megatron_vlm.data.synth.validation import READER_TASKS, answer_items, problems
-from megatron_vlm.utils import atomic
+from megatron_vlm.utils import atomic, options
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; max-width: 1800px; }
@@ -42,14 +44,28 @@ mark { background: #ff6; }
 """
 
 
+@dataclass
+class ReviewOptions:
+    """review's options; the CLI's flags are generated from these fields."""
+
+    pool: str
+    """the pool the records were made from"""
+    qa: str
+    """QA directory (records-*.jsonl) or one records .jsonl file"""
+    output: str
+    """review directory to write (index.html, images/, review.json)"""
+    num: int = 40
+    """records to sample"""
+    seed: int = 0
+    """sampling seed"""
+    tasks: list[Literal[ALL_TASKS]] = field(default_factory=lambda: list(READER_TASKS))
+    """tasks to sample from"""
+    width: int = 800
+    """width of the page images in pixels"""
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--pool", required=True, help="the pool the records were made from")
-    parser.add_argument("--qa", required=True, help="QA directory (records-*.jsonl) or one records .jsonl file")
-    parser.add_argument("--output", required=True, help="review directory to write (index.html, images/, review.json)")
-    parser.add_argument("-n", "--num", type=int, default=40, help="records to sample")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--tasks", nargs="+", choices=ALL_TASKS, default=list(READER_TASKS), help="tasks to sample from")
-    parser.add_argument("--width", type=int, default=800, help="width of the page images in pixels")
+    options.add_arguments(parser, ReviewOptions)
 
 
 def sample(records: list[dict], tasks: list[str], n: int, seed: int) -> list[dict]:
@@ -137,6 +153,7 @@ def write_review(pool: str | Path, qa: str | Path, output: str | Path, n: int = 
 
 def main(args) -> int:
     try:
+        args = options.from_args(ReviewOptions, args)
         result = write_review(args.pool, args.qa, args.output, args.num, args.seed, args.tasks, args.width)
     except (FileNotFoundError, ValueError) as e:
         print(f"review: error: {e}", file=sys.stderr)
