@@ -15,6 +15,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite computes on the CPU (gloo) even on a machine with a GPU: megatron_vlm.parallel reads this
+# wherever it would otherwise pick CUDA. Tests under tests/gpu ask for "cuda" explicitly.
+os.environ.setdefault("MEGATRON_VLM_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,10 @@ sets the torchrun environment variables, calls ``fn(*args)`` in each, and return
 per-rank return values (which must pickle; tensors come back by value). A failure on any rank raises ``RankFailed`` with that
 rank's traceback; a run over ``timeout_s`` kills every rank and fails. ``fn`` must be importable
 (a module-level function), because the fork server does not share the caller's memory.
+
+The ranks compute where ``device=`` says (default ``"cpu"``: gloo, even on a machine with a GPU, so
+the CPU suite passes there too); ``megatron_vlm.parallel.initialize`` reads it from
+``$MEGATRON_VLM_DEVICE``. GPU tests pass ``device="cuda"``.
 """
 
 from __future__ import annotations
@@ -96,10 +100,13 @@ def _context():
     return _CTX
 
 
-def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout_s: float = 300.0, env=None) -> list:
-    """Run ``fn(*args)`` on ``world_size`` gloo ranks; return per-rank results in rank order."""
+def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout_s: float = 300.0, env=None,
+                    device: str = "cpu") -> list:
+    """Run ``fn(*args)`` on ``world_size`` ranks on ``device`` (cpu: gloo; cuda: nccl); return per-rank results in rank order."""
+    from megatron_vlm.parallel.state import DEVICE_ENV
+
     ctx = _context()
-    child_env = {**os.environ, **(env or {})}
+    child_env = {**os.environ, **(env or {}), DEVICE_ENV: device}
     queue = ctx.Queue()
     port = free_port()
     procs = [

@@ -46,14 +46,15 @@ def our_model(cfg: Qwen2_5_VLConfig, hf, **kwargs):
     return model
 
 
-def single_rank_fixture():
-    """Body of a module-scoped fixture: Megatron's groups on one gloo rank, torn down afterwards."""
+def single_rank_fixture(device: str = "cpu"):
+    """Body of a module-scoped fixture: Megatron's groups on one rank on ``device`` (cpu: gloo, even
+    beside a GPU; GPU tests pass "cuda"), torn down afterwards."""
     import os
 
     from megatron_vlm.parallel import ParallelLayout, destroy, initialize
     from tests.dist_utils import free_port
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    initialize(ParallelLayout())
+    initialize(ParallelLayout(), device=device)
     yield
     destroy()

@@ -5,7 +5,7 @@
 What the loader relies on (docs/data.md, "Image backends"):
 
 - Device. Each rank decodes on its own GPU: ``device_id`` is passed down from the process that
-  owns the rank (``rank_device()``: the current CUDA device, else ``LOCAL_RANK``), never a
+  owns the rank (``rank_device()``: the trainer's CUDA device, else ``LOCAL_RANK``), never a
   hard-coded 0.
 - One pipeline per (process, GPU), built on first use and fed every later call (``feed_input``),
   not one pipeline per sample. A pipeline that failed is dropped and rebuilt on the next call.
@@ -35,12 +35,11 @@ _DECODERS: dict[tuple[int, int], DaliDecoder] = {}
 
 
 def rank_device() -> int:
-    """This rank's GPU index: the current CUDA device once CUDA started here, else ``LOCAL_RANK``."""
-    import torch
+    """This rank's GPU index: the trainer's device (``megatron_vlm.parallel.device()``) when it is a
+    GPU, else ``LOCAL_RANK`` (torchrun's one GPU per local rank)."""
+    from megatron_vlm.parallel import device
 
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.current_device()
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return device().index if device().is_cuda else int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def check_dali() -> None:

@@ -48,7 +48,7 @@ def _rank_fn():
 
 
 def test_te_cp_attention_matches_local():
-    for te, ours in run_distributed(_rank_fn, 2, timeout_s=300):
+    for te, ours in run_distributed(_rank_fn, 2, timeout_s=300, device="cuda"):
         for name, x, y in zip(("out", "dq", "dk", "dv"), te, ours):
             torch.testing.assert_close(torch.from_numpy(x), torch.from_numpy(y), atol=2e-2, rtol=2e-2, msg=name)
 
@@ -83,8 +83,8 @@ def _model_rank(backend: str):
 
 def test_model_cp_te_ring_matches_all_gather():
     """The model's CP attention through TE's ring equals the all-gather path (bf16, 2 GPUs)."""
-    te = run_distributed(_model_rank, 2, "te", timeout_s=300)
-    ref = run_distributed(_model_rank, 2, "torch", timeout_s=300)
+    te = run_distributed(_model_rank, 2, "te", timeout_s=300, device="cuda")
+    ref = run_distributed(_model_rank, 2, "torch", timeout_s=300, device="cuda")
     for a, b in zip(te, ref):
         a, b = torch.from_numpy(a), torch.from_numpy(b)
         assert (a - b).abs().max() <= 0.05 * b.abs().max()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module", autouse=True)
 def _megatron():
-    yield from single_rank_fixture()
+    yield from single_rank_fixture("cuda")
 
 
 def _batch(docs: list[torch.Tensor]) -> dict:

@@ -30,7 +30,7 @@ if importlib.util.find_spec("transformer_engine"):
 
 @pytest.fixture(scope="module", autouse=True)
 def _megatron():
-    yield from single_rank_fixture()
+    yield from single_rank_fixture("cuda")
 
 
 @pytest.mark.parametrize("spec,backend", CASES)

@@ -88,3 +88,44 @@ def test_hang_hits_the_timeout_and_kills_every_rank(tmp_path):
 def test_rank_that_dies_without_a_traceback_is_reported():
     with pytest.raises(RankFailed, match=r"rank\(s\) \[1\] died with exit code\(s\) \[3\]"):
         run_distributed(_die_hard, 2, timeout_s=120)
+
+
+def _set_up_as_tests_do_beside_a_gpu():
+    """What a distributed test does (initialize with the default device) on a machine where CUDA is
+    available: is_available is patched True, so only the harness's explicit choice keeps it on CPU."""
+    from unittest import mock
+
+    import torch
+    import torch.distributed as dist
+
+    from megatron_vlm.parallel import ParallelLayout, destroy, initialize
+
+    with mock.patch.object(torch.cuda, "is_available", return_value=True):
+        chosen = initialize(ParallelLayout())
+        t = torch.tensor([dist.get_rank() + 1.0])
+        dist.all_reduce(t)
+        out = {"backend": dist.get_backend(), "device": chosen.type, "sum": t.item()}
+        destroy()
+    return out
+
+
+def test_ranks_choose_gloo_on_cpu_even_when_cuda_is_available():
+    results = run_distributed(_set_up_as_tests_do_beside_a_gpu, 2, timeout_s=120)
+    assert results == [{"backend": "gloo", "device": "cpu", "sum": 3.0}] * 2
+
+
+def test_single_rank_fixture_chooses_gloo_on_cpu_even_when_cuda_is_available(monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    from megatron_vlm.parallel import device
+    from tests.qwen_utils import single_rank_fixture
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fixture = single_rank_fixture()
+    next(fixture)
+    try:
+        assert dist.get_backend() == "gloo" and device().type == "cpu"
+    finally:
+        next(fixture, None)
+    assert device().type == "cpu"  # outside initialize too: the suite's default ($MEGATRON_VLM_DEVICE, conftest)

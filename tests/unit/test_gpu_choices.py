@@ -31,6 +31,7 @@ def test_parameters_initialise_on_the_device_with_a_gpu(monkeypatch, gpu):
     from megatron_vlm.models.qwen2_5_vl.model import text_transformer_config, vision_transformer_configs
     from megatron_vlm.training.models import parallel_and_precision_kwargs
 
+    monkeypatch.delenv("MEGATRON_VLM_DEVICE", raising=False)  # as on a GPU machine outside the test suite
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     kwargs = parallel_and_precision_kwargs(_recipe("model.kind=qwen2_5_vl"))
     for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
@@ -48,6 +49,7 @@ def test_auto_attention_backend_follows_the_dtype(monkeypatch):
     from megatron_vlm.models.common.attention import CoreAttention, packed_seq_params, resolve_backend, torch_attention
 
     te_stand_in.install(monkeypatch)
+    monkeypatch.delenv("MEGATRON_VLM_DEVICE", raising=False)  # as on a GPU machine outside the test suite
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     config = TransformerConfig(num_layers=1, hidden_size=32, num_attention_heads=4, num_query_groups=2,
                                attention_dropout=0.0, use_cpu_initialization=True, params_dtype=torch.float32)
