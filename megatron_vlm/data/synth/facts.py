@@ -368,7 +368,9 @@ def document_facts(doc: dict) -> list[Fact]:
     facts = []
     for f in raw:
         problem = None
-        if len(values_of[f.key]) > 1:
+        if SPACING_ACCENT.search(f.value) or any(SPACING_ACCENT.search(a) for a in f.anchors):
+            problem = "broken text (a spacing accent where a letter belongs)"
+        elif len(values_of[f.key]) > 1:
             problem = "another fact in the document has the same name and a different value"
         elif parse_number(f.value) is None and not occurs_once(f.value, text, f.anchors):
             problem = "the answer text occurs elsewhere in the document"
@@ -381,13 +383,24 @@ def doc_text(doc: dict) -> str:
     return " \n ".join(normalize(p["text"]) for p in doc["pages"])
 
 
+SPACING_ACCENT = re.compile(r"[\u00a8\u00b4\u02c6\u02c7\u02d8\u02d9\u02da\u02db\u02dc\u02dd\u00b8]\s?[^\W\d_]")  # "¨A" for "Ä"
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def word_pattern(needle: str, after: str = r"(?!\w)") -> str:
+    """A regex for `needle` as whole words; an end in a CJK character needs no boundary there
+    (CJK text has no spaces between words)."""
+    before = "" if CJK.match(needle[:1]) else r"(?<!\w)"
+    return before + re.escape(needle) + ("" if CJK.match(needle[-1:]) else after)
+
+
 def occurs_once(answer: str, text: str, names: tuple[str, ...] | str = ()) -> bool:
     """True when `answer` occurs once in `text` (normalised, whole words), or every occurrence
     follows the same word and that word is among `names` (the label the question names)."""
     needle = normalize(answer)
     if not needle:
         return False
-    hits = [m.start() for m in re.finditer(rf"(?<!\w){re.escape(needle)}(?!\w)", text)]
+    hits = [m.start() for m in re.finditer(word_pattern(needle), text)]
     if len(hits) == 1:
         return True
     if not hits:

@@ -38,6 +38,7 @@ from megatron_vlm.data.synth.facts import (
     occurs_once,
     page_problem,
     parse_number,
+    word_pattern,
 )
 from megatron_vlm.data.synth.prompts import ANSWER_FORMATS
 
@@ -98,8 +99,9 @@ def _contains(text: str, item: str) -> bool:
     needle = normalize(item)
     if not needle:
         return False
-    after = r"(?![\d]|[.,]\d)" if parse_number(item) is not None else r"(?!\w)"
-    return re.search(rf"(?<![\w.]){re.escape(needle)}{after}", text) is not None
+    if parse_number(item) is not None:
+        return re.search(rf"(?<![\w.]){re.escape(needle)}(?![\d]|[.,]\d)", text) is not None
+    return re.search(word_pattern(needle), text) is not None
 
 
 def usable_text(doc: dict, page_index: int, repeated: set[str]) -> str:

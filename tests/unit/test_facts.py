@@ -1,0 +1,28 @@
+"""facts.py by hand: uniqueness of a text answer in CJK text (no spaces between words) and broken
+text (a spacing accent for an umlaut) kept out of facts."""
+
+from __future__ import annotations
+
+from megatron_vlm.data.synth.facts import document_facts, normalize, occurs_once
+
+
+def _doc(pages: list[list[tuple[str, str]]]) -> dict:
+    return {"id": "d", "pages": [
+        {"index": i, "ocr": "none", "height_pt": 800, "text": "\n\n".join(t for _, t in blocks),
+         "blocks": [{"kind": k, "text": t, "bbox": [50, 100 + 40 * j, 500, 130 + 40 * j]} for j, (k, t) in enumerate(blocks)]}
+        for i, blocks in enumerate(pages)]}
+
+
+def test_cjk_answer_counted_where_no_space_follows():
+    text = normalize("可以选择以下两种方式: 直接下载MacTeX安装包进行安装将安装文件下载到本地. 3.1.1 直接下载MacTeX安装包进行安装 下载")
+    assert not occurs_once("直接下载MacTeX安装包进行安装", text, ("3.1.1",))  # twice: in the sentence and as the heading
+    assert occurs_once("直接下载MacTeX安装包进行安装", normalize("3.1.1 直接下载MacTeX安装包进行安装 下载"), ("3.1.1",))
+    # Latin words keep their boundaries: "Results" inside "Resultsets" is not an occurrence.
+    assert occurs_once("Results", normalize("Resultsets are fine. 3 Results"), ("3",))
+
+
+def test_spacing_accent_title_is_not_a_fact():
+    doc = _doc([[("heading", "4.4 \u00a8Anderungen seit Version 2.0"), ("paragraph", "Text.")],
+                [("heading", "4.5 Neue Befehle"), ("paragraph", "Mehr Text.")]])
+    facts = {f.anchors[0]: f for f in document_facts(doc) if f.kind == "section"}
+    assert facts["4.4"].problem.startswith("broken text") and facts["4.5"].problem is None
