@@ -28,5 +28,6 @@ if [[ -z "${NPROC:-}" ]]; then
 fi
 read -r -a entry <<< "${MVLM_TRAIN_ENTRY:--m megatron_vlm.train}"
 echo "[megatron-vlm] local launch: ${NPROC} processes, recipe=${recipe} overrides=$*"
-exec "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" --max-restarts 0 \
+# megatron_vlm.launch: torchrun whose SIGTERM/SIGUSR1 go to the ranks (save, exit 0); see examples/slurm/task.sh.
+exec "$PYTHON" -m megatron_vlm.launch --standalone --nproc-per-node "$NPROC" --max-restarts 0 \
     "${entry[@]}" --config "$recipe" "$@"

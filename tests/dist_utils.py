@@ -185,3 +185,20 @@ def run_tool(target: str, argv: list[str], world_size: int = 1, timeout_s: float
     whose torch and Megatron imports a new interpreter pays ~10 s of CPU for: (status, stdout, stderr) per
     rank. What a script does under ``if __name__ == "__main__"`` beyond ``sys.exit(main())`` is not run."""
     return run_distributed(_tool_main, world_size, target, list(argv), timeout_s=timeout_s)
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its descendants, from /proc (what Slurm's proctrack tracks for a step)."""
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out

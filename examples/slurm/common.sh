@@ -13,6 +13,9 @@
 #   GPUS_PER_NODE      GPUs (processes) per node (default: SLURM_GPUS_ON_NODE, else 8)
 #   MASTER_PORT        rendezvous port (default: 20000 + SLURM_JOB_ID % 20000)
 #   PYTHON             Python interpreter inside the task (default: python)
+#   MVLM_SHUTDOWN_TIMEOUT  torchrun --shutdown-timeout (default 60 s): how long the other ranks get
+#                      after SIGINT/SIGHUP/SIGQUIT or a failed rank; SIGTERM/SIGUSR1 never time out
+#                      (megatron_vlm.launch lets the ranks save; Slurm's KillWait/GraceTime is the limit)
 #   NCCL_* / UCX_*     anything already set wins over the defaults below
 # shellcheck shell=bash
 

@@ -2,7 +2,7 @@
 # Runs once per srun task: turns Slurm's per-task variables into what torch.distributed reads,
 # then execs the Python entry point. Used by train.sbatch and evaluate.sbatch; not run by hand.
 #
-#   task.sh torchrun ENTRY...   one task per node: torchrun with --node-rank from SLURM_NODEID
+#   task.sh torchrun ENTRY...   one task per node: torchrun (megatron_vlm.launch) with --node-rank from SLURM_NODEID
 #   task.sh srun ENTRY...       one task per GPU: RANK/LOCAL_RANK/WORLD_SIZE from SLURM_PROCID etc.
 #   task.sh single ENTRY...     one plain process
 #
@@ -15,18 +15,22 @@ python_bin="${PYTHON:-python}"
 
 case "$mode" in
     torchrun)
-        # Slurm's --signal=USR1@T reaches every process of the step. The trainer ranks save a
-        # checkpoint on it and exit 0; torchrun itself must not die of it (its default action),
-        # or srun would kill the ranks mid-save. An ignored signal stays ignored across exec, and
-        # the trainer installs its own handler.
+        # megatron_vlm.launch is torchrun (same options) that leaves SIGTERM and SIGUSR1 to the
+        # ranks: Slurm's preemption SIGTERM and --signal=USR1@T reach every process of the step;
+        # the ranks finish the step, save and exit 0, and so does the launcher. Plain torchrun
+        # would SIGKILL them --shutdown-timeout seconds after a SIGTERM (mid-save) and exit 1.
+        # USR1 is ignored until the launcher installs its handler (an ignored signal stays ignored
+        # across exec). --shutdown-timeout still applies to SIGINT/SIGHUP/SIGQUIT and to the other
+        # ranks after one failed (docs/training.md, Preemption).
         trap '' USR1
-        exec "$python_bin" -m torch.distributed.run \
+        exec "$python_bin" -m megatron_vlm.launch \
             --nnodes "${SLURM_NNODES:-${NNODES:-1}}" \
             --node-rank "${SLURM_NODEID:-0}" \
             --nproc-per-node "${GPUS_PER_NODE:?GPUS_PER_NODE not set}" \
             --master-addr "${MASTER_ADDR:?MASTER_ADDR not set}" \
             --master-port "${MASTER_PORT:?MASTER_PORT not set}" \
             --max-restarts 0 \
+            --shutdown-timeout "${MVLM_SHUTDOWN_TIMEOUT:-60}" \
             "$@"
         ;;
     srun)

@@ -22,10 +22,19 @@ and the buffer as sample numbers (re-read on resume), plus skip counts. ``Packed
 the state of the last batch it handed out per worker and which worker is next; restoring it
 yields exactly the batches an uninterrupted run would have yielded next.
 
-Corrupt data (unreadable json or tar, images that fail to decode, or whose size or token count
-disagrees with the build) is skipped and counted by reason (``PackedLoader.skipped``), and the
-first occurrences are logged; never fatal. A broken image backend (``ImageBackendError``: DALI
-not installed, no GPU, a pipeline that fails on images PIL decodes) is fatal, with its reason.
+Bad data. One taxonomy: a bad sample is counted and bounded; a broken backend is fatal. A bad
+sample (unreadable json, a member name that is not a plain file name, an image that fails to
+decode or whose size or token count disagrees with the build, a sample longer than max_length)
+is skipped and counted by reason (``PackedLoader.skipped``), and the first occurrences are
+logged. A stream that meets ``max_bad_samples`` bad samples in a row, or a whole epoch of its
+samples without a good one, stops with :class:`BadDataError` naming the counts, instead of
+searching forever. A broken image backend (``ImageBackendError``: DALI not installed, no GPU, a
+pipeline that fails on images PIL decodes) is fatal at once, with its reason; it is never counted.
+Both reach the caller as one-line errors, from worker processes too.
+
+Signals. DataLoader workers ignore SIGTERM and SIGUSR1: Slurm sends them to every process of a
+step, and a worker killed by one would crash its rank mid-step instead of letting it save. The
+rank handles them (training/loop.py) and shuts its workers down.
 """
 
 from __future__ import annotations
@@ -33,8 +42,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import random
+import signal
 import tarfile
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +56,24 @@ import torch
 from megatron_vlm.data import tokens
 from megatron_vlm.data.image_processing import ImageBackendError, RowCountMismatch, process_images
 from megatron_vlm.data.packing import Sample, choose_best_fit, pack, padded_length
+from megatron_vlm.utils.paths import safe_name
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
+# Reasons that are one shard's, not one sample's: they do not count toward a stream's bad streak.
+NOT_A_SAMPLE = {"unreadable-tar"}
+
+
+class BadDataError(RuntimeError):
+    """A loader stream met too many bad samples in a row; the message (one line) names the counts."""
+
+
+def _plain_name(name: str) -> bool:
+    try:
+        safe_name(name)
+        return True
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -56,6 +83,7 @@ class _Entry:
     shard: str
     json_loc: tuple[int, int] | None
     images: list[tuple[int, int]]
+    bad_name: bool = False
 
 
 def scan_shard(path: Path) -> tuple[list[_Entry], bool]:
@@ -68,11 +96,13 @@ def scan_shard(path: Path) -> tuple[list[_Entry], bool]:
             for m in tf:
                 if not m.isfile():
                     continue
-                key, _, ext = Path(m.name).name.partition(".")
+                key, _, ext = m.name.partition(".")
                 if not keys or keys[-1] != key:
                     keys.append(key)
                     entries.append(_Entry(str(path), None, []))
-                if ext == "json":
+                if not _plain_name(m.name):  # the build writes plain names; anything else is not ours
+                    entries[-1].bad_name = True
+                elif ext == "json":
                     entries[-1].json_loc = (m.offset_data, m.size)
                 elif ext.startswith("i"):
                     entries[-1].images.append((m.offset_data, m.size))
@@ -87,7 +117,7 @@ class ShardStream:
     def __init__(self, shard_dir, index: dict, stream: int, num_streams: int, max_length: int, tokenizer_dir: str,
                  pack_buffer: int = 32, pad_multiple: int = 1, image_backend: str = "pil", seed: int = 0,
                  epochs: int | None = None, state: dict | None = None, pixel_dtype: torch.dtype = torch.float32,
-                 length_multiple: int | None = None, image_device: int | None = None):
+                 length_multiple: int | None = None, image_device: int | None = None, max_bad_samples: int = 1000):
         self.dir = Path(shard_dir)
         self.image_device = image_device  # the dali backend's GPU: the rank's own
         self.length_multiple = length_multiple  # None: every sequence is max_length long (packing.pack)
@@ -104,6 +134,9 @@ class ShardStream:
         self._scan: tuple[int, str, list[_Entry]] | None = None
         if stream >= self._total():
             raise ValueError(f"{self._total()} samples cannot feed {num_streams} loader streams (dp ranks x workers)")
+        # Bad samples in a row before the stream gives up: the bound, or one epoch of this stream's samples.
+        per_epoch = -(-(self._total() - stream) // num_streams)
+        self.max_bad_streak, self.bad_streak = min(max_bad_samples, per_epoch), 0
         self.buffer = []
         for ep, g in st["buffer"]:
             meta = self._read_meta(ep, g)
@@ -133,6 +166,15 @@ class ShardStream:
         if self.skipped[reason] < 3:
             log.warning("loader: skipping %s (%s)", where, reason)
         self.skipped[reason] += 1
+        if reason in NOT_A_SAMPLE:
+            return
+        self.bad_streak += 1
+        if self.bad_streak >= self.max_bad_streak:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
+            raise BadDataError(
+                f"loader stream {self.stream} of {self.num_streams} in {self.dir}: {self.bad_streak} bad samples in a row "
+                f"(limit {self.max_bad_streak}: data.max_bad_samples or one epoch of the stream); skipped so far: "
+                f"{counts}. Check the shards with `preprocess_data.py stats`")
 
     def _entries(self, epoch: int, name: str) -> list[_Entry]:
         if self._scan is None or self._scan[:2] != (epoch, name):
@@ -148,10 +190,13 @@ class ShardStream:
             return None
         name, k = where
         entries = self._entries(epoch, name)
-        if k >= len(entries) or entries[k].json_loc is None:
+        if k >= len(entries) or (entries[k].json_loc is None and not entries[k].bad_name):
             self._skip("missing-record", f"{name}#{k}")
             return None
         e = entries[k]
+        if e.bad_name:
+            self._skip("bad-member-name", f"{name}#{k}")
+            return None
         try:
             with open(e.shard, "rb") as f:
                 f.seek(e.json_loc[0])
@@ -217,6 +262,14 @@ class ShardStream:
         return Sample(meta["id"], meta["task"], enc.input_ids, enc.target_mask, pixels, grids)
 
     def __iter__(self):
+        """Packed micro-batches; a stream that must stop yields one ``{"loader_error": ...}`` instead
+        (an exception would reach the caller of a DataLoader worker with its traceback as message)."""
+        try:
+            yield from self._batches()
+        except (BadDataError, ImageBackendError) as err:
+            yield {"loader_error": str(err), "fatal": type(err).__name__}
+
+    def _batches(self):
         while self._fill():
             lengths = [padded_length(m["num_tokens"], self.pad_multiple) for m in self.buffer]
             chosen = set(choose_best_fit(lengths, self.max_length))
@@ -231,6 +284,7 @@ class ShardStream:
             samples = [s for s in loaded if s is not None]
             if not samples:
                 continue
+            self.bad_streak = 0
             if direct and len(samples) < len(picked):  # drop the rows of skipped samples
                 pixels = torch.cat([s.pixel_values for s in samples])
             batch = pack(samples, self.max_length, self.pad_multiple, pixels, self.length_multiple)
@@ -253,10 +307,11 @@ class PackedDataset(torch.utils.data.IterableDataset):
         stream = ShardStream(
             ld.shard_dir, ld.index, ld.dp_rank * num + k, ld.dp_size * num, ld.max_length, ld.tokenizer_dir,
             ld.pack_buffer, ld.pad_multiple, ld.image_backend, ld.seed, ld.epochs, ld.stream_states.get(k), ld.pixel_dtype,
-            ld.seq_length_multiple if ld.variable_seq_length else None, ld.image_device,
+            ld.seq_length_multiple if ld.variable_seq_length else None, ld.image_device, ld.max_bad_samples,
         )
         for batch in stream:
-            batch["loader_state"] = (k, batch["loader_state"])
+            if "loader_error" not in batch:
+                batch["loader_state"] = (k, batch["loader_state"])
             yield batch
 
 
@@ -272,12 +327,9 @@ class PackedLoader:
                  max_length: int | None = None, pack_buffer: int = 32, pad_multiple: int = 1, image_backend: str = "pil",
                  seed: int | None = None, epochs: int | None = None, state: dict | None = None,
                  pixel_dtype: torch.dtype = torch.float32, prefetch_factor: int = 1, variable_seq_length: bool = True,
-                 seq_length_multiple: int = 128):
+                 seq_length_multiple: int = 128, max_bad_samples: int = 1000):
         self.shard_dir = str(shard_dir)
-        index_path = Path(shard_dir) / "index.json"
-        if not index_path.is_file():
-            raise FileNotFoundError(f"no index.json in {shard_dir} (not a finished build)")
-        self.index = json.loads(index_path.read_text())
+        self.index = read_index(shard_dir)
         if self.index.get("chat_format") != tokens.CHAT_FORMAT_VERSION:
             raise ValueError(f"shards use chat format {self.index.get('chat_format')}, loader has {tokens.CHAT_FORMAT_VERSION}")
         self.tokenizer_dir = str(tokenizer_dir)
@@ -287,6 +339,7 @@ class PackedLoader:
         self.seed = self.index["seed"] if seed is None else seed
         self.epochs, self.pixel_dtype, self.prefetch_factor = epochs, pixel_dtype, prefetch_factor
         self.variable_seq_length, self.seq_length_multiple = variable_seq_length, seq_length_multiple
+        self.max_bad_samples = max_bad_samples
         if variable_seq_length and seq_length_multiple % pad_multiple:
             raise ValueError(f"seq_length_multiple {seq_length_multiple} is not a multiple of pad_multiple {pad_multiple}")
         self.image_device = None
@@ -303,7 +356,8 @@ class PackedLoader:
 
     @classmethod
     def from_recipe(cls, recipe, dp_rank: int, dp_size: int, **kw) -> PackedLoader:
-        kw = {"variable_seq_length": recipe.variable_seq_length, "seq_length_multiple": recipe.seq_length_multiple, **kw}
+        kw = {"variable_seq_length": recipe.variable_seq_length, "seq_length_multiple": recipe.seq_length_multiple,
+              "max_bad_samples": recipe.max_bad_samples, **kw}
         return cls(recipe.shards, recipe.tokenizer, dp_rank, dp_size, recipe.num_workers, recipe.max_seq_length,
                    recipe.pack_buffer, recipe.pad_multiple, recipe.image_backend, recipe.seed, **kw)
 
@@ -351,13 +405,49 @@ class PackedLoader:
         kw = {}
         if self.num_workers > 0:
             kw = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False,
-                  "multiprocessing_context": worker_start_method()}
+                  "multiprocessing_context": worker_start_method(), "worker_init_fn": ignore_stop_signals}
         dl = torch.utils.data.DataLoader(PackedDataset(self), batch_size=None, num_workers=self.num_workers, **kw)
         for batch in dl:
+            if "loader_error" in batch:  # a stream gave up (BadDataError) or the backend broke (ImageBackendError)
+                raise (ImageBackendError if batch["fatal"] == "ImageBackendError" else BadDataError)(batch["loader_error"])
             k, st = batch.pop("loader_state")
             self.stream_states[int(k)] = st
             self.next_worker = (int(k) + 1) % self._workers()
             yield batch
+
+
+def read_index(shard_dir) -> dict:
+    """A build's index.json, checked where the loader joins its values to paths (shard names)."""
+    path = Path(shard_dir) / "index.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no index.json in {shard_dir} (not a finished build)")
+    try:
+        index = json.loads(path.read_text())
+        for shard in index["shards"]:
+            safe_name(shard["name"], f"{path}: shard name")
+            if not isinstance(shard["samples"], int) or shard["samples"] < 0:
+                raise ValueError(f"{path}: shard {shard['name']} has samples={shard['samples']!r}")
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a build index ({type(err).__name__}: {err})") from None
+    return index
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start: SIGTERM and SIGUSR1 are the rank's to handle (module doc, Signals).
+
+    SIGUSR1 is ignored. SIGTERM still ends the worker when its parent sends it (the DataLoader's
+    own last resort at shutdown, as torch's worker handler does) and is ignored from anyone else:
+    a thread takes it with sigwaitinfo, which tells who sent it."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit it
+
+    def take_sigterm() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid == os.getppid():
+                os._exit(0)
+
+    threading.Thread(target=take_sigterm, name="sigterm-from-parent", daemon=True).start()
 
 
 def worker_start_method() -> str | None:

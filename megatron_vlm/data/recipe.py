@@ -77,6 +77,9 @@ class DataRecipe:
     multiple of pad_multiple, of 2 x CP, and of CP x TP with sequence parallelism."""
     image_backend: Literal["pil", "dali"] = "pil"
     """Loader: `pil` (CPU) or `dali` (GPU decode and resize, when nvidia.dali is installed)."""
+    max_bad_samples: int = 1000
+    """Loader: a stream stops with an error after this many bad samples in a row (corrupt, unreadable,
+    longer than max_seq_length), or after a whole epoch of its samples without a good one."""
 
     RULES = (
         ("length_histogram", lambda d: d.length_distribution != "custom" or d.length_histogram,

@@ -96,12 +96,26 @@ def _sharded_state(chunks, optimizer, rng: bool, loading: bool) -> dict:
     return state
 
 
+def _start_writer_helpers() -> None:
+    """Start the process Megatron's checkpoint writer keeps for its results (a spawned
+    multiprocessing Manager) so that it ignores the stop signals Slurm sends to every process."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    from megatron_vlm.training.signals import children_ignore_stop_signals
+
+    start = getattr(filesystem_async, "_get_write_results_queue", None)
+    if start is not None and getattr(filesystem_async, "_results_queue", None) is None:
+        with children_ignore_stop_signals():
+            start()
+
+
 def save_checkpoint(ckpt_dir: str | Path, step: int, chunks: list, optimizer, loader, train_state: dict,
                     recipe: Recipe, dp_rank: int, is_loader_writer: bool, keep_last: int = 0) -> Path:
     """Save everything for ``step``; returns the iter_ directory. Collective over all ranks."""
     from megatron.core import dist_checkpointing
 
     target = iter_dir(ckpt_dir, step)
+    _start_writer_helpers()
     if dist.get_rank() == 0:
         if target.exists():  # left by a save that was killed: never complete, never `latest`
             shutil.rmtree(target)

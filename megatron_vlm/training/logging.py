@@ -5,7 +5,8 @@ grad norm, tokens/s (real tokens: the samples' own, no packing or CP padding), a
 (model FLOPs from :mod:`megatron_vlm.training.flops` / step time / (devices x
 ``logging.peak_tflops``)), peak memory, and the samples' lengths (a W&B histogram). Every step
 also goes to ``CKPT_DIR/metrics.jsonl`` (one JSON object per line, with the ids of the samples
-the step trained on), which tests and plots read.
+the step trained on), which tests and plots read; a resumed run first drops the rows of steps
+after its checkpoint, which it trains again, so every step has one row.
 
 W&B never stops a run: without ``WANDB_API_KEY`` (and no ``wandb login``) it runs offline
 (``wandb sync`` later); if it cannot start at all, the run goes on without it and says so once.
@@ -40,7 +41,8 @@ def _format_duration(seconds: float) -> str:
 class RunLogger:
     """Rank-0 sink for step metrics. Other ranks get a logger whose methods do nothing."""
 
-    def __init__(self, recipe: Recipe, total_steps: int, active: bool, wandb_run_id: str | None = None):
+    def __init__(self, recipe: Recipe, total_steps: int, active: bool, wandb_run_id: str | None = None,
+                 start_step: int = 0):
         self.recipe, self.total_steps, self.active = recipe, total_steps, active
         self.interval = max(1, recipe.logging.log_interval)
         self.wandb = None
@@ -52,6 +54,7 @@ class RunLogger:
             return
         ckpt_dir = Path(recipe.checkpoint.dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        keep_metrics_before(ckpt_dir / "metrics.jsonl", start_step)
         self.metrics_file = open(ckpt_dir / "metrics.jsonl", "a")  # noqa: SIM115 - open for the run
         self._start_wandb(ckpt_dir)
 
@@ -122,6 +125,26 @@ class RunLogger:
                 self.wandb.finish()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def keep_metrics_before(path: Path, start_step: int) -> None:
+    """Drop the rows of steps after ``start_step`` (a killed run's steps that a resume redoes) and a
+    torn last line, so each step has one row; rewritten aside and renamed (utils/atomic)."""
+    if not path.is_file():
+        return
+    kept, changed = [], False
+    for line in path.read_text().splitlines():
+        try:
+            keep = json.loads(line)["step"] <= start_step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        changed |= not keep
+    if changed:
+        from megatron_vlm.utils import atomic
+
+        atomic.write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _has_netrc_key() -> bool:

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from megatron_vlm.training.optimizer import (
     set_learning_rate,
     wrap_ddp,
 )
+from megatron_vlm.training.signals import StopSignal
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,34 +62,21 @@ class TrainResult:
     """The last checkpoint saved by this call."""
 
 
-class StopSignal:
-    """SIGTERM/SIGUSR1 set a flag; every rank checks it after each step and they stop together."""
+def train(recipe: Recipe, stop: StopSignal | None = None) -> TrainResult:
+    """Run (or resume) the recipe to its step budget. Collective: call on every rank.
 
-    def __init__(self):
-        self.received: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def requested(self) -> bool:
-        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device().torch_device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-
-def train(recipe: Recipe) -> TrainResult:
-    """Run (or resume) the recipe to its step budget. Collective: call on every rank."""
+    ``stop`` records SIGTERM/SIGUSR1 (training/signals.py); the command creates it before its
+    imports so a signal during start-up is honoured too. Without one, it is created here."""
+    stop = stop or StopSignal()
     par = recipe.parallel
     initialize(ParallelLayout(par.tp, par.pp, par.cp, par.vpp, par.sequence_parallel), seed=recipe.train.seed)
     try:
-        return _train(recipe)
+        return _train(recipe, stop)
     finally:
         destroy()
 
 
-def _train(recipe: Recipe) -> TrainResult:
+def _train(recipe: Recipe, stop: StopSignal) -> TrainResult:
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -115,7 +102,8 @@ def _train(recipe: Recipe) -> TrainResult:
     elif recipe.checkpoint.init_from:
         init_weights(recipe.checkpoint.init_from, provider, chunks, optimizer)
 
-    logger = RunLogger(recipe, last_step, active=is_rank0, wandb_run_id=train_state.get("wandb_run_id"))
+    logger = RunLogger(recipe, last_step, active=is_rank0, wandb_run_id=train_state.get("wandb_run_id"),
+                       start_step=start_step)
     logger.console(
         f"{budget.total_steps} steps in the budget, running {start_step + 1}..{last_step}; "
         f"{budget.sequences_per_step} sequences of {'up to ' if recipe.data.variable_seq_length else ''}"
@@ -124,7 +112,6 @@ def _train(recipe: Recipe) -> TrainResult:
         + (f"; resumed from {resume_from}" if resume_from else "")
     )
     flops_model = flops_model_for(recipe, provider)
-    stop = StopSignal()
     forward_backward = get_forward_backward_func()
     cp_size = recipe.parallel.cp
     forward_step = ForwardStep(provider, cp_size, ps.get_context_parallel_rank(), device().torch_device)
@@ -144,6 +131,10 @@ def _train(recipe: Recipe) -> TrainResult:
         logger.console(f"saved checkpoint {result.checkpoint}")
 
     step = start_step
+    if stop.requested(device().torch_device):  # a signal during start-up: nothing new to save, `latest` stands
+        logger.console(f"signal received before the first step; exiting at step {step} without a new checkpoint")
+        result.stopped_by_signal = True
+        last_step = step
     while step < last_step:
         started = time.monotonic()
         lr = learning_rate(step, lr=recipe.train.lr, min_lr=recipe.train.min_lr, warmup_steps=recipe.train.warmup_steps,
@@ -193,7 +184,7 @@ def _train(recipe: Recipe) -> TrainResult:
         result.last_step = step
         logger.log_step(step, metrics, sample_ids, seq_lengths)
 
-        if stop.requested():
+        if stop.requested(device().torch_device):
             logger.console(f"signal received: saving at step {step} and exiting")
             save(step)
             result.stopped_by_signal = True
@@ -201,6 +192,10 @@ def _train(recipe: Recipe) -> TrainResult:
         interval = recipe.checkpoint.save_interval
         if step == last_step or (interval and step % interval == 0):
             save(step)
+            if step < last_step and stop.requested(device().torch_device):  # arrived during the save: it is complete
+                logger.console(f"signal received during the save of step {step}; exiting")
+                result.stopped_by_signal = True
+                break
 
     logger.close()
     if hasattr(loader, "close"):  # the shard loader's worker processes

@@ -109,6 +109,8 @@ def test_killed_run_resumes_bitwise_with_the_exact_stream(tmp_path, uninterrupte
     resumed = run_distributed(_train, 2, str(tmp_path), timeout_s=300)[0]
     assert resumed["start"] == 4
     assert resumed["losses"] == straight["losses"][4:]  # bitwise: same floats, not approx
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, STEPS + 1))  # one row per step: the killed run's steps 5-6 were redone, not repeated
     samples = _samples_per_step(tmp_path)
     assert samples == straight_samples
     all_ids = [s for step in sorted(samples) for s in samples[step]]

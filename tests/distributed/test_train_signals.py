@@ -63,3 +63,20 @@ def test_bad_recipe_exits_one_with_one_line(tmp_path):
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("megatron_vlm.train: error:")]
     assert len(errors) == 1 and "train.lrr" in errors[0]
+
+
+def test_sigterm_during_start_up_exits_zero_without_a_checkpoint(tmp_path):
+    """Start-up (model build, resume) can take minutes at scale: a signal then is honoured, not fatal."""
+    proc = subprocess.Popen(_command(tmp_path), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "resolved recipe" in line:  # process groups up; the model is built next
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=240)
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output[-3000:]
+    assert "signal received before the first step" in output and "step 1/" not in output
+    assert not (tmp_path / "latest").exists()

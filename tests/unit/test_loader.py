@@ -204,3 +204,143 @@ def test_fixed_and_variable_length_hold_the_same_samples(shards, qwen_tokenizer_
         assert v["cu_seqlens"][: len(real) + 1].tolist() == f["cu_seqlens"][: len(real) + 1].tolist()
         assert torch.equal(v["pixel_values"], f["pixel_values"])
     assert len(lengths) > 1  # the lengths do vary
+
+
+# ---------------------------------------------------------------- hostile data: bounded, one taxonomy
+
+
+def _corrupt_images(src, index, dst, bad=lambda sample_id: True):
+    """A copy of the shards in which the images of the samples ``bad(id)`` picks are garbage."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for shard in index["shards"]:
+        entries, _ = scan_shard(dst / shard["name"])
+        with open(dst / shard["name"], "r+b") as f:
+            for entry in entries:
+                f.seek(entry.json_loc[0])
+                if bad(json.loads(f.read(entry.json_loc[1]))["id"]):
+                    for off, size in entry.images:
+                        f.seek(off)
+                        f.write(b"\x00" * size)
+    return dst
+
+
+_FIRST_BATCH = """
+import json, sys
+from megatron_vlm.data.loader import PackedLoader
+kw = json.loads(sys.argv[3])
+try:
+    batch = next(iter(PackedLoader(sys.argv[1], sys.argv[2], **kw)))
+    print(json.dumps({"kind": "batch", "ids": batch["sample_ids"]}))
+except Exception as err:
+    print(json.dumps({"kind": type(err).__name__, "message": str(err)}))
+"""
+
+
+def _first_batch(shard_dir, tokenizer_dir, timeout_s=120, **kw) -> dict:
+    """The loader's first batch or error, in a new interpreter with a deadline (a hang fails the test)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.dist_utils import REPO
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _FIRST_BATCH, str(shard_dir), str(tokenizer_dir), json.dumps(kw)],
+                              cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"),
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the loader found no batch and no error in {timeout_s} s (it searches forever)")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_all_bad_samples_stop_with_one_line_naming_the_counts(shards, qwen_tokenizer_dir, tmp_path, workers):
+    shard_dir, index = shards
+    bad = _corrupt_images(shard_dir, index, tmp_path / "bad")
+    got = _first_batch(bad, qwen_tokenizer_dir, num_workers=workers, pack_buffer=8)
+    assert got["kind"] == "BadDataError", got
+    total = index["totals"]["samples"]
+    # one stream: a whole epoch (every sample) bad, then it stops, naming the counts
+    assert "\n" not in got["message"] and f"{total} bad samples in a row" in got["message"]
+    assert f"corrupt-image {total}" in got["message"]
+
+
+def test_bad_streak_is_bounded_but_good_samples_reset_it(shards, qwen_tokenizer_dir, tmp_path):
+    shard_dir, index = shards
+    total = index["totals"]["samples"]
+    # The first 10 samples of the only stream bad, the rest good (pack_buffer 1: samples in stream order).
+    order = [i for b in PackedLoader(shard_dir, qwen_tokenizer_dir, num_workers=0, pack_buffer=1, epochs=1)
+             for i in b["sample_ids"] if i != "padding"]
+    bad = _corrupt_images(shard_dir, index, tmp_path / "bad", bad=set(order[:10]).__contains__)
+    stopped = _first_batch(bad, qwen_tokenizer_dir, num_workers=0, pack_buffer=1, max_bad_samples=5)
+    assert stopped["kind"] == "BadDataError" and "5 bad samples in a row" in stopped["message"], stopped
+    loader = PackedLoader(bad, qwen_tokenizer_dir, num_workers=0, pack_buffer=1, epochs=2, max_bad_samples=11)
+    got = [sid for batch in loader for sid in batch["sample_ids"] if sid != "padding"]
+    assert len(got) == 2 * (total - 10) and loader.skipped == {"corrupt-image": 20}  # 10 per epoch, never 11 in a row
+
+
+def test_broken_backend_is_fatal_not_counted(shards, qwen_tokenizer_dir, monkeypatch):
+    from megatron_vlm.data import loader as loader_module
+    from megatron_vlm.data.image_processing import ImageBackendError
+
+    def broken(*args, **kwargs):
+        raise ImageBackendError("decoder library missing")
+
+    monkeypatch.setattr(loader_module, "process_images", broken)
+    for workers in (0, 1):  # a forked worker inherits the patch
+        loader = PackedLoader(shards[0], qwen_tokenizer_dir, num_workers=workers, pack_buffer=4)
+        with pytest.raises(ImageBackendError) as raised:
+            next(loader)
+        assert str(raised.value) == "decoder library missing"  # one line, from the worker too
+        assert sum(loader.skipped.values()) == 0
+
+
+def test_member_names_and_index_names_are_validated(shards, qwen_tokenizer_dir, tmp_path):
+    import io
+    import shutil
+    import tarfile
+
+    shard_dir, index = shards
+    bad = tmp_path / "bad"
+    shutil.copytree(shard_dir, bad)
+    name = index["shards"][0]["name"]
+    with tarfile.open(bad / name) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf if m.isfile()]
+    first_key = members[0][0].name.split(".")[0]
+    with tarfile.open(bad / name, "w") as tf:  # the first sample's members renamed to leave the directory
+        for member, data in members:
+            if member.name.startswith(first_key + "."):
+                member.name = "../" + member.name
+            tf.addfile(member, io.BytesIO(data))
+    loader = PackedLoader(bad, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, epochs=1)
+    got = [sid for batch in loader for sid in batch["sample_ids"] if sid != "padding"]
+    assert dict(loader.skipped) == {"bad-member-name": 1} and len(got) == index["totals"]["samples"] - 1
+
+    tampered = json.loads((bad / "index.json").read_text())
+    tampered["shards"][0]["name"] = "../" + name
+    (bad / "index.json").write_text(json.dumps(tampered))
+    with pytest.raises(ValueError, match="shard name"):
+        PackedLoader(bad, qwen_tokenizer_dir, num_workers=0)
+
+
+def test_workers_outlive_the_stop_signals_slurm_sends_to_every_process(shards, qwen_tokenizer_dir):
+    """Slurm signals every process of a step; a DataLoader worker killed by SIGTERM would crash its rank."""
+    import glob
+    import os
+    import subprocess
+    import time
+
+    loader = PackedLoader(shards[0], qwen_tokenizer_dir, num_workers=1, pack_buffer=4)
+    first = next(loader)
+    workers = [int(p) for path in glob.glob(f"/proc/{os.getpid()}/task/*/children")
+               for p in open(path).read().split()]
+    assert workers
+    for pid in workers:  # from another process, as slurmstepd's (a worker's parent may still end it)
+        subprocess.run(["kill", "-TERM", str(pid)], check=True)
+        subprocess.run(["kill", "-USR1", str(pid)], check=True)
+    time.sleep(1.0)
+    more = _take(loader, 8)  # the stream goes on, in the same worker
+    loader.close()
+    assert first["sample_ids"] and len(more) == 8

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.dist_utils import process_tree
+
 REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "examples" / "slurm"
 SCRIPTS = sorted(SLURM.glob("*.sh")) + sorted(SLURM.glob("*.sbatch")) + [REPO / "examples" / "launch_local.sh"]
@@ -281,23 +283,6 @@ if got:
 """
 
 
-def _process_tree(root: int) -> list[int]:
-    """root and all its descendants, from /proc (what Slurm's proctrack tracks for a step)."""
-    children: dict[int, list[int]] = {}
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 def test_torchrun_task_survives_usr1_and_ranks_get_it(tmp_path):
     """Slurm signals every process of a step; torchrun must outlive USR1 while the ranks handle it."""
     import signal
@@ -314,7 +299,7 @@ def test_torchrun_task_survives_usr1_and_ranks_get_it(tmp_path):
         while len(list(tmp_path.glob("rank*.ready"))) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert len(list(tmp_path.glob("rank*.ready"))) == 2, proc.stdout.read() if proc.poll() is not None else ""
-        for pid in _process_tree(proc.pid):  # slurmstepd signals every process of the step
+        for pid in process_tree(proc.pid):  # slurmstepd signals every process of the step
             os.kill(pid, signal.SIGUSR1)
         out, _ = proc.communicate(timeout=120)
     finally:

@@ -1,0 +1,60 @@
+"""The trainer on hostile input: one-line errors with exit 1 where a traceback or a hang would be.
+
+Every case runs the command's main() (megatron_vlm.train) in a fork-server rank, as torchrun would.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.dist_utils import run_tool
+from tests.shards_fixtures import build_shards
+
+SEQ = 512
+
+
+def _errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("megatron_vlm.train: error:")]
+
+
+@pytest.fixture(scope="module")
+def all_bad_shards(tmp_path_factory, qwen_tokenizer_dir):
+    """Image shards whose every image is garbage."""
+    from megatron_vlm.data.loader import scan_shard
+    from megatron_vlm.data.recipe import DataRecipe
+
+    root = tmp_path_factory.mktemp("bad_shards")
+    rng = random.Random(5)
+    recipe = DataRecipe(tokenizer=str(qwen_tokenizer_dir), max_seq_length=SEQ, length_distribution="custom",
+                        length_histogram={f"0-{SEQ + 1}": 1}, token_budget=1500, samples_per_shard=4)
+    index = build_shards(root, [rng.randint(1, 3) for _ in range(6)], recipe, page_px=(84, 168), docs_per_tar=6)
+    for shard in index["shards"]:
+        path = root / "shards" / shard["name"]
+        entries, _ = scan_shard(path)
+        with open(path, "r+b") as f:
+            for entry in entries:
+                for off, size in entry.images:
+                    f.seek(off)
+                    f.write(b"\x00" * size)
+    return root / "shards", index
+
+
+@pytest.mark.slow(25)
+def test_every_sample_bad_stops_with_the_counts_not_a_hang(all_bad_shards, qwen_tokenizer_dir, tmp_path):
+    shard_dir, index = all_bad_shards
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("{}\n")
+    args = ["--config", str(recipe), "model.kind=qwen2_5_vl", "model.flavor=debug", "train.data_source=shards",
+            f"data.shards={shard_dir}", f"data.tokenizer={qwen_tokenizer_dir}", "data.num_workers=1",
+            f"data.max_seq_length={SEQ}", f"train.global_batch_tokens={SEQ}", f"train.tokens={SEQ * 4}",
+            "train.precision=fp32", f"checkpoint.dir={tmp_path / 'ckpt'}", "logging.wandb_mode=disabled"]
+    # On a loader that searches forever this times out (the rank spins at 100% CPU, deaf to SIGTERM).
+    code, out, err = run_tool("megatron_vlm.train", args, timeout_s=240)[0]
+    assert code == 1, out[-2000:] + err[-2000:]
+    errors = _errors(err)
+    total = index["totals"]["samples"]
+    assert len(errors) == 1 and f"{total} bad samples in a row" in errors[0] and f"corrupt-image {total}" in errors[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "ckpt" / "latest").exists()
