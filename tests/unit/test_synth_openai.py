@@ -158,3 +158,21 @@ def test_dry_run_writes_the_exact_requests_and_sends_nothing(pool_dir, tmp_path)
     # Answered requests are in the cache now: a second dry run into the same directory has none left to send.
     assert run_synth(synth_argv(pool_dir, tmp_path / "real", server.url, "--dry-run")) == 0
     assert (tmp_path / "real" / "requests-00000.jsonl").read_text() == ""
+
+
+def test_teacher_questions_that_break_the_rules_are_rejected_by_reason(pool_dir, tmp_path):
+    def answer(body):
+        task = job_of(body)[0]
+        reply = json.loads(teacher_reply(body))
+        if task == "extract-single":
+            reply["question"] = f"On page {reply['evidence_pages'][0]}, {reply['question'][0].lower()}{reply['question'][1:]}"
+        elif task == "extract-multi":
+            reply["question"] = "___"
+        return json.dumps(reply)
+
+    with FakeOpenAI(answer=answer) as server:
+        assert run_synth(synth_argv(pool_dir, tmp_path, server.url)) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    segments = summary["segments"]
+    assert summary["rejected"] == {"question names a page": segments, "question is a fill-in-the-blank": segments}
+    assert summary["records"] == {"reasoning": segments}
