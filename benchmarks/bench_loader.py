@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # one loader worker = one core
     from megatron_vlm.data.build import build
     from megatron_vlm.data.recipe import DataRecipe
+    from megatron_vlm.models.family import get_family
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_loader_"))
     rng = random.Random(args.seed)
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     write_pool_and_records(root, render_pages(8, args.seed), counts, args.seed)
     recipe = DataRecipe(tokenizer=args.tokenizer, length_distribution="pool-native", pages_range=[lo, hi], seed=args.seed,
                         token_budget=args.budget or 2 * 3 * sum(counts) * 2508, pack_buffer=args.pack_buffer)
-    index = build(root / "pool", root / "qa", recipe, root / "shards")
+    index = build(root / "pool", root / "qa", recipe, root / "shards", get_family("qwen2_5_vl"))
 
     lengths = [json.loads(line)["num_tokens"] for line in _instance_lines(root / "shards", index)]
     fixed, variable = simulate_packing(lengths, recipe.max_seq_length, args.pack_buffer, args.pad_multiple,
@@ -156,7 +157,7 @@ def time_loader(shard_dir: Path, args) -> None:
     from megatron_vlm.data.loader import PackedLoader
     from megatron_vlm.data.packing import packing_efficiency
 
-    loader = PackedLoader(shard_dir, args.tokenizer, num_workers=0, pack_buffer=args.pack_buffer,
+    loader = PackedLoader(shard_dir, args.tokenizer, "qwen2_5_vl", num_workers=0, pack_buffer=args.pack_buffer,
                           image_backend=args.image_backend, pad_multiple=args.pad_multiple,
                           seq_length_multiple=args.seq_length_multiple)  # variable length, the recipe default
     next(loader)  # warm-up: tokenizer load, first shard scan

@@ -15,6 +15,7 @@ import time
 
 from megatron_vlm.data import image_rule
 from megatron_vlm.eval.contexts import Document, Page, Question, build_context
+from megatron_vlm.models.family import get_family
 
 LENGTHS = (32768, 65536, 131072, 262144, 524288)
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -27,7 +28,8 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=50)
     args = ap.parse_args()
     h, w = image_rule.page_pixels(612, 792, 144)
-    tokens, grid = image_rule.image_token_count(h, w), image_rule.image_grid_thw(h, w)
+    rule = get_family("qwen2_5_vl").image
+    tokens, grid = rule.token_count(h, w), rule.grid_thw(h, w)
     docs = [
         Document(f"d{i}", [Page(f"d{i}", k, tokens, grid, "png", bytes) for k in range(args.pages)])
         for i in range(args.docs)

@@ -47,16 +47,19 @@ def main(argv=None) -> int:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from megatron_vlm.data.image_processing import process_images
-    from megatron_vlm.data.tokens import IMAGE_PAD_ID, load_tokenizer, render_text
+    from megatron_vlm.data.tokens import load_tokenizer, render_text
+    from megatron_vlm.models.family import get_family
 
+    family = get_family("qwen2_5_vl")
     meta, images = first_instance(Path(args.shards))
-    pixel_values, grids = process_images(images)
+    pixel_values, grids = process_images(images, family.image)
     tokenizer = load_tokenizer(args.tokenizer or args.hf)
-    text, answer_start, _ = render_text(meta["question"], "", len(images))
+    text, answer_start, _ = render_text(family, meta["question"], "", len(images))
     ids = []
-    per_image = iter((grids.prod(-1) // 4).tolist())
+    pad = family.tokens.image_pad
+    per_image = iter(family.image.grid_tokens(g) for g in grids.tolist())
     for token in tokenizer.encode(text[:answer_start], add_special_tokens=False).ids:
-        ids += [IMAGE_PAD_ID] * next(per_image) if token == IMAGE_PAD_ID else [token]
+        ids += [pad] * next(per_image) if token == pad else [token]
     input_ids = torch.tensor([ids])
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(args.hf, dtype=torch.float32).eval()

@@ -19,6 +19,8 @@ import torch
 import yaml
 from PIL import Image
 
+from megatron_vlm.models.family import get_family
+
 TASKS = ("extract-single", "extract-multi", "reasoning")
 
 
@@ -90,7 +92,7 @@ def build_shards(root: Path, page_counts: list[int], recipe, page_px=(1584, 1224
 
     ids = write_pool(root / "pool", page_counts, page_px=page_px, image_px=image_px, docs_per_tar=docs_per_tar)
     write_records(root / "qa", ids, page_counts)
-    return build(root / "pool", root / "qa", recipe, root / out)
+    return build(root / "pool", root / "qa", recipe, root / out, get_family("qwen2_5_vl"))
 
 
 def write_recipe(path: Path, **data) -> Path:

@@ -4,7 +4,8 @@
 
 Every QA record becomes a candidate instance (its full document's pages + question -> answer),
 cut to max_seq_length by the policy in ``mixture`` and counted exactly with ``tokens`` and the
-image rule (page sizes from the pool, resized with the recipe's min/max pixels). ``mixture``
+image rule of the model family the recipe trains (``model.kind``; page sizes from the pool,
+resized with the family's or the recipe's min/max pixels), in that family's chat format. ``mixture``
 then draws the instances for the length distribution, task mixture and token budget. Shards are
 plain WebDataset tars, written aside and renamed; a rerun with the same inputs and recipe keeps
 the shards already written (the build is deterministic by seed), and index.json, written last,
@@ -13,6 +14,7 @@ marks the build complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -24,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_vlm.data import mixture, pool_format, tokens
-from megatron_vlm.data.image_rule import image_token_count
-from megatron_vlm.data.recipe import SHORT_TASK, DataRecipe
+from megatron_vlm.data.recipe import SHORT_TASK, DataRecipe, model_kind
 from megatron_vlm.data.short_source import load_short_samples, read_image
 from megatron_vlm.data.synth.records import read_records
 from megatron_vlm.data.synth.validation import names_a_page
+from megatron_vlm.models.family import ModelFamily, family_for_kind
 from megatron_vlm.utils import atomic, options
 
 FORMAT = "megatron-vlm-shards-v1"
@@ -61,7 +63,8 @@ def main(args) -> int:
         recipe = DataRecipe.from_yaml(args.recipe)
         if args.tokenizer:
             recipe.tokenizer = args.tokenizer
-        index = build(Path(args.pool), Path(args.qa), recipe, Path(args.output))
+        family = family_for_kind(model_kind(args.recipe))
+        index = build(Path(args.pool), Path(args.qa), recipe, Path(args.output), family)
     except (ValueError, FileNotFoundError) as e:
         print(f"build: error: {e}", file=sys.stderr)
         return 2
@@ -97,9 +100,11 @@ def _key(record_id: str) -> str:
     return str(record_id).replace(".", "_").replace("/", "_")
 
 
-def make_candidates(recipe, tokenizer, docs, images, records, drops: Counter, examples: dict) -> tuple[list, dict, dict]:
+def make_candidates(recipe, family: ModelFamily, tokenizer, docs, images, records, drops: Counter,
+                    examples: dict) -> tuple[list, dict, dict]:
     """Document candidates after truncation, per record id what is needed to write it, and per
     task what happened to its records (for the error when none fits)."""
+    rule = recipe.image_rule(family)
     cands, info = [], {}
     why: dict[str, Counter] = {}
     for n, rec in enumerate(records):
@@ -113,11 +118,11 @@ def make_candidates(recipe, tokenizer, docs, images, records, drops: Counter, ex
             doc = docs.get(rec["doc_id"])
             if doc is None:
                 raise mixture.Dropped("missing-document", rec["doc_id"])
-            page_tokens = [image_token_count(h, w, recipe.min_pixels, recipe.max_pixels) for h, w in doc["sizes"]]
+            page_tokens = [rule.token_count(h, w) for h, w in doc["sizes"]]
             q, a = rec["question"], rec["answer"]
 
             def count(pages, q=q, a=a, pt=page_tokens):
-                return tokens.count_tokens(tokenizer, q, a, [pt[p] for p in pages])
+                return tokens.count_tokens(tokenizer, family, q, a, [pt[p] for p in pages])
 
             rng = random.Random(f"{recipe.seed}:{rec['id']}")
             pages = mixture.truncate_pages(page_tokens, tuple(rec["segment"]), rec["evidence_pages"], names_a_page(q), count, recipe.max_seq_length, rng)
@@ -139,7 +144,8 @@ def make_candidates(recipe, tokenizer, docs, images, records, drops: Counter, ex
             continue
         c = mixture.Candidate(rid, rec["task"], count(pages), pages, doc["num_pages"], sorted(rec["evidence_pages"]))
         cands.append(c)
-        info[rid] = {"record_id": rec["id"], "doc_id": rec["doc_id"], "question": q, "answer": a, "grids": [list(_grid(doc["sizes"][p], recipe)) for p in pages]}
+        info[rid] = {"record_id": rec["id"], "doc_id": rec["doc_id"], "question": q, "answer": a,
+                     "grids": [list(rule.grid_thw(*doc["sizes"][p])) for p in pages]}
     return cands, info, why
 
 
@@ -158,15 +164,10 @@ def _nothing_fits(recipe, task: str, why: Counter, excluded: Counter, qa_dir: Pa
     return line
 
 
-def _grid(size, recipe):
-    from megatron_vlm.data.image_rule import image_grid_thw
-
-    return image_grid_thw(size[0], size[1], recipe.min_pixels, recipe.max_pixels)
-
-
-def make_short_candidates(recipe, tokenizer, drops: Counter) -> tuple[list, dict]:
+def make_short_candidates(recipe, family: ModelFamily, tokenizer, drops: Counter) -> tuple[list, dict]:
     from PIL import Image
 
+    rule = recipe.image_rule(family)
     samples, skipped = load_short_samples(recipe.short_source)
     drops.update(skipped)
     cands, info = [], {}
@@ -175,8 +176,8 @@ def make_short_candidates(recipe, tokenizer, drops: Counter) -> tuple[list, dict
             grids = []
             for loc in s.images:
                 with Image.open(io.BytesIO(read_image(loc))) as img:
-                    grids.append(list(_grid((img.height, img.width), recipe)))
-            n = tokens.count_tokens(tokenizer, s.question, s.answer, [h * w // 4 for _, h, w in grids])
+                    grids.append(list(rule.grid_thw(img.height, img.width)))
+            n = tokens.count_tokens(tokenizer, family, s.question, s.answer, [rule.grid_tokens(g) for g in grids])
         except (OSError, ValueError):
             drops["short-sample-unreadable"] += 1
             continue
@@ -199,17 +200,19 @@ def _dumps(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()
 
 
-def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path) -> dict:
-    """Build the shards; returns the index (also written to out_dir/index.json)."""
+def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path, family: ModelFamily) -> dict:
+    """Build the shards for ``family``'s model; returns the index (also written to out_dir/index.json)."""
     atomic.refuse_inputs(out_dir, [pool_dir, qa_dir])
     if not recipe.tokenizer:
         raise ValueError("no tokenizer: set data.tokenizer in the recipe or pass --tokenizer")
+    rule = recipe.image_rule(family)
+    recipe = dataclasses.replace(recipe, min_pixels=rule.min_pixels, max_pixels=rule.max_pixels)  # recorded resolved
     tokenizer = tokens.load_tokenizer(recipe.tokenizer)
     docs, images = read_pool(pool_dir)
     records = read_records(qa_dir)
     print(f"build: {len(docs)} documents in {pool_dir}, {len(records)} QA records in {qa_dir}", flush=True)
     drops, examples, excluded = Counter(), {}, Counter()
-    cands, info, why = make_candidates(recipe, tokenizer, docs, images, records, drops, examples)
+    cands, info, why = make_candidates(recipe, family, tokenizer, docs, images, records, drops, examples)
     doc_cands, excluded_by_task = [], {}
     for c in cands:
         task_why = why[c.task]
@@ -226,7 +229,7 @@ def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path) -> di
             raise ValueError(_nothing_fits(recipe, task, why.get(task, Counter()), excluded_by_task.get(task, Counter()), qa_dir))
     shorts, short_info = ([], {})
     if recipe.short_share > 0:
-        shorts, short_info = make_short_candidates(recipe, tokenizer, drops)
+        shorts, short_info = make_short_candidates(recipe, family, tokenizer, drops)
     info.update(short_info)
     chosen, targets = mixture.select(recipe, doc_cands, shorts)
     mixture.check_repeats(recipe, chosen)
@@ -239,7 +242,7 @@ def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path) -> di
         "tokenizer_sha256": _sha256(Path(recipe.tokenizer) / "tokenizer.json" if Path(recipe.tokenizer).is_dir() else Path(recipe.tokenizer)),
     }
     plan = [(c.record_id, c.pages) for c in chosen]
-    plan_sha = hashlib.sha256(_dumps({"plan": plan, "recipe": recipe.to_dict(), "sources": sources})).hexdigest()
+    plan_sha = hashlib.sha256(_dumps({"plan": plan, "recipe": recipe.to_dict(), "sources": sources, "family": family.name})).hexdigest()
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE_FILE
     if state_path.exists() and json.loads(state_path.read_text()).get("plan_sha256") != plan_sha:
@@ -270,7 +273,8 @@ def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path) -> di
 
     index = {
         "format": FORMAT,
-        "chat_format": tokens.CHAT_FORMAT_VERSION,
+        "family": family.name,
+        "chat_format": family.chat.version,
         "recipe": recipe.to_dict(),
         "seed": recipe.seed,
         "max_seq_length": recipe.max_seq_length,

@@ -1,69 +1,102 @@
-"""The Qwen2.5-VL image-size rule: how an image is resized and how many LLM tokens it costs.
+"""The Qwen image-size rule: how an image is resized and how many LLM tokens it costs.
 
-An image is resized so both sides are multiples of ``factor`` (28 = patch 14 x spatial merge 2)
-with its area inside [min_pixels, max_pixels], keeping the aspect ratio as closely as rounding
-allows. The ViT then sees (h/14) x (w/14) patches and the LLM sees one token per 28x28 pixels.
-Every part of the pipeline (pool token counts, build, loader, eval contexts) uses these
-functions, so all of them agree to the token.
+    rule = get_family("qwen2_5_vl").image          # each model family owns its rule (models/family.py)
+    rule.resize(1584, 1224)                        # -> (1596, 1232): multiples of rule.factor
+    rule.grid_thw(1584, 1224), rule.token_count(1584, 1224)
+
+An image is resized so both sides are multiples of ``factor`` (patch x spatial merge: 28 for
+Qwen2.5-VL, 32 for Qwen3-VL) with its area inside [min_pixels, max_pixels], keeping the aspect
+ratio as closely as rounding allows (transformers' ``smart_resize``). The ViT then sees
+(h/patch) x (w/patch) patches and the LLM one token per factor x factor pixels. Every part of the
+pipeline (pool token counts, build, loader, eval contexts) uses the family's rule, so all of
+them agree to the token.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
-PATCH_SIZE = 14
-MERGE_SIZE = 2
-TEMPORAL_PATCH_SIZE = 2
-FACTOR = PATCH_SIZE * MERGE_SIZE  # 28
-MIN_PIXELS = 56 * 56  # 3136, Qwen2.5-VL preprocessor_config.json
-MAX_PIXELS = 28 * 28 * 16384  # 12,845,056, Qwen2.5-VL preprocessor_config.json
 MAX_ASPECT_RATIO = 200
 
 
-def smart_resize(
-    height: int,
-    width: int,
-    factor: int = FACTOR,
-    min_pixels: int = MIN_PIXELS,
-    max_pixels: int = MAX_PIXELS,
-) -> tuple[int, int]:
-    """Return (height, width) after Qwen2.5-VL's resize: multiples of ``factor``, area in range.
+@dataclass(frozen=True)
+class ImageRule:
+    """A family's image preprocessing constants (its ``preprocessor_config.json``) and the math on them."""
 
-    Raises ValueError for an aspect ratio above 200 (as Qwen's processor does).
-    """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height}x{width}")
-    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise ValueError(
-            f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, got {max(height, width) / min(height, width):.1f}"
+    patch_size: int
+    """ViT patch side in pixels."""
+    merge_size: int
+    """Spatial merge: merge x merge patches become one LLM token."""
+    temporal_patch_size: int
+    """Frames per patch (a still image is repeated to fill it)."""
+    min_pixels: int
+    """Smallest resized area."""
+    max_pixels: int
+    """Largest resized area."""
+    image_mean: tuple[float, float, float]
+    """Per-channel mean subtracted after scaling to [0, 1]."""
+    image_std: tuple[float, float, float]
+    """Per-channel std divided by after the mean."""
+    in_channels: int = 3
+    """Image channels."""
+
+    @property
+    def factor(self) -> int:
+        """Resized sides are multiples of this (one LLM token per factor x factor pixels)."""
+        return self.patch_size * self.merge_size
+
+    @property
+    def patch_dim(self) -> int:
+        """Length of one flattened patch row: channels x temporal patch x patch x patch."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    def with_pixels(self, min_pixels: int | None = None, max_pixels: int | None = None) -> ImageRule:
+        """This rule with other area limits (None keeps the family's)."""
+        return replace(
+            self,
+            min_pixels=self.min_pixels if min_pixels is None else int(min_pixels),
+            max_pixels=self.max_pixels if max_pixels is None else int(max_pixels),
         )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
+    def resize(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) after the resize: multiples of ``factor``, area in [min_pixels, max_pixels].
 
-def image_grid_thw(
-    height: int, width: int, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
-) -> tuple[int, int, int]:
-    """The ViT patch grid (t, h, w) of a still image of this size: t is 1, h and w in 14-px patches."""
-    rh, rw = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
-    return 1, rh // PATCH_SIZE, rw // PATCH_SIZE
+        Raises ValueError for an aspect ratio above 200 (as Qwen's processor does).
+        """
+        factor = self.factor
+        if height <= 0 or width <= 0:
+            raise ValueError(f"image size must be positive, got {height}x{width}")
+        if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+            raise ValueError(
+                f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, got {max(height, width) / min(height, width):.1f}"
+            )
+        h_bar = round(height / factor) * factor
+        w_bar = round(width / factor) * factor
+        if h_bar * w_bar > self.max_pixels:
+            beta = math.sqrt((height * width) / self.max_pixels)
+            h_bar = max(factor, math.floor(height / beta / factor) * factor)
+            w_bar = max(factor, math.floor(width / beta / factor) * factor)
+        elif h_bar * w_bar < self.min_pixels:
+            beta = math.sqrt(self.min_pixels / (height * width))
+            h_bar = math.ceil(height * beta / factor) * factor
+            w_bar = math.ceil(width * beta / factor) * factor
+        return h_bar, w_bar
 
+    def grid_thw(self, height: int, width: int) -> tuple[int, int, int]:
+        """The ViT patch grid (t, h, w) of a still image of this size: t is 1, h and w in patches."""
+        rh, rw = self.resize(height, width)
+        return 1, rh // self.patch_size, rw // self.patch_size
 
-def image_token_count(
-    height: int, width: int, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
-) -> int:
-    """LLM tokens (``<|image_pad|>`` count) for a still image: one per 28x28 pixels after resize."""
-    rh, rw = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
-    return (rh // FACTOR) * (rw // FACTOR)
+    def token_count(self, height: int, width: int) -> int:
+        """LLM tokens (``<|image_pad|>`` count) of a still image: one per factor x factor pixels after resize."""
+        rh, rw = self.resize(height, width)
+        return (rh // self.factor) * (rw // self.factor)
+
+    def grid_tokens(self, grid_thw) -> int:
+        """LLM tokens of a ViT grid (t, h, w): t * h * w / merge^2."""
+        t, h, w = (int(x) for x in grid_thw)
+        return t * h * w // self.merge_size**2
 
 
 def page_pixels(width_pt: float, height_pt: float, dpi: float) -> tuple[int, int]:

@@ -56,6 +56,7 @@ import torch
 from megatron_vlm.data import tokens
 from megatron_vlm.data.image_processing import ImageBackendError, RowCountMismatch, process_images
 from megatron_vlm.data.packing import Sample, choose_best_fit, pack, padded_length
+from megatron_vlm.models.family import DEFAULT_FAMILY, get_family
 from megatron_vlm.utils.paths import safe_name
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,11 @@ def scan_shard(path: Path) -> tuple[list[_Entry], bool]:
     return entries, ok
 
 
+def shards_family(index: dict) -> str:
+    """The model family a build was made for (shards from before families were recorded are Qwen2.5-VL's)."""
+    return index.get("family", DEFAULT_FAMILY)
+
+
 class ShardStream:
     """The micro-batches of one (dp rank, worker) stream; ``state`` is where to resume."""
 
@@ -120,12 +126,13 @@ class ShardStream:
                  length_multiple: int | None = None, image_device: int | None = None, max_bad_samples: int = 1000):
         self.dir = Path(shard_dir)
         self.image_device = image_device  # the dali backend's GPU: the rank's own
+        self.family = get_family(shards_family(index))
+        self.rule = self.family.image.with_pixels(index["min_pixels"], index["max_pixels"])
         self.length_multiple = length_multiple  # None: every sequence is max_length long (packing.pack)
         self.shards = [s["name"] for s in index["shards"]]
         self.counts = [s["samples"] for s in index["shards"]]
         self.stream, self.num_streams = stream, num_streams
         self.max_length, self.pad_multiple, self.buffer_size = max_length, pad_multiple, pack_buffer
-        self.min_pixels, self.max_pixels = index["min_pixels"], index["max_pixels"]
         self.tokenizer = tokens.load_tokenizer(tokenizer_dir)
         self.backend, self.seed, self.epochs, self.pixel_dtype = image_backend, seed, epochs, pixel_dtype
         st = state or {"epoch": 0, "next": stream, "buffer": [], "skipped": {}}
@@ -238,8 +245,7 @@ class ShardStream:
                 for off, size in e.images:
                     f.seek(off)
                     datas.append(f.read(size))
-            pixels, grids = process_images(datas, self.backend, self.min_pixels, self.max_pixels, self.pixel_dtype, out,
-                                           self.image_device)
+            pixels, grids = process_images(datas, self.rule, self.backend, self.pixel_dtype, out, self.image_device)
         except RowCountMismatch:
             self._skip("image-size-mismatch", meta["id"])
             return None
@@ -252,7 +258,8 @@ class ShardStream:
             self._skip("image-size-mismatch", meta["id"])
             return None
         try:
-            enc = tokens.encode_instance(self.tokenizer, meta["question"], meta["answer"], [int(g.prod()) // 4 for g in grids])
+            enc = tokens.encode_instance(self.tokenizer, self.family, meta["question"], meta["answer"],
+                                         [self.rule.grid_tokens(g) for g in grids.tolist()])
         except ValueError:
             self._skip("bad-record", meta["id"])
             return None
@@ -278,7 +285,7 @@ class ShardStream:
             # Decode straight into one buffer for the whole micro-batch (sizes known from the build).
             rows = [sum(t * h * w for t, h, w in m["grids"]) for m in picked]
             direct = self.pixel_dtype == torch.float32
-            pixels = torch.empty(sum(rows), 1176) if direct else None
+            pixels = torch.empty(sum(rows), self.rule.patch_dim) if direct else None
             offsets = [sum(rows[:i]) for i in range(len(rows) + 1)]
             loaded = [self._load(m, pixels[offsets[i] : offsets[i + 1]] if direct else None) for i, m in enumerate(picked)]
             samples = [s for s in loaded if s is not None]
@@ -287,7 +294,7 @@ class ShardStream:
             self.bad_streak = 0
             if direct and len(samples) < len(picked):  # drop the rows of skipped samples
                 pixels = torch.cat([s.pixel_values for s in samples])
-            batch = pack(samples, self.max_length, self.pad_multiple, pixels, self.length_multiple)
+            batch = pack(samples, self.family, self.max_length, self.pad_multiple, pixels, self.length_multiple)
             batch["loader_state"] = self.state()
             yield batch
 
@@ -321,17 +328,22 @@ class PackedLoader:
     It is an iterator (``next(loader)`` gives the next micro-batch); save ``state_dict()`` with a
     checkpoint; a loader given that state (``state=`` or ``load_state_dict``) continues with exactly
     the batches not yet handed out. ``from_recipe`` builds one from the recipe's data section.
+    ``family``: the model family the run trains (its name); shards built for another are refused.
     """
 
-    def __init__(self, shard_dir, tokenizer_dir, dp_rank: int = 0, dp_size: int = 1, num_workers: int = 2,
+    def __init__(self, shard_dir, tokenizer_dir, family: str, dp_rank: int = 0, dp_size: int = 1, num_workers: int = 2,
                  max_length: int | None = None, pack_buffer: int = 32, pad_multiple: int = 1, image_backend: str = "pil",
                  seed: int | None = None, epochs: int | None = None, state: dict | None = None,
                  pixel_dtype: torch.dtype = torch.float32, prefetch_factor: int = 1, variable_seq_length: bool = True,
                  seq_length_multiple: int = 128, max_bad_samples: int = 1000):
         self.shard_dir = str(shard_dir)
         self.index = read_index(shard_dir)
-        if self.index.get("chat_format") != tokens.CHAT_FORMAT_VERSION:
-            raise ValueError(f"shards use chat format {self.index.get('chat_format')}, loader has {tokens.CHAT_FORMAT_VERSION}")
+        built_for = shards_family(self.index)
+        if built_for != family:
+            raise ValueError(f"shards in {shard_dir} were built for model family {built_for}, this run trains {family}")
+        chat = get_family(family).chat.version
+        if self.index.get("chat_format") != chat:
+            raise ValueError(f"shards use chat format {self.index.get('chat_format')}, {family} uses {chat}")
         self.tokenizer_dir = str(tokenizer_dir)
         self.dp_rank, self.dp_size, self.num_workers = dp_rank, dp_size, num_workers
         self.max_length = max_length or self.index["max_seq_length"]
@@ -355,10 +367,11 @@ class PackedLoader:
             self.load_state_dict(state)
 
     @classmethod
-    def from_recipe(cls, recipe, dp_rank: int, dp_size: int, **kw) -> PackedLoader:
+    def from_recipe(cls, recipe, family: str, dp_rank: int, dp_size: int, **kw) -> PackedLoader:
+        """The loader of a recipe's data section, for a run that trains ``family``."""
         kw = {"variable_seq_length": recipe.variable_seq_length, "seq_length_multiple": recipe.seq_length_multiple,
               "max_bad_samples": recipe.max_bad_samples, **kw}
-        return cls(recipe.shards, recipe.tokenizer, dp_rank, dp_size, recipe.num_workers, recipe.max_seq_length,
+        return cls(recipe.shards, recipe.tokenizer, family, dp_rank, dp_size, recipe.num_workers, recipe.max_seq_length,
                    recipe.pack_buffer, recipe.pad_multiple, recipe.image_backend, recipe.seed, **kw)
 
     def _workers(self) -> int:

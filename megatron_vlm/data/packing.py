@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_vlm.data.tokens import PAD_ID
-from megatron_vlm.models.qwen2_5_vl.position_ids import mrope_position_ids
+from megatron_vlm.models.family import ModelFamily
 
 IGNORE_INDEX = -100
 PADDING = "padding"  # task and id of the padding tail sub-sequence
@@ -41,7 +40,7 @@ class Sample:
     task: str
     input_ids: torch.Tensor  # [L] int64
     target_mask: torch.Tensor  # [L] bool
-    pixel_values: torch.Tensor  # [P, 1176]
+    pixel_values: torch.Tensor  # [P, patch_dim]
     image_grid_thw: torch.Tensor  # [n, 3] int64
 
     def __len__(self) -> int:
@@ -79,9 +78,11 @@ def sequence_length(used: int, max_length: int, length_multiple: int | None) -> 
     return min(max_length, max(length_multiple, padded_length(used, length_multiple)))
 
 
-def pack(samples: list[Sample], max_length: int, pad_multiple: int = 1, pixel_values: torch.Tensor | None = None,
-         length_multiple: int | None = None) -> dict:
+def pack(samples: list[Sample], family: ModelFamily, max_length: int, pad_multiple: int = 1,
+         pixel_values: torch.Tensor | None = None, length_multiple: int | None = None) -> dict:
     """One packed micro-batch (docs/formats.md section 4) from samples that fit ``max_length``.
+
+    ``family`` gives the pad token, the mRoPE ids of each sample and the pixel row width.
 
     The sequence is ``max_length`` long when ``length_multiple`` is None, else the samples'
     padded total rounded up to a multiple of ``length_multiple`` (at most ``max_length``).
@@ -96,7 +97,7 @@ def pack(samples: list[Sample], max_length: int, pad_multiple: int = 1, pixel_va
     if sum(ends) > max_length:
         raise ValueError(f"samples need more than {max_length} tokens")
     total = sequence_length(sum(ends), max_length, length_multiple)
-    tokens = torch.full((total,), PAD_ID, dtype=torch.int64)
+    tokens = torch.full((total,), family.tokens.pad, dtype=torch.int64)
     labels = torch.full((total,), IGNORE_INDEX, dtype=torch.int64)
     position_ids = torch.zeros(3, total, dtype=torch.int64)
     bounds = [0]
@@ -107,7 +108,7 @@ def pack(samples: list[Sample], max_length: int, pad_multiple: int = 1, pixel_va
         # Label at i is the token at i+1 when that token is a target of this same sample.
         shifted_target = s.target_mask[1:]
         labels[start : start + n - 1] = torch.where(shifted_target, s.input_ids[1:], IGNORE_INDEX)
-        pos, _ = mrope_position_ids(s.input_ids, s.image_grid_thw if s.image_grid_thw.numel() else None)
+        pos = family.position_ids(s.input_ids, s.image_grid_thw if s.image_grid_thw.numel() else None)
         position_ids[:, start : start + n] = pos
         if end > start + n:  # in-sequence padding continues the text count
             nxt = int(pos.max()) + 1 if n else 0
@@ -126,7 +127,8 @@ def pack(samples: list[Sample], max_length: int, pad_multiple: int = 1, pixel_va
         "position_ids": position_ids.unsqueeze(1),
         "cu_seqlens": torch.tensor(bounds, dtype=torch.int32),
         "pixel_values": pixel_values if pixel_values is not None
-        else torch.cat([s.pixel_values for s in samples]) if samples else torch.zeros(0, 1176, dtype=pixel_dtype),
+        else torch.cat([s.pixel_values for s in samples]) if samples
+        else torch.zeros(0, family.image.patch_dim, dtype=pixel_dtype),
         "image_grid_thw": torch.cat([s.image_grid_thw for s in samples]).reshape(-1, 3)
         if samples
         else torch.zeros(0, 3, dtype=torch.int64),

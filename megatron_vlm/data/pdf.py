@@ -29,6 +29,7 @@ from functools import lru_cache
 import pymupdf
 
 from megatron_vlm.data import image_rule
+from megatron_vlm.models.family import DEFAULT_FAMILY, get_family
 
 TEXT_FLAGS = pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_IMAGES
 MIN_TEXT_CHARS = 16  # fewer characters than this and large images: a scanned page
@@ -47,13 +48,18 @@ class PdfSettings:
     dpi: int = 144
     image_format: str = "png"  # "png" (lossless; on text pages also smaller and faster than jpg) or "jpg" (lossy)
     jpg_quality: int = 90
-    min_pixels: int = image_rule.MIN_PIXELS
-    max_pixels: int = image_rule.MAX_PIXELS
+    family: str = DEFAULT_FAMILY  # whose image rule counts each page's tokens
+    min_pixels: int | None = None  # None: the family's
+    max_pixels: int | None = None  # None: the family's
     max_page_pixels: int = 64_000_000  # a page rendering to more pixels than this is an error
     max_pages: int = 5000
     ocr: bool = True  # OCR scanned pages when tesseract is installed
     ocr_language: str = "eng"
     ocr_dpi: int = 300
+
+    def image_rule(self) -> image_rule.ImageRule:
+        """The family's image rule with these pixel limits."""
+        return get_family(self.family).image.with_pixels(self.min_pixels, self.max_pixels)
 
 
 @lru_cache(maxsize=1)
@@ -555,7 +561,7 @@ def _check_sizes(doc: pymupdf.Document, settings: PdfSettings) -> None:
                 f"(limit {settings.max_page_pixels} px)"
             )
         try:
-            image_rule.image_grid_thw(h_px, w_px, settings.min_pixels, settings.max_pixels)
+            settings.image_rule().grid_thw(h_px, w_px)
         except ValueError as e:
             raise PdfError(f"page {i}: {e}") from None
 
@@ -574,6 +580,7 @@ def process_pdf(data: bytes, settings: PdfSettings = PdfSettings(), sink=None) -
     doc = open_pdf(data, settings)
     try:
         _check_sizes(doc, settings)
+        rule = settings.image_rule()
         sizes: Counter = Counter()
         pages, layouts, images = [], [], []
         for i, page in enumerate(doc):
@@ -598,8 +605,8 @@ def process_pdf(data: bytes, settings: PdfSettings = PdfSettings(), sink=None) -
                 "height_pt": _r(page.rect.height),
                 "height_px": h,
                 "width_px": w,
-                "grid_thw": list(image_rule.image_grid_thw(h, w, settings.min_pixels, settings.max_pixels)),
-                "tokens": image_rule.image_token_count(h, w, settings.min_pixels, settings.max_pixels),
+                "grid_thw": list(rule.grid_thw(h, w)),
+                "tokens": rule.token_count(h, w),
                 "has_text_layer": has_text,
                 "ocr": mark,
             })

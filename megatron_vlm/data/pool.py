@@ -41,9 +41,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from megatron_vlm.data import image_rule
 from megatron_vlm.data.pdf import PdfError, PdfSettings, process_pdf
 from megatron_vlm.data.pool_format import iter_documents, read_manifest, read_settings  # noqa: F401 (the readers)
+from megatron_vlm.models.family import DEFAULT_FAMILY, FamilyName, get_family
 from megatron_vlm.utils import atomic, options
 
 POOL_VERSION = 1
@@ -61,10 +61,12 @@ class PoolOptions:
     """render resolution"""
     image_format: Literal["png", "jpg"] = "png"
     """png is lossless (and on text pages smaller and faster to write); jpg is lossy, smaller only for photographic pages"""
-    min_pixels: int = image_rule.MIN_PIXELS
-    """image resize rule: smallest area (for the pages' token counts)"""
-    max_pixels: int = image_rule.MAX_PIXELS
-    """image resize rule: largest area"""
+    family: FamilyName = DEFAULT_FAMILY
+    """model family whose image rule counts the pages' tokens (build recounts them for its own)"""
+    min_pixels: int | None = None
+    """image resize rule: smallest area (default: the family's)"""
+    max_pixels: int | None = None
+    """image resize rule: largest area (default: the family's)"""
     max_page_pixels: int = PdfSettings.max_page_pixels
     """a page rendering larger is an error"""
     max_pages: int = PdfSettings.max_pages
@@ -85,8 +87,10 @@ class PoolOptions:
     """no progress lines"""
 
     def pdf_settings(self) -> PdfSettings:
+        rule = get_family(self.family).image.with_pixels(self.min_pixels, self.max_pixels)
         return PdfSettings(
-            dpi=self.dpi, image_format=self.image_format, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+            dpi=self.dpi, image_format=self.image_format, family=self.family, min_pixels=rule.min_pixels,
+            max_pixels=rule.max_pixels,
             max_page_pixels=self.max_page_pixels, max_pages=self.max_pages, ocr=not self.no_ocr, ocr_language=self.ocr_language,
         )
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from megatron_vlm.data import image_rule
 from megatron_vlm.utils import options
 
 LengthDistribution = Literal["pool-native", "long-biased", "custom"]
@@ -57,10 +56,10 @@ class DataRecipe:
     says how many and the budget that fits); raise it knowingly for small pools."""
     seed: int = 1234
     """Seed for every random choice in build and loader."""
-    min_pixels: int = image_rule.MIN_PIXELS
-    """Image resize rule: smallest area (3,136, Qwen2.5-VL preprocessor_config.json)."""
-    max_pixels: int = image_rule.MAX_PIXELS
-    """Image resize rule: largest area (12,845,056 = 28*28*16384, Qwen2.5-VL preprocessor_config.json)."""
+    min_pixels: int | None = None
+    """Image resize rule: smallest area; None: the model family's (its preprocessor_config.json)."""
+    max_pixels: int | None = None
+    """Image resize rule: largest area; None: the model family's."""
     samples_per_shard: int = 64
     """Training instances per shard tar."""
     num_workers: int = 2
@@ -112,6 +111,10 @@ class DataRecipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def image_rule(self, family):
+        """The image rule the data uses: ``family``'s (a ModelFamily), with this recipe's pixel limits."""
+        return family.image.with_pixels(self.min_pixels, self.max_pixels)
+
     def validate(self) -> None:
         """Raise OptionError (a ValueError) with a one-line reason for a bad or inconsistent recipe."""
         options.check(self, "data.")
@@ -123,3 +126,13 @@ class DataRecipe:
         if self.short_share > 0:
             shares[SHORT_TASK] = self.short_share
         return shares
+
+
+def model_kind(path: str | Path) -> str:
+    """The recipe's ``model.kind`` (what the data is built for), or the default family's."""
+    from megatron_vlm.models.family import DEFAULT_FAMILY
+    from megatron_vlm.recipe_include import read_recipe_tree
+
+    doc = read_recipe_tree(path)
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return str((model or {}).get("kind") or DEFAULT_FAMILY)

@@ -1,11 +1,11 @@
-"""Qwen2.5-VL chat format for one training instance, and its exact token count.
+"""Qwen chat format for one training instance, and its exact token count.
 
-An instance (full document pages + question -> answer) is laid out as Qwen2.5-VL's chat
-template renders a system, a user and an assistant turn, the pages first, one
+An instance (full document pages + question -> answer) is laid out as the model family's chat
+template renders a (default) system, a user and an assistant turn, the pages first, one
 ``<|vision_start|><|image_pad|>*n<|vision_end|>`` block per page (n = the page's LLM tokens after
-the resize rule), then the question::
+the family's resize rule), then the question::
 
-    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
+    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n     (Qwen2.5-VL; Qwen3-VL has none)
     <|im_start|>user\\n[pages]QUESTION<|im_end|>\\n
     <|im_start|>assistant\\nANSWER<|im_end|>\\n
 
@@ -23,12 +23,10 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_SYSTEM = "You are a helpful assistant."
+from megatron_vlm.models.family import ModelFamily
+
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
-IMAGE_PAD_ID = 151655
-PAD_ID = 151643  # <|endoftext|>, the tokenizer's pad token
-CHAT_FORMAT_VERSION = "qwen2.5-vl-chat-v1"
 # Special tokens that must not appear as text in a question or answer (they would be read as markup).
 SPECIAL_TEXT = (IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, "<|video_pad|>", "<|endoftext|>", "<|vision_pad|>")
 
@@ -53,11 +51,13 @@ class EncodedInstance:
     target_mask: torch.Tensor  # [L] bool: True where the token is an answer token (a loss target)
 
 
-def render_text(question: str, answer: str, num_images: int, system: str = DEFAULT_SYSTEM) -> tuple[str, int, int]:
+def render_text(family: ModelFamily, question: str, answer: str, num_images: int) -> tuple[str, int, int]:
     """Chat text with one <|image_pad|> per image; returns (text, answer start, answer end) in characters."""
     image_block = f"{VISION_START}{IMAGE_PAD}{VISION_END}"
+    system = family.chat.system
     head = (
-        f"{IM_START}system\n{system}{IM_END}\n{IM_START}user\n"
+        (f"{IM_START}system\n{system}{IM_END}\n" if system is not None else "")
+        + f"{IM_START}user\n"
         + image_block * num_images
         + f"{question}{IM_END}\n{IM_START}assistant\n"
     )
@@ -65,11 +65,11 @@ def render_text(question: str, answer: str, num_images: int, system: str = DEFAU
     return text, len(head), len(head) + len(answer) + len(IM_END)
 
 
-def _encode_compact(tokenizer, question: str, answer: str, num_images: int, system: str):
+def _encode_compact(tokenizer, family: ModelFamily, question: str, answer: str, num_images: int):
     for part in (question, answer):
         if "<|" in part and any(t in part for t in SPECIAL_TEXT):
             raise ValueError("question or answer contains a chat special token")
-    text, a0, a1 = render_text(question, answer, num_images, system)
+    text, a0, a1 = render_text(family, question, answer, num_images)
     enc = tokenizer.encode(text, add_special_tokens=False)
     # A token is a target when it overlaps the answer (incl. the closing <|im_end|>); a token that
     # merges the turn's "\n" with the answer's leading whitespace is one the model must produce.
@@ -77,20 +77,21 @@ def _encode_compact(tokenizer, question: str, answer: str, num_images: int, syst
     return enc.ids, target
 
 
-def count_tokens(tokenizer, question: str, answer: str, image_tokens: list[int], system: str = DEFAULT_SYSTEM) -> int:
-    """Exact length of the instance: text tokens plus each image's LLM tokens."""
-    ids, _ = _encode_compact(tokenizer, question, answer, len(image_tokens), system)
+def count_tokens(tokenizer, family: ModelFamily, question: str, answer: str, image_tokens: list[int]) -> int:
+    """Exact length of the instance in ``family``'s chat format: text tokens plus each image's LLM tokens."""
+    ids, _ = _encode_compact(tokenizer, family, question, answer, len(image_tokens))
     return len(ids) - len(image_tokens) + sum(image_tokens)
 
 
 def encode_instance(
-    tokenizer, question: str, answer: str, image_tokens: list[int], system: str = DEFAULT_SYSTEM
+    tokenizer, family: ModelFamily, question: str, answer: str, image_tokens: list[int]
 ) -> EncodedInstance:
-    """Token ids with each image's <|image_pad|> repeated to its token count, and the target mask."""
-    ids, target = _encode_compact(tokenizer, question, answer, len(image_tokens), system)
+    """Token ids in ``family``'s chat format with each image's <|image_pad|> repeated to its token
+    count, and the target mask."""
+    ids, target = _encode_compact(tokenizer, family, question, answer, len(image_tokens))
     ids_t = torch.tensor(ids, dtype=torch.int64)
     target_t = torch.tensor(target, dtype=torch.bool)
-    pads = (ids_t == IMAGE_PAD_ID).nonzero().flatten().tolist()
+    pads = (ids_t == family.tokens.image_pad).nonzero().flatten().tolist()
     if not pads:
         return EncodedInstance(ids_t, target_t)
     repeats = torch.ones(len(ids), dtype=torch.int64)

@@ -6,7 +6,7 @@ count is fixed (e.g. 32K ... 512K) and whose evidence sits at a chosen depth. Ho
 1. The anchor span is the question's document pages from its first to its last evidence page
    (the QA segment when there is no evidence page, as for not-answerable questions).
 2. The token budget is ``target_tokens - prompt_tokens``; each page costs its image tokens (the
-   Qwen2.5-VL rule in megatron_vlm.data.image_rule) + 2 (<|vision_start|>, <|vision_end|>).
+   model family's image rule, megatron_vlm.models.family) + 2 (<|vision_start|>, <|vision_end|>).
 3. The non-anchor budget F = budget - anchor cost is split: depth x F before the anchor and the
    rest after it. Each side is filled first with the document's own neighbouring pages (nearest
    first), then with pages of other documents (whole runs of each, in page order, documents in a
@@ -28,7 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_vlm.data import image_rule, pool_format
+from megatron_vlm.data import pool_format
+from megatron_vlm.models.family import DEFAULT_FAMILY, get_family
 
 VISION_WRAP_TOKENS = 2  # <|vision_start|> and <|vision_end|> around each image's pads
 
@@ -39,7 +40,7 @@ class Page:
 
     doc_id: str
     index: int
-    tokens: int  # <|image_pad|> count (image_rule.image_token_count)
+    tokens: int  # <|image_pad|> count (the family's ImageRule.token_count)
     grid_thw: tuple[int, int, int]
     ext: str  # "png" | "jpg"
     read_bytes: Callable[[], bytes] = field(compare=False, repr=False)
@@ -101,16 +102,19 @@ def _file_reader(path: Path) -> Callable[[], bytes]:
     return path.read_bytes
 
 
-def read_pool(pool_dir: str | Path) -> dict[str, Document]:
-    """Every ``ok`` document of a pool (docs/formats.md section 1), pages costed with the pool's pixel limits.
+def read_pool(pool_dir: str | Path, family: str | None = None) -> dict[str, Document]:
+    """Every ``ok`` document of a pool (docs/formats.md section 1), pages costed with ``family``'s image
+    rule (default: the pool's family, with the pool's pixel limits; another family with its own).
 
     Read through data.pool_format; page images are not loaded, only located (byte spans inside
     the tars), and read when an eval set is written.
     """
     pool_dir = Path(pool_dir)
     settings = pool_format.read_settings(pool_dir)
-    min_px = settings.get("min_pixels", image_rule.MIN_PIXELS)
-    max_px = settings.get("max_pixels", image_rule.MAX_PIXELS)
+    pool_family = settings.get("family", DEFAULT_FAMILY)
+    rule = get_family(family or pool_family).image
+    if (family or pool_family) == pool_family:
+        rule = rule.with_pixels(settings.get("min_pixels"), settings.get("max_pixels"))
     docs: dict[str, Document] = {}
     for doc in pool_format.documents(pool_dir):
         pages = []
@@ -118,8 +122,8 @@ def read_pool(pool_dir: str | Path) -> dict[str, Document]:
             image = doc.images.get(p["index"])
             if image is None:
                 raise FileNotFoundError(f"{doc.id}.p{p['index']:04d}.png|jpg missing from the pool at {pool_dir}")
-            grid = image_rule.image_grid_thw(p["height_px"], p["width_px"], min_px, max_px)
-            tokens = image_rule.image_token_count(p["height_px"], p["width_px"], min_px, max_px)
+            grid = rule.grid_thw(p["height_px"], p["width_px"])
+            tokens = rule.token_count(p["height_px"], p["width_px"])
             pages.append(Page(doc.id, p["index"], tokens, grid, image.ext, image.read))
         docs[doc.id] = Document(doc.id, sorted(pages, key=lambda q: q.index))
     if not docs:
@@ -137,8 +141,9 @@ def read_qa_records(qa_dir: str | Path) -> list[Question]:
     ]
 
 
-def image_page(path: Path, doc_id: str, index: int) -> Page:
-    """A page from an image file, costed from its pixel size with the Qwen2.5-VL rule."""
+def image_page(path: Path, doc_id: str, index: int, family: str = DEFAULT_FAMILY) -> Page:
+    """A page from an image file, costed from its pixel size with ``family``'s image rule."""
+    rule = get_family(family).image
     from PIL import Image
 
     with Image.open(path) as im:
@@ -147,8 +152,8 @@ def image_page(path: Path, doc_id: str, index: int) -> Page:
     return Page(
         doc_id,
         index,
-        image_rule.image_token_count(height, width),
-        image_rule.image_grid_thw(height, width),
+        rule.token_count(height, width),
+        rule.grid_thw(height, width),
         ext,
         _file_reader(path),
     )
@@ -157,8 +162,10 @@ def image_page(path: Path, doc_id: str, index: int) -> Page:
 CARRIED_FIELDS = ("benchmark", "dataset", "doc_name", "source")
 
 
-def read_document_jsonl(path: str | Path, image_root: str | Path | None = None) -> tuple[dict[str, Document], list[Question]]:
-    """Documents and questions from the eval JSONL format (docs/eval_format.md), for re-padding.
+def read_document_jsonl(path: str | Path, image_root: str | Path | None = None, family: str = DEFAULT_FAMILY,
+                        ) -> tuple[dict[str, Document], list[Question]]:
+    """Documents and questions from the eval JSONL format (docs/eval_format.md), for re-padding;
+    pages costed with ``family``'s image rule.
 
     A page belongs to the document its ``doc_id`` names (default: the line's ``doc_id``, else its
     id); every doc_id must be a safe file name. Pages numbered by ``page`` keep that number; a
@@ -222,7 +229,7 @@ def read_document_jsonl(path: str | Path, image_root: str | Path | None = None) 
             )
         )
     docs = {
-        doc_id: Document(doc_id, [image_page(numbered[k], doc_id, k) for k in sorted(numbered)])
+        doc_id: Document(doc_id, [image_page(numbered[k], doc_id, k, family) for k in sorted(numbered)])
         for doc_id, numbered in by_doc.items()
     }
     return docs, questions

@@ -13,11 +13,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from megatron_vlm.data import image_rule
 from megatron_vlm.eval.contexts import Document, Question, build_context
 from megatron_vlm.eval.files import read_jsonl, write_json_atomic, write_jsonl_atomic
 from megatron_vlm.eval.prompts import DEFAULT_PROMPT_TOKENS
 from megatron_vlm.eval.scoring import ANSWER_FORMATS
+from megatron_vlm.models.family import DEFAULT_FAMILY, get_family
 from megatron_vlm.utils import atomic
 from megatron_vlm.utils.paths import inside, safe_name
 
@@ -147,15 +147,13 @@ def _write_items(jobs, docs, distractors, tmp: Path, seed, count_prompt_tokens, 
     return summary
 
 
-def _page_from_image(path: Path) -> dict:
+def _page_from_image(path: Path, family: str) -> dict:
     from PIL import Image
 
+    rule = get_family(family).image
     with Image.open(path) as im:
         width, height = im.size
-    return {
-        "tokens": image_rule.image_token_count(height, width),
-        "grid_thw": list(image_rule.image_grid_thw(height, width)),
-    }
+    return {"tokens": rule.token_count(height, width), "grid_thw": list(rule.grid_thw(height, width))}
 
 
 def image_root_of(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Path:
@@ -173,13 +171,14 @@ def image_root_of(path: str | os.PathLike, image_root: str | os.PathLike | None 
     return path if path.is_dir() else path.parent
 
 
-def read_eval_set(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[dict]:
+def read_eval_set(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
+                  family: str = DEFAULT_FAMILY) -> list[dict]:
     """Items of an eval set (EVAL_DIR or a .jsonl file), image paths resolved, token counts filled in.
 
     A line needs ``id``, ``question``, ``answer``, ``answer_format`` and ``pages`` (each a path or
     ``{"image": path, ...}``). Image paths are relative to ``image_root_of(path, image_root)`` and
     must stay inside it (ValueError otherwise, before any image is opened); missing
-    ``tokens``/``grid_thw`` are computed from the image size.
+    ``tokens``/``grid_thw`` are computed from the image size with ``family``'s image rule.
     """
     path = Path(path)
     file = path / "eval.jsonl" if path.is_dir() else path
@@ -206,7 +205,7 @@ def read_eval_set(path: str | os.PathLike, image_root: str | os.PathLike | None 
             p = dict(p) if isinstance(p, dict) else {"image": p}
             p["image"] = str(inside(root, p["image"], "image"))
             if "tokens" not in p or "grid_thw" not in p:
-                p.update(_page_from_image(Path(p["image"])))
+                p.update(_page_from_image(Path(p["image"]), family))
             pages.append(p)
         item["pages"] = pages
         item.setdefault("task", "unknown")

@@ -22,9 +22,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from megatron_vlm.data import image_rule
 from megatron_vlm.eval.files import read_jsonl
 from megatron_vlm.eval.rules_mmlongbench import string_kind
+from megatron_vlm.models.family import DEFAULT_FAMILY, get_family
 from megatron_vlm.utils.paths import inside, safe_name
 
 BENCHMARK = "mmlongbench"
@@ -46,10 +46,12 @@ def sample_indices(n: int, samples: int = SAMPLES, seed: int = SEED) -> list[int
 
 
 class ImageIndex:
-    """Image paths under one root: each checked to stay inside it and to exist; sizes read once."""
+    """Image paths under one root: each checked to stay inside it and to exist; sizes read once,
+    pages costed with ``family``'s image rule."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, family: str = DEFAULT_FAMILY):
         self.root = Path(root)
+        self.rule = get_family(family).image
         if not self.root.is_dir():
             raise FileNotFoundError(f"image root {self.root} is not a directory")
         self._sizes: dict[str, tuple[int, list[int]]] = {}
@@ -65,8 +67,8 @@ class ImageIndex:
             with Image.open(path) as im:
                 width, height = im.size
             self._sizes[relative] = (
-                image_rule.image_token_count(height, width),
-                list(image_rule.image_grid_thw(height, width)),
+                self.rule.token_count(height, width),
+                list(self.rule.grid_thw(height, width)),
             )
         tokens, grid = self._sizes[relative]
         return {"image": relative, "tokens": tokens, "grid_thw": grid, **fields}

@@ -18,6 +18,7 @@ from pathlib import Path
 from megatron_vlm.data import image_rule
 from megatron_vlm.eval.contexts import Document, Page, Question
 from megatron_vlm.eval.evalset import write_eval_set
+from megatron_vlm.models.family import DEFAULT_FAMILY, get_family
 from megatron_vlm.utils import atomic
 
 PLACES = ("Lisbon", "Oslo", "Nairobi", "Quito", "Hanoi", "Tbilisi", "Perth", "Cusco", "Tallinn", "Accra")
@@ -53,12 +54,13 @@ def render_needle_page(fact: str, dpi: int, size_pt: tuple[float, float] = US_LE
 
 
 def needle_documents(
-    lengths: Sequence[int], depths: Sequence[float], trials: int, dpi: int, seed: int = 0
+    lengths: Sequence[int], depths: Sequence[float], trials: int, dpi: int, seed: int = 0, family: str = DEFAULT_FAMILY
 ) -> tuple[dict[str, Document], list[tuple[Question, int, float]]]:
-    """One needle document and question per (length, depth, trial)."""
+    """One needle document and question per (length, depth, trial); pages costed with ``family``'s rule."""
     docs, questions = {}, []
     h, w = image_rule.page_pixels(*US_LETTER_PT, dpi)
-    tokens, grid = image_rule.image_token_count(h, w), image_rule.image_grid_thw(h, w)
+    rule = get_family(family).image
+    tokens, grid = rule.token_count(h, w), rule.grid_thw(h, w)
     for length in lengths:
         for depth in depths:
             for t in range(trials):

@@ -25,7 +25,8 @@ The model (local attention) takes ``packed_seq_params(cu_seqlens_padded)``: one 
 in which pad slots count as the last tokens of their sub-sequence; no real token attends to
 them, so real outputs and gradients are unchanged.
 
-Main entry: ``split_batch_for_cp(batch, cp_size, cp_rank)`` on the loader's micro-batch
+Main entry: ``split_batch_for_cp(batch, cp_size, cp_rank, image_token_id=..., video_token_id=...)``
+(the model family's pad ids) on the loader's micro-batch
 (docs/formats.md section 4). ``cp_partition`` is the index math behind it; ``unsplit`` puts
 per-rank tensors back into the original token order.
 """
@@ -36,8 +37,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
-from megatron_vlm.models.qwen2_5_vl.position_ids import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 
 IGNORE_INDEX = -100
 
@@ -151,9 +150,10 @@ def split_batch_for_cp(
     batch: dict,
     cp_size: int,
     cp_rank: int,
+    *,
+    image_token_id: int,
+    video_token_id: int,
     pad_token_id: int = 0,
-    image_token_id: int = IMAGE_TOKEN_ID,
-    video_token_id: int = VIDEO_TOKEN_ID,
     local_multiple: int = 1,
 ) -> dict:
     """Rank ``cp_rank``'s share of a loader micro-batch (docs/formats.md section 4).

@@ -34,8 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from megatron_vlm.models.qwen2_5_vl.config import FLAVORS as MODEL_FLAVORS
-from megatron_vlm.models.qwen2_5_vl.config import flavor as model_flavor
+from megatron_vlm.models.family import DEFAULT_FAMILY, get_family
 
 GB = 1024**3
 
@@ -57,23 +56,25 @@ class Shapes:
     vit_heads: int = 1
     merge: int = 2
     """Spatial merge: merge*merge ViT patches become one LLM token."""
+    vit_patch_dim: int = 0
+    """Length of one flattened image patch (the patch embedding's input width)."""
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
 
-FLAVORS = tuple(MODEL_FLAVORS)
+FLAVORS = get_family(DEFAULT_FAMILY).flavor_names()
 
 
-def shapes_for(flavor: str) -> Shapes:
-    """Shapes of a named flavor, from the model's own flavor registry (models/qwen2_5_vl/config.py)."""
-    cfg = model_flavor(flavor)  # raises ValueError naming the known flavors
+def shapes_for(flavor: str, family: str = DEFAULT_FAMILY) -> Shapes:
+    """Shapes of a named flavor, from the model family's own flavor registry (models/<family>/config.py)."""
+    cfg = get_family(family).flavor(flavor)  # raises ValueError naming the known flavors
     t, v = cfg.text, cfg.vision
     return Shapes(
         t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads,
         t.num_key_value_heads, t.tie_word_embeddings, v.depth, v.hidden_size, v.intermediate_size,
-        v.num_heads, v.spatial_merge_size,
+        v.num_heads, v.spatial_merge_size, v.patch_dim,
     )
 
 
@@ -167,7 +168,7 @@ def vision_params(s: Shapes) -> int:
     """ViT blocks (qkv and MLP biases, RMSNorm), patch embedding, and the merger MLP."""
     hv, m = s.vit_hidden_size, s.merge
     block = hv * 3 * hv + 3 * hv + hv * hv + hv + 3 * hv * s.vit_ffn_hidden_size + 2 * s.vit_ffn_hidden_size + hv + 2 * hv
-    patch_embed = 3 * 2 * 14 * 14 * hv
+    patch_embed = s.vit_patch_dim * hv
     merged = hv * m * m
     merger = hv + merged * merged + merged + merged * s.hidden_size + s.hidden_size
     return s.vit_depth * block + patch_embed + merger
@@ -304,6 +305,7 @@ def _stage_memory(shapes: Shapes, layout: Layout, train: Training, first: bool, 
 @dataclass(frozen=True)
 class PlanRequest:
     flavor: str = "7B"
+    family: str = DEFAULT_FAMILY
     seq_length: int = 131072
     num_gpus: int = 64
     gpu_memory_gb: float = 80.0
@@ -371,7 +373,7 @@ def plan(req: PlanRequest) -> list[PlanEntry]:
     Among fitting layouts, preference goes to less model parallelism (less communication): fewer
     pipeline stages, then the smaller tp*cp product, then tp over cp (NVLink-local), then more dp.
     """
-    shapes = shapes_for(req.flavor)
+    shapes = shapes_for(req.flavor, req.family)
     seqs = budget(req).global_batch_sequences
     entries = []
     for layout in candidate_layouts(shapes, req):

@@ -45,15 +45,17 @@ def loss_func(loss_mask: torch.Tensor, task_index: torch.Tensor, per_token_loss:
     return loss_sum, num_tokens.to(torch.int), {"lm loss": report}
 
 
-def prepare_batch(batch: dict, cp_size: int, cp_rank: int, device: torch.device) -> dict:
-    """Add per-token task ids, take this rank's context-parallel share, move tensors to the device."""
+def prepare_batch(batch: dict, cp_size: int, cp_rank: int, device: torch.device, family) -> dict:
+    """Add per-token task ids, take this rank's context-parallel share (``family``'s pad tokens say
+    which slots hold image and video embeddings), move tensors to the device."""
     batch = dict(batch)
     batch["task_index"] = token_task_index(batch)
     if cp_size > 1:
         from megatron_vlm.parallel.context_parallel import split_batch_for_cp
 
         full_tasks = batch["task_index"]
-        batch = split_batch_for_cp(batch, cp_size, cp_rank)
+        batch = split_batch_for_cp(batch, cp_size, cp_rank, image_token_id=family.tokens.image_pad,
+                                   video_token_id=family.tokens.video_pad)
         index = batch["cp_source_index"]
         batch["task_index"] = full_tasks[:, index.clamp(min=0)]  # pad slots carry loss_mask 0
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -81,7 +83,7 @@ class ForwardStep:
             self.sample_ids += [batch["sample_ids"][i] for i in real]
             self.seq_lengths += [int(batch["sample_num_tokens"][i]) for i in real]
             self.image_grids += batch["image_grid_thw"].tolist()
-        batch = prepare_batch(batch, self.cp_size, self.cp_rank, self.device)
+        batch = prepare_batch(batch, self.cp_size, self.cp_rank, self.device, self.provider.family)
         output = self.provider.forward(model, batch)
         return output, partial(loss_func, batch["loss_mask"], batch["task_index"])
 

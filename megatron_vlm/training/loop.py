@@ -246,15 +246,16 @@ def build_data(recipe: Recipe, provider, dp_rank: int, dp_size: int):
 
         return SyntheticPackedBatches(seq_length=data.max_seq_length, vocab_size=provider.vocab_size(recipe),
                                       dp_rank=dp_rank, dp_size=dp_size, seed=data.seed,
-                                      length_multiple=data.seq_length_multiple if data.variable_seq_length else None)
+                                      length_multiple=data.seq_length_multiple if data.variable_seq_length else None,
+                                      patch_dim=provider.family.image.patch_dim)
     if not data.tokenizer or not (Path(data.tokenizer) / "tokenizer.json").is_file():
         raise RecipeError(f"data.tokenizer={data.tokenizer!r} is not a tokenizer directory (no tokenizer.json); "
-                          "point it at the Qwen2.5-VL tokenizer, e.g. ../shared/reference/qwen2_5_vl_tokenizer")
+                          f"point it at the {provider.family.name} model's tokenizer")
     if not (Path(data.shards) / "index.json").is_file():
         raise RecipeError(f"data.shards={data.shards!r} has no index.json (run `preprocess_data.py build` first)")
     from megatron_vlm.data.loader import PackedLoader
 
-    return PackedLoader.from_recipe(data, dp_rank, dp_size)
+    return PackedLoader.from_recipe(data, provider.family.name, dp_rank, dp_size)
 
 
 def init_weights(path: str, provider, chunks: list, optimizer) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_vlm.models.family import family_for_kind, get_family
 from megatron_vlm.parallel.state import device
 from megatron_vlm.training.config import Recipe, RecipeError
 
@@ -124,6 +125,8 @@ GPT_FLAVORS = {
 class GptProvider:
     """Megatron GPTModel (local or TE spec) with mRoPE, trained on packed text micro-batches."""
 
+    family = family_for_kind("gpt")  # whose data layout its (text-only) micro-batches follow
+
     def shape(self, recipe: Recipe) -> GptShape:
         if recipe.model.flavor not in GPT_FLAVORS:
             raise RecipeError(f"model.flavor={recipe.model.flavor!r} unknown for gpt; known: {', '.join(GPT_FLAVORS)}")
@@ -203,11 +206,11 @@ class GptProvider:
 class Qwen25VLProvider:
     """Qwen2.5-VL on Megatron-Core (megatron_vlm.models.qwen2_5_vl), fed the loader's packed batches."""
 
-    def model_config(self, recipe: Recipe):
-        from megatron_vlm.models.qwen2_5_vl.config import flavor
+    family = get_family("qwen2_5_vl")
 
+    def model_config(self, recipe: Recipe):
         try:
-            cfg = flavor(recipe.model.flavor)
+            cfg = self.family.flavor(recipe.model.flavor)
         except ValueError as err:
             raise RecipeError(f"model.flavor: {err}") from None
         text = {}

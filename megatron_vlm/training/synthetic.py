@@ -20,8 +20,9 @@ TASKS = ("extract-single", "extract-multi", "reasoning")
 
 
 def synthetic_micro_batch(index: int, *, seq_length: int, vocab_size: int, seed: int, num_batches: int,
-                          min_len: int = 8, length_multiple: int | None = None) -> dict:
-    """Micro-batch number ``index`` of the stream (a pure function of its arguments)."""
+                          min_len: int = 8, length_multiple: int | None = None, patch_dim: int = 0) -> dict:
+    """Micro-batch number ``index`` of the stream (a pure function of its arguments). It holds no
+    image: ``pixel_values`` is [0, patch_dim] (the model family's patch row width)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + index % num_batches)
     tokens = torch.zeros(seq_length, dtype=torch.int64)
     labels = torch.full((seq_length,), -100, dtype=torch.int64)
@@ -62,7 +63,7 @@ def synthetic_micro_batch(index: int, *, seq_length: int, vocab_size: int, seed:
         "loss_mask": loss_mask[None],
         "position_ids": positions[None, None].expand(3, 1, seq_length).clone(),
         "cu_seqlens": torch.tensor(bounds, dtype=torch.int32),
-        "pixel_values": torch.zeros(0, 1176),
+        "pixel_values": torch.zeros(0, patch_dim),
         "image_grid_thw": torch.zeros(0, 3, dtype=torch.int64),
         "sample_tasks": tasks,
         "sample_ids": ids,
@@ -74,9 +75,9 @@ class SyntheticPackedBatches:
     """Iterator over this data-parallel rank's share of the synthetic stream, with resumable state."""
 
     def __init__(self, *, seq_length: int, vocab_size: int, dp_rank: int = 0, dp_size: int = 1,
-                 seed: int = 1234, num_batches: int = 16, length_multiple: int | None = None):
+                 seed: int = 1234, num_batches: int = 16, length_multiple: int | None = None, patch_dim: int = 0):
         self.seq_length, self.vocab_size, self.seed, self.num_batches = seq_length, vocab_size, seed, num_batches
-        self.length_multiple = length_multiple
+        self.length_multiple, self.patch_dim = length_multiple, patch_dim
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.consumed = 0
 
@@ -87,7 +88,8 @@ class SyntheticPackedBatches:
         index = self.consumed * self.dp_size + self.dp_rank
         self.consumed += 1
         return synthetic_micro_batch(index, seq_length=self.seq_length, vocab_size=self.vocab_size,
-                                     seed=self.seed, num_batches=self.num_batches, length_multiple=self.length_multiple)
+                                     seed=self.seed, num_batches=self.num_batches, length_multiple=self.length_multiple,
+                                     patch_dim=self.patch_dim)
 
     def state_dict(self) -> dict:
         return {"consumed": self.consumed, "dp_rank": self.dp_rank, "dp_size": self.dp_size}

@@ -10,7 +10,7 @@ import torch
 from megatron_vlm.parallel.context_parallel import split_batch_for_cp, unsplit
 from tests.dist_utils import run_distributed
 
-IMG, C, H, V = 151655, 12, 6, 50
+IMG, VID, C, H, V = 151655, 151656, 12, 6, 50
 GRIDS = [[1, 4, 4], [1, 2, 6], [1, 6, 4]]  # 4, 3 and 6 merged tokens
 
 
@@ -84,7 +84,7 @@ def _rank_fn():
         torch.manual_seed(0)
         encoder, embedding = StandIn(), torch.nn.Embedding(V, H)
         embedding.weight.data = torch.randn(V, H, generator=torch.Generator().manual_seed(2))
-        shard = split_batch_for_cp(make_batch(grids), 2, rank)
+        shard = split_batch_for_cp(make_batch(grids), 2, rank, image_token_id=IMG, video_token_id=VID)
         hidden, loss = _local_loss(encoder, embedding, shard)
         loss.backward()
         grads = {n: p.grad.numpy() for n, p in [*encoder.named_parameters(), ("emb", embedding.weight)]}
@@ -115,7 +115,7 @@ def test_vision_cp_matches_single_rank():
     for case, grids in enumerate((GRIDS, GRIDS[:1])):
         batch = make_batch(grids)
         tokens = batch["tokens"][0]
-        part = split_batch_for_cp(batch, 2, 0)["cp_partition"]
+        part = split_batch_for_cp(batch, 2, 0, image_token_id=IMG, video_token_id=VID)["cp_partition"]
         kept = int(part.cu_seqlens[-1])
         ref_hidden, ref_grads = _single_rank(batch, kept)
 

@@ -21,11 +21,14 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_vlm.models.family import get_family
 from tests.dist_utils import run_distributed
 from tests.shards_fixtures import (
     build_shards,
     one_thread,  # noqa: F401  (autouse fixture)
 )
+
+QWEN = get_family("qwen2_5_vl").tokens
 
 STEPS = 2
 SEQ = 256
@@ -52,7 +55,7 @@ def stream(image_shards, qwen_tokenizer_dir):
     """The micro-batches the trainer reads (one DP rank, the recipe's loader settings), in order."""
     from megatron_vlm.data.loader import PackedLoader
 
-    loader = PackedLoader(image_shards, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, max_length=SEQ,
+    loader = PackedLoader(image_shards, qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0, pack_buffer=8, max_length=SEQ,
                           seq_length_multiple=LENGTH_MULTIPLE)
     batches = [batch for _, batch in zip(range(STEPS * MICRO_BATCHES), loader)]
     lengths = [b["tokens"].shape[1] for b in batches]
@@ -166,7 +169,7 @@ def test_stream_has_images_straddling_the_cp_chunk_edge(stream):
         images += int(batch["image_grid_thw"].shape[0])
         owners: dict[int, set] = {}
         for rank in range(2):
-            index = split_batch_for_cp(batch, 2, rank)["cp_source_index"]
+            index = split_batch_for_cp(batch, 2, rank, image_token_id=QWEN.image_pad, video_token_id=QWEN.video_pad)["cp_source_index"]
             for i in image_of_token[index[index >= 0]].unique().tolist():
                 owners.setdefault(i, set()).add(rank)
         straddling += sum(1 for i, ranks in owners.items() if i >= 0 and len(ranks) == 2)

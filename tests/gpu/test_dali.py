@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from megatron_vlm.data.image_processing import IMAGE_STD, decode_resize_dali, decode_resize_pil, process_images
+from megatron_vlm.data.image_processing import decode_resize_dali, decode_resize_pil, process_images
+from megatron_vlm.models.family import get_family
 
 pytestmark = pytest.mark.gpu
 
@@ -33,8 +34,9 @@ def _page(h, w, fmt, seed):
 def test_dali_matches_pil_within_resize_rounding(h, w, fmt):
     pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed")
     datas = [_page(h, w, fmt, s) for s in range(3)]
-    pil = [decode_resize_pil(d) for d in datas]
-    dali = decode_resize_dali(datas)
+    rule = get_family("qwen2_5_vl").image
+    pil = [decode_resize_pil(d, rule) for d in datas]
+    dali = decode_resize_dali(datas, rule)
     for a, b in zip(pil, dali):
         assert a.shape == b.shape
         diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
@@ -43,10 +45,10 @@ def test_dali_matches_pil_within_resize_rounding(h, w, fmt):
         else:
             # Different cubic kernels/rounding, and JPEG IDCT differences: a few levels at most.
             assert np.median(diff) <= 1 and np.percentile(diff, 99.9) <= 8
-    p_pix, p_grid = process_images(datas, backend="pil")
-    d_pix, d_grid = process_images(datas, backend="dali")
+    p_pix, p_grid = process_images(datas, rule, backend="pil")
+    d_pix, d_grid = process_images(datas, rule, backend="dali")
     assert torch.equal(p_grid, d_grid)
-    assert (p_pix - d_pix).abs().mean() <= 2 / 255 / min(IMAGE_STD)
+    assert (p_pix - d_pix).abs().mean() <= 2 / 255 / min(rule.image_std)
 
 
 def test_dali_one_pipeline_on_this_rank_gpu():
@@ -56,10 +58,10 @@ def test_dali_one_pipeline_on_this_rank_gpu():
     torch.cuda.init()
     datas = [_page(700, 500, "JPEG", s) for s in range(image_dali.MAX_BATCH + 3)]
     image_dali._DECODERS.clear()
-    process_images(datas, backend="dali")
+    process_images(datas, get_family("qwen2_5_vl").image, backend="dali")
     key = (os.getpid(), torch.cuda.current_device())
     assert list(image_dali._DECODERS) == [key]
     first = image_dali._DECODERS[key]
     for _ in range(2):
-        process_images(datas, backend="dali")
+        process_images(datas, get_family("qwen2_5_vl").image, backend="dali")
     assert list(image_dali._DECODERS) == [key] and image_dali._DECODERS[key] is first  # reused, not rebuilt

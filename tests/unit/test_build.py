@@ -15,11 +15,14 @@ from megatron_vlm.data import mixture, stats
 from megatron_vlm.data.build import build
 from megatron_vlm.data.recipe import DataRecipe
 from megatron_vlm.data.tokens import count_tokens, load_tokenizer
+from megatron_vlm.models.family import get_family
 from tests.shards_fixtures import (
     one_thread,  # noqa: F401  (autouse fixture)
     write_pool,
     write_records,
 )
+
+QWEN = get_family("qwen2_5_vl")
 
 PAGE_TOKENS = 57 * 44  # a US-Letter page at 144 DPI: 1584x1224 -> 1596x1232 -> 57x44 tokens (DESIGN.md)
 
@@ -44,7 +47,7 @@ def _recipe(tok, **kw):
 def test_pool_native_hits_targets(big_pool, qwen_tokenizer_dir, tmp_path):
     root, counts = big_pool
     recipe = _recipe(qwen_tokenizer_dir, length_distribution="pool-native", token_budget=30_000_000)
-    index = build(root / "pool", root / "qa", recipe, tmp_path / "out")
+    index = build(root / "pool", root / "qa", recipe, tmp_path / "out", QWEN)
     report = stats.compute(tmp_path / "out")
     print(stats.render_markdown(report))
     assert report["targets_met"], stats.render_markdown(report)
@@ -63,7 +66,7 @@ def test_pool_native_hits_targets(big_pool, qwen_tokenizer_dir, tmp_path):
 def test_long_biased_hits_targets(big_pool, qwen_tokenizer_dir, tmp_path):
     root, _ = big_pool
     recipe = _recipe(qwen_tokenizer_dir, length_distribution="long-biased", token_budget=30_000_000)
-    build(root / "pool", root / "qa", recipe, tmp_path / "out")
+    build(root / "pool", root / "qa", recipe, tmp_path / "out", QWEN)
     report = stats.compute(tmp_path / "out")
     assert report["targets_met"], stats.render_markdown(report)
     (row,) = report["length"]
@@ -76,7 +79,7 @@ def test_long_biased_hits_targets(big_pool, qwen_tokenizer_dir, tmp_path):
 def test_token_counts_and_truncation_on_long_documents(big_pool, qwen_tokenizer_dir, tmp_path):
     root, counts = big_pool
     recipe = _recipe(qwen_tokenizer_dir, length_distribution="custom", length_histogram={"0-131073": 1}, token_budget=3_000_000)
-    index = build(root / "pool", root / "qa", recipe, tmp_path / "out")
+    index = build(root / "pool", root / "qa", recipe, tmp_path / "out", QWEN)
     tok = load_tokenizer(qwen_tokenizer_dir)
     records = {json.loads(line)["id"]: json.loads(line) for line in (root / "qa" / "records-00000.jsonl").read_text().splitlines()}
     import webdataset as wds
@@ -87,7 +90,7 @@ def test_token_counts_and_truncation_on_long_documents(big_pool, qwen_tokenizer_
         rec = records[meta["record_id"]]
         pages = meta["pages"]
         # Exact count by hand: text tokens + 2508 per kept page; within max length.
-        text_only = count_tokens(tok, rec["question"], rec["answer"], [1] * len(pages)) - len(pages)
+        text_only = count_tokens(tok, QWEN, rec["question"], rec["answer"], [1] * len(pages)) - len(pages)
         assert meta["num_tokens"] == text_only + PAGE_TOKENS * len(pages) <= 131_072
         # Policy: contiguous, evidence and segment kept, the window as long as fits (one more page would not).
         assert pages == list(range(pages[0], pages[-1] + 1))
@@ -143,16 +146,16 @@ def test_deterministic_resumable_and_cli(tmp_path, qwen_tokenizer_dir):
     first = _digest(tmp_path / "a")
     # Same inputs -> byte-identical shards; an interrupted build (index and a shard missing) resumes.
     recipe = DataRecipe.from_yaml(recipe_path)
-    build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "b")
+    build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "b", QWEN)
     assert _digest(tmp_path / "b") == first
     (tmp_path / "a" / "index.json").unlink()
     (tmp_path / "a" / "shard-000001.tar").unlink()
-    build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "a")
+    build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "a", QWEN)
     assert _digest(tmp_path / "a") == first and (tmp_path / "a" / "index.json").is_file()
     # A different recipe into the same directory is refused, not mixed in.
     recipe.seed += 1
     with pytest.raises(ValueError, match="different build"):
-        build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "a")
+        build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "a", QWEN)
     # stats CLI prints the table and where the report went.
     from tools.preprocess_data import main as cli
 
@@ -170,5 +173,5 @@ def test_refuses_an_output_over_its_inputs(big_pool, qwen_tokenizer_dir):
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     for out, why in ((root / "pool" / "shards", "inside the input"), (root / "qa", "it is the input"), (root, "contains the input")):
         with pytest.raises(ValueError, match=why):
-            build(root / "pool", root / "qa", recipe, out)
+            build(root / "pool", root / "qa", recipe, out, QWEN)
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before

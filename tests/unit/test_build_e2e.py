@@ -20,6 +20,7 @@ from megatron_vlm.data.recipe import DataRecipe
 from megatron_vlm.data.sample_pdfs import make_corpus
 from megatron_vlm.data.synth.run import synthesize
 from megatron_vlm.data.tokens import load_tokenizer
+from megatron_vlm.models.family import get_family
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_pool_to_loader(real_pool, qwen_tokenizer_dir, tmp_path):
     recipe = DataRecipe(tokenizer=str(qwen_tokenizer_dir), max_seq_length=8192, length_distribution="custom",
                         length_histogram={"0-8193": 1}, mixture=dict.fromkeys(tasks, 1.0),
                         token_budget=12 * 1200, samples_per_shard=3)
-    index = build(real_pool / "pool", real_pool / "qa", recipe, tmp_path / "shards")
+    index = build(real_pool / "pool", real_pool / "qa", recipe, tmp_path / "shards", get_family("qwen2_5_vl"))
     assert index["totals"]["samples"] >= 8 and not index["dropped"]
 
     built = {}
@@ -55,12 +56,12 @@ def test_pool_to_loader(real_pool, qwen_tokenizer_dir, tmp_path):
                     meta = json.loads(tf.extractfile(m).read())
                     built[meta["id"]] = meta
     pages = {doc["id"]: imgs for doc, imgs in pool.iter_documents(real_pool / "pool", images=True)}
-    hf = Qwen2VLImageProcessorPil(min_pixels=recipe.min_pixels, max_pixels=recipe.max_pixels)
+    hf = Qwen2VLImageProcessorPil(min_pixels=index["min_pixels"], max_pixels=index["max_pixels"])
     tok = load_tokenizer(qwen_tokenizer_dir)
 
     seen = set()
     torch.set_num_threads(1)
-    loader = PackedLoader(tmp_path / "shards", qwen_tokenizer_dir, num_workers=0, pack_buffer=4, epochs=1)
+    loader = PackedLoader(tmp_path / "shards", qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0, pack_buffer=4, epochs=1)
     for batch in loader:
         cu = batch["cu_seqlens"].tolist()
         row = 0

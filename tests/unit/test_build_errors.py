@@ -10,6 +10,7 @@ import tarfile
 import pytest
 
 from megatron_vlm.data.tokens import count_tokens, load_tokenizer
+from megatron_vlm.models.family import get_family
 from tests.shards_fixtures import write_pool, write_recipe, write_records
 from tools.preprocess_data import main as cli
 
@@ -69,7 +70,7 @@ def test_nothing_fits_says_why(inputs, tmp_path, capsys, qwen_tokenizer_dir):
     tok = load_tokenizer(qwen_tokenizer_dir)
     records = [json.loads(x) for x in (inputs / "qa" / "records-00000.jsonl").read_text().splitlines()]
     spans = [(r, min(r["evidence_pages"] + [r["segment"][0]]), max(r["evidence_pages"] + [r["segment"][1] - 1])) for r in records if r["task"] == "extract-single"]
-    smallest = min(count_tokens(tok, r["question"], r["answer"], [PAGE_TOKENS] * (hi - lo + 1)) for r, lo, hi in spans)
+    smallest = min(count_tokens(tok, get_family("qwen2_5_vl"), r["question"], r["answer"], [PAGE_TOKENS] * (hi - lo + 1)) for r, lo, hi in spans)
     assert f"no extract-single instance fits the recipe: of {len(spans)} records, evidence-span-too-long {len(spans)}" in err[0]
     assert f"the smallest needs {smallest:,} tokens and max_seq_length is 1,024" in err[0]
     rc, err = _build(inputs, tmp_path, capsys, length_distribution="pool-native", token_budget=10_000)

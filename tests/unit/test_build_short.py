@@ -15,6 +15,7 @@ from megatron_vlm.data.build import build
 from megatron_vlm.data.loader import PackedLoader
 from megatron_vlm.data.recipe import DataRecipe
 from megatron_vlm.data.short_source import load_short_samples
+from megatron_vlm.models.family import get_family
 from tests.shards_fixtures import write_pool, write_records
 
 
@@ -67,7 +68,7 @@ def test_short_share_is_hit_and_loads(tmp_path, qwen_tokenizer_dir, kind):
     recipe = DataRecipe(tokenizer=str(qwen_tokenizer_dir), max_seq_length=1024, length_distribution="custom",
                         length_histogram={"0-1025": 1}, short_share=0.25, short_source=str(source),
                         token_budget=200 * 100, max_repeats=20, samples_per_shard=16)
-    index = build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "out")
+    index = build(tmp_path / "pool", tmp_path / "qa", recipe, tmp_path / "out", get_family("qwen2_5_vl"))
     report = stats.compute(tmp_path / "out")
     assert report["targets_met"], stats.render_markdown(report)
     got = {r["task"]: r["achieved"] for r in report["mixture"]}
@@ -76,7 +77,7 @@ def test_short_share_is_hit_and_loads(tmp_path, qwen_tokenizer_dir, kind):
         assert index["dropped"] == {"short-image-missing": 1, "short-record-unreadable": 1}
     torch.set_num_threads(1)
     n_short = 0
-    loader = PackedLoader(tmp_path / "out", qwen_tokenizer_dir, num_workers=0, epochs=1)
+    loader = PackedLoader(tmp_path / "out", qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0, epochs=1)
     for batch in loader:
         n_short += batch["sample_tasks"].count("short")
     assert not loader.skipped and n_short == round(0.25 * index["totals"]["samples"]) and n_short > 0

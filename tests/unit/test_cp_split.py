@@ -6,9 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from megatron_vlm.models.family import get_family
 from megatron_vlm.parallel.context_parallel import cp_partition, split_batch_for_cp, unsplit
 
-IMG = 151655
+QWEN = get_family("qwen2_5_vl")
+IDS = dict(image_token_id=QWEN.tokens.image_pad, video_token_id=QWEN.tokens.video_pad)
+
+IMG = QWEN.tokens.image_pad
 
 
 def test_hand_computed_partition_with_padding_tail():
@@ -105,7 +109,7 @@ def _batch():
         "loss_mask": loss_mask,
         "position_ids": position_ids,
         "cu_seqlens": torch.tensor([0, 11, 16, 24], dtype=torch.int32),
-        "pixel_values": torch.randn(24, 1176),
+        "pixel_values": torch.randn(24, QWEN.image.patch_dim),
         "image_grid_thw": torch.tensor([[1, 4, 6]]),
     }
 
@@ -113,7 +117,7 @@ def _batch():
 def test_split_batch_shapes_pads_and_roundtrip():
     batch = _batch()
     cp = 2
-    shards = [split_batch_for_cp(batch, cp, r) for r in range(cp)]
+    shards = [split_batch_for_cp(batch, cp, r, **IDS) for r in range(cp)]
     T = batch["tokens"].shape[1]
     for s in shards:
         assert s["tokens"].shape == (1, T // cp)
@@ -138,7 +142,7 @@ def test_split_batch_shapes_pads_and_roundtrip():
 
 def test_image_rows_follow_token_order_across_ranks():
     batch = _batch()
-    shards = [split_batch_for_cp(batch, 3, r) for r in range(3)]
+    shards = [split_batch_for_cp(batch, 3, r, **IDS) for r in range(3)]
     rows = torch.cat([s["image_token_rows"] for s in shards])
     assert sorted(rows.tolist()) == list(range(6))
     for s in shards:
@@ -152,7 +156,7 @@ def test_image_rows_follow_token_order_across_ranks():
 def test_tail_with_loss_is_not_trimmed():
     batch = _batch()
     batch["loss_mask"][0, -1] = 1.0
-    s = split_batch_for_cp(batch, 2, 0)
+    s = split_batch_for_cp(batch, 2, 0, **IDS)
     assert s["cu_seqlens"].tolist() == [0, 11, 16, 24]
     assert s["cu_seqlens_padded"].tolist() == [0, 12, 20, 28]
 
@@ -170,12 +174,12 @@ def test_variable_length_pack_splits_without_growing_or_trimming(cp):
 
     def sample(name, n, first):
         ids = torch.arange(first, first + n)
-        return Sample(name, "reasoning", ids, ids % 3 == 0, torch.zeros(0, 1176), torch.zeros(0, 3, dtype=torch.int64))
+        return Sample(name, "reasoning", ids, ids % 3 == 0, torch.zeros(0, QWEN.image.patch_dim), torch.zeros(0, 3, dtype=torch.int64))
 
-    batch = pack([sample("a", 13, 1), sample("b", 6, 50)], 256, pad_multiple=2 * cp, length_multiple=8 * cp)
+    batch = pack([sample("a", 13, 1), sample("b", 6, 50)], QWEN, 256, pad_multiple=2 * cp, length_multiple=8 * cp)
     T = batch["tokens"].shape[1]
     assert T < 256 and T % (8 * cp) == 0 and batch["sample_ids"][-1] == "padding"
-    shares = [split_batch_for_cp(batch, cp, r) for r in range(cp)]
+    shares = [split_batch_for_cp(batch, cp, r, **IDS) for r in range(cp)]
     part = shares[0]["cp_partition"]
     assert part.cu_seqlens_padded.tolist() == part.cu_seqlens.tolist() == batch["cu_seqlens"].tolist()
     for s in shares:

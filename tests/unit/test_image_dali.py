@@ -31,10 +31,13 @@ from PIL import Image
 
 from megatron_vlm.data import image_dali
 from megatron_vlm.data.image_processing import ImageBackendError, process_images
+from megatron_vlm.models.family import get_family
 from tests.shards_fixtures import (
     build_shards,
     one_thread,  # noqa: F401  (autouse fixture)
 )
+
+QWEN = get_family("qwen2_5_vl").image
 
 
 class _Node:
@@ -132,14 +135,14 @@ def _png(h: int, w: int, seed: int) -> bytes:
 
 def test_one_pipeline_per_gpu_reused_and_equal_to_pil(fake_dali, monkeypatch):
     datas = [_png(60 + i, 90 - i, i) for i in range(40)]  # more than one run's batch
-    want, want_grid = process_images(datas, backend="pil")
+    want, want_grid = process_images(datas, QWEN, backend="pil")
     for _ in range(3):
-        got, grid = process_images(datas, backend="dali", device_id=1)
+        got, grid = process_images(datas, QWEN, backend="dali", device_id=1)
         assert torch.equal(got, want) and torch.equal(grid, want_grid)
     assert fake_dali.builds == [(1, image_dali.MAX_BATCH)]  # built once, on this rank's GPU
     assert fake_dali.runs == 3 * 2
     monkeypatch.setenv("LOCAL_RANK", "3")  # no device given, CUDA not started here: the rank's own
-    process_images(datas[:2], backend="dali")
+    process_images(datas[:2], QWEN, backend="dali")
     assert fake_dali.builds[-1] == (3, image_dali.MAX_BATCH)
 
 
@@ -147,15 +150,15 @@ def test_bad_image_is_the_samples_fault_a_failing_backend_is_fatal(fake_dali):
     good = [_png(56, 56, 0), _png(30, 40, 1)]
     truncated = good[1][: len(good[1]) // 2]  # its header reads, its pixels do not
     with pytest.raises(OSError) as bad:
-        process_images([good[0], truncated], backend="dali", device_id=0)
+        process_images([good[0], truncated], QWEN, backend="dali", device_id=0)
     assert not isinstance(bad.value, ImageBackendError)
 
     fake_dali.fail_with = RuntimeError("nvJPEG error: CUDA driver version is insufficient")
     with pytest.raises(ImageBackendError, match="DALI failed on GPU 0 .*nvJPEG error"):
-        process_images(good, backend="dali", device_id=0)
+        process_images(good, QWEN, backend="dali", device_id=0)
     fake_dali.fail_with = None
     builds = len(fake_dali.builds)
-    process_images(good, backend="dali", device_id=0)
+    process_images(good, QWEN, backend="dali", device_id=0)
     assert len(fake_dali.builds) == builds + 1  # the failed pipeline was not reused
 
 
@@ -174,7 +177,7 @@ def shards(tmp_path_factory, qwen_tokenizer_dir):
 def _loader(shard_dir, tokenizer, **kw):
     from megatron_vlm.data.loader import PackedLoader
 
-    return PackedLoader(shard_dir, tokenizer, pack_buffer=4, epochs=1, image_backend="dali", **kw)
+    return PackedLoader(shard_dir, tokenizer, "qwen2_5_vl", pack_buffer=4, epochs=1, image_backend="dali", **kw)
 
 
 def test_loader_dali_missing_or_without_gpu_stops_in_one_line(shards, qwen_tokenizer_dir, monkeypatch):
@@ -223,7 +226,7 @@ def test_workers_spawn_after_cuda_init_and_the_loader_pickles(shards, qwen_token
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     assert worker_start_method() == "spawn"
     monkeypatch.undo()
-    loader = PackedLoader(shards, qwen_tokenizer_dir, num_workers=0, pack_buffer=4, epochs=1)
+    loader = PackedLoader(shards, qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0, pack_buffer=4, epochs=1)
     next(loader)  # the live iterator must not travel to a spawned worker
     copy = pickle.loads(pickle.dumps(PackedDataset(loader))).loader
     assert copy._it is None and copy.stream_states == loader.stream_states

@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from megatron_vlm.data.image_processing import PATCH_DIM, process_images
-from megatron_vlm.data.image_rule import image_token_count
+from megatron_vlm.data.image_processing import process_images
+from megatron_vlm.models.family import get_family
+
+QWEN = get_family("qwen2_5_vl").image
 
 
 def _encoded(h: int, w: int, mode: str, fmt: str, seed: int) -> bytes:
@@ -46,27 +48,27 @@ def test_pixels_and_grid_equal_hf(h, w, mode, fmt, max_pixels):
     hf = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=max_pixels)
     ref = hf(images=[Image.open(io.BytesIO(d)) for d in data], return_tensors="pt")
 
-    pixels, grids = process_images(data, min_pixels=56 * 56, max_pixels=max_pixels)
+    rule = QWEN.with_pixels(56 * 56, max_pixels)
+    pixels, grids = process_images(data, rule)
 
     assert torch.equal(grids, ref["image_grid_thw"].to(torch.int64))
-    assert pixels.shape == ref["pixel_values"].shape and pixels.shape[1] == PATCH_DIM
+    assert pixels.shape == ref["pixel_values"].shape and pixels.shape[1] == rule.patch_dim
     torch.testing.assert_close(pixels, ref["pixel_values"].float(), rtol=1e-6, atol=1e-6)
-    # One LLM token per 2x2 patches, as the shared image rule counts them.
+    # One LLM token per 2x2 patches, as the family's image rule counts them.
     tokens = [int(g.prod()) // 4 for g in grids]
-    assert tokens == [image_token_count(h, w, max_pixels=max_pixels), image_token_count(w, h, max_pixels=max_pixels)]
+    assert tokens == [rule.token_count(h, w), rule.token_count(w, h)]
 
 
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown image backend"):
-        process_images([_encoded(28, 28, "RGB", "PNG", 0)], backend="cv2")
+        process_images([_encoded(28, 28, "RGB", "PNG", 0)], QWEN, backend="cv2")
 
 
 def test_default_rule_is_qwen2_5_vl_published_config(reference_dir):
     """An image of 11.2M pixels (above the old 10,035,200 cap, below Qwen2.5-VL's 12,845,056) keeps
-    its size: our default rule, the pool's and the recipe's defaults give what HF's
-    Qwen2VLImageProcessor built from the published preprocessor_config.json gives."""
+    its size: the family's rule, and the pool's and the recipe's defaults (the family's), give what
+    HF's Qwen2VLImageProcessor built from the published preprocessor_config.json gives."""
     import json
-    from dataclasses import fields
 
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -79,7 +81,7 @@ def test_default_rule_is_qwen2_5_vl_published_config(reference_dir):
     image = Image.new("L", (w, h), 200)
     ref_grid = [int(x) for x in hf(images=[image], return_tensors="pt")["image_grid_thw"][0]]
     assert ref_grid == [1, h // 14, w // 14]  # HF does not shrink it
-    assert image_token_count(h, w) == (h // 28) * (w // 28) == ref_grid[1] * ref_grid[2] // 4
-    defaults = {f.name: f.default for f in fields(DataRecipe)} | {"pool": PdfSettings().max_pixels}
-    assert defaults["max_pixels"] == defaults["pool"] == config["max_pixels"]
-    assert defaults["min_pixels"] == config["min_pixels"]
+    assert QWEN.token_count(h, w) == (h // 28) * (w // 28) == ref_grid[1] * ref_grid[2] // 4
+    family = get_family("qwen2_5_vl")
+    for rule in (QWEN, PdfSettings().image_rule(), DataRecipe().image_rule(family)):
+        assert (rule.min_pixels, rule.max_pixels) == (config["min_pixels"], config["max_pixels"])

@@ -38,7 +38,7 @@ def _all_records(shard_dir, index):
 def test_token_counts_equal_build_for_every_sample(shards, qwen_tokenizer_dir):
     shard_dir, index = shards
     built = _all_records(shard_dir, index)
-    loader = PackedLoader(shard_dir, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, epochs=1)
+    loader = PackedLoader(shard_dir, qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0, pack_buffer=8, epochs=1)
     seen = {}
     for batch in loader:
         cu = batch["cu_seqlens"].tolist()
@@ -81,18 +81,18 @@ def test_resume_equals_uninterrupted_2dp_2workers(shards, qwen_tokenizer_dir, st
     total = 10  # beyond one epoch for each rank: the epoch boundary is crossed after resume
     for rank in range(2):
         kw = dict(dp_rank=rank, dp_size=2, num_workers=2, pack_buffer=4, max_length=256, seq_length_multiple=32)
-        straight = _take(PackedLoader(shard_dir, qwen_tokenizer_dir, **kw), total)
+        straight = _take(PackedLoader(shard_dir, qwen_tokenizer_dir, "qwen2_5_vl", **kw), total)
         assert len({b["tokens"].shape[1] for b in straight}) > 1  # variable length (the default), and it varies
-        first = PackedLoader(shard_dir, qwen_tokenizer_dir, **kw)
+        first = PackedLoader(shard_dir, qwen_tokenizer_dir, "qwen2_5_vl", **kw)
         head = _take(first, steps_before)
         state = json.loads(json.dumps(first.state_dict()))  # what goes into a checkpoint
         assert any(st["buffer"] for st in state["streams"].values())
         if rank == 0:
-            resumed = PackedLoader(shard_dir, qwen_tokenizer_dir, state=state, **kw)
+            resumed = PackedLoader(shard_dir, qwen_tokenizer_dir, "qwen2_5_vl", state=state, **kw)
         else:  # as the trainer does it: from the recipe's data section, then load_state_dict
             recipe = DataRecipe(shards=str(shard_dir), tokenizer=str(qwen_tokenizer_dir), num_workers=2, pack_buffer=4,
                                 max_seq_length=256, seed=1234, seq_length_multiple=32)
-            resumed = PackedLoader.from_recipe(recipe, dp_rank=1, dp_size=2)
+            resumed = PackedLoader.from_recipe(recipe, "qwen2_5_vl", dp_rank=1, dp_size=2)
             resumed.load_state_dict(state)
         tail = _take(resumed, total - steps_before)
         _same(head + tail, straight)
@@ -104,7 +104,7 @@ def test_ranks_and_workers_split_without_overlap(shards, qwen_tokenizer_dir):
     shard_dir, index = shards
     per_stream = {}
     for rank in range(2):
-        for batch in PackedLoader(shard_dir, qwen_tokenizer_dir, dp_rank=rank, dp_size=2, num_workers=2, pack_buffer=4, epochs=1):
+        for batch in PackedLoader(shard_dir, qwen_tokenizer_dir, "qwen2_5_vl", dp_rank=rank, dp_size=2, num_workers=2, pack_buffer=4, epochs=1):
             ids = [i for i in batch["sample_ids"] if i != "padding"]
             per_stream.setdefault(rank, []).extend(ids)
     all_ids = per_stream[0] + per_stream[1]
@@ -131,7 +131,7 @@ def test_corrupt_images_and_records_are_skipped_and_counted(shards, qwen_tokeniz
     # A truncated last shard: its samples after the cut are lost, the rest still load.
     last = bad / index["shards"][-1]["name"]
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2 + 100])
-    loader = PackedLoader(bad, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, epochs=1)
+    loader = PackedLoader(bad, qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0, pack_buffer=8, epochs=1)
     got = [sid for batch in loader for sid in batch["sample_ids"] if sid != "padding"]
     sk = loader.skipped
     # The garbage image and the broken json, plus what the cut shard lost (a cut json, missing samples).
@@ -160,7 +160,7 @@ def test_image_of_the_wrong_size_is_skipped(shards, qwen_tokenizer_dir, tmp_path
     with open(bad / name, "r+b") as f:  # a valid, smaller PNG; trailing bytes are ignored by PIL
         f.seek(off)
         f.write(data)
-    loader = PackedLoader(bad, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, epochs=1)
+    loader = PackedLoader(bad, qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0, pack_buffer=8, epochs=1)
     got = [sid for batch in loader for sid in batch["sample_ids"] if sid != "padding"]
     assert dict(loader.skipped) == {"image-size-mismatch": 1}
     assert len(got) == index["totals"]["samples"] - 1
@@ -170,7 +170,7 @@ def test_pad_multiple_for_context_parallel(shards, qwen_tokenizer_dir):
     """pad_multiple = 2*CP: every sub-sequence splits into equal CP chunks; the samples are unchanged."""
     shard_dir, index = shards
     built = _all_records(shard_dir, index)
-    loader = PackedLoader(shard_dir, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, pad_multiple=8, epochs=1)
+    loader = PackedLoader(shard_dir, qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0, pack_buffer=8, pad_multiple=8, epochs=1)
     n = 0
     for batch in loader:
         cu = batch["cu_seqlens"].tolist()
@@ -187,8 +187,8 @@ def test_fixed_and_variable_length_hold_the_same_samples(shards, qwen_tokenizer_
     the fixed one with its padding tail cut to < seq_length_multiple tokens."""
     shard_dir, _ = shards
     kw = dict(num_workers=0, pack_buffer=8, pad_multiple=4, epochs=1)
-    fixed = list(PackedLoader(shard_dir, qwen_tokenizer_dir, variable_seq_length=False, **kw))
-    var = list(PackedLoader(shard_dir, qwen_tokenizer_dir, seq_length_multiple=32, **kw))
+    fixed = list(PackedLoader(shard_dir, qwen_tokenizer_dir, "qwen2_5_vl", variable_seq_length=False, **kw))
+    var = list(PackedLoader(shard_dir, qwen_tokenizer_dir, "qwen2_5_vl", seq_length_multiple=32, **kw))
     assert len(fixed) == len(var) > 3
     lengths = set()
     for f, v in zip(fixed, var):
@@ -231,7 +231,7 @@ import json, sys
 from megatron_vlm.data.loader import PackedLoader
 kw = json.loads(sys.argv[3])
 try:
-    batch = next(iter(PackedLoader(sys.argv[1], sys.argv[2], **kw)))
+    batch = next(iter(PackedLoader(sys.argv[1], sys.argv[2], "qwen2_5_vl", **kw)))
     print(json.dumps({"kind": "batch", "ids": batch["sample_ids"]}))
 except Exception as err:
     print(json.dumps({"kind": type(err).__name__, "message": str(err)}))
@@ -271,12 +271,12 @@ def test_bad_streak_is_bounded_but_good_samples_reset_it(shards, qwen_tokenizer_
     shard_dir, index = shards
     total = index["totals"]["samples"]
     # The first 10 samples of the only stream bad, the rest good (pack_buffer 1: samples in stream order).
-    order = [i for b in PackedLoader(shard_dir, qwen_tokenizer_dir, num_workers=0, pack_buffer=1, epochs=1)
+    order = [i for b in PackedLoader(shard_dir, qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0, pack_buffer=1, epochs=1)
              for i in b["sample_ids"] if i != "padding"]
     bad = _corrupt_images(shard_dir, index, tmp_path / "bad", bad=set(order[:10]).__contains__)
     stopped = _first_batch(bad, qwen_tokenizer_dir, num_workers=0, pack_buffer=1, max_bad_samples=5)
     assert stopped["kind"] == "BadDataError" and "5 bad samples in a row" in stopped["message"], stopped
-    loader = PackedLoader(bad, qwen_tokenizer_dir, num_workers=0, pack_buffer=1, epochs=2, max_bad_samples=11)
+    loader = PackedLoader(bad, qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0, pack_buffer=1, epochs=2, max_bad_samples=11)
     got = [sid for batch in loader for sid in batch["sample_ids"] if sid != "padding"]
     assert len(got) == 2 * (total - 10) and loader.skipped == {"corrupt-image": 20}  # 10 per epoch, never 11 in a row
 
@@ -290,7 +290,7 @@ def test_broken_backend_is_fatal_not_counted(shards, qwen_tokenizer_dir, monkeyp
 
     monkeypatch.setattr(loader_module, "process_images", broken)
     for workers in (0, 1):  # a forked worker inherits the patch
-        loader = PackedLoader(shards[0], qwen_tokenizer_dir, num_workers=workers, pack_buffer=4)
+        loader = PackedLoader(shards[0], qwen_tokenizer_dir, "qwen2_5_vl", num_workers=workers, pack_buffer=4)
         with pytest.raises(ImageBackendError) as raised:
             next(loader)
         assert str(raised.value) == "decoder library missing"  # one line, from the worker too
@@ -314,7 +314,7 @@ def test_member_names_and_index_names_are_validated(shards, qwen_tokenizer_dir, 
             if member.name.startswith(first_key + "."):
                 member.name = "../" + member.name
             tf.addfile(member, io.BytesIO(data))
-    loader = PackedLoader(bad, qwen_tokenizer_dir, num_workers=0, pack_buffer=8, epochs=1)
+    loader = PackedLoader(bad, qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0, pack_buffer=8, epochs=1)
     got = [sid for batch in loader for sid in batch["sample_ids"] if sid != "padding"]
     assert dict(loader.skipped) == {"bad-member-name": 1} and len(got) == index["totals"]["samples"] - 1
 
@@ -322,7 +322,7 @@ def test_member_names_and_index_names_are_validated(shards, qwen_tokenizer_dir, 
     tampered["shards"][0]["name"] = "../" + name
     (bad / "index.json").write_text(json.dumps(tampered))
     with pytest.raises(ValueError, match="shard name"):
-        PackedLoader(bad, qwen_tokenizer_dir, num_workers=0)
+        PackedLoader(bad, qwen_tokenizer_dir, "qwen2_5_vl", num_workers=0)
 
 
 def test_workers_outlive_the_stop_signals_slurm_sends_to_every_process(shards, qwen_tokenizer_dir):
@@ -332,7 +332,7 @@ def test_workers_outlive_the_stop_signals_slurm_sends_to_every_process(shards, q
     import subprocess
     import time
 
-    loader = PackedLoader(shards[0], qwen_tokenizer_dir, num_workers=1, pack_buffer=4)
+    loader = PackedLoader(shards[0], qwen_tokenizer_dir, "qwen2_5_vl", num_workers=1, pack_buffer=4)
     first = next(loader)
     workers = [int(p) for path in glob.glob(f"/proc/{os.getpid()}/task/*/children")
                for p in open(path).read().split()]
@@ -344,3 +344,11 @@ def test_workers_outlive_the_stop_signals_slurm_sends_to_every_process(shards, q
     more = _take(loader, 8)  # the stream goes on, in the same worker
     loader.close()
     assert first["sample_ids"] and len(more) == 8
+def test_shards_of_another_family_are_refused(shards, qwen_tokenizer_dir, tmp_path):
+    shard_dir, index = shards
+    assert index["family"] == "qwen2_5_vl" and PackedLoader(shard_dir, qwen_tokenizer_dir, "qwen2_5_vl").index
+    for name in [s["name"] for s in index["shards"]]:
+        (tmp_path / name).symlink_to(shard_dir / name)
+    (tmp_path / "index.json").write_text(json.dumps(dict(index, family="another_family")))
+    with pytest.raises(ValueError, match="built for model family another_family, this run trains qwen2_5_vl"):
+        PackedLoader(tmp_path, qwen_tokenizer_dir, "qwen2_5_vl")

@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from megatron_vlm.data.packing import IGNORE_INDEX, Sample, choose_best_fit, pack, packing_efficiency
-from megatron_vlm.data.tokens import PAD_ID, encode_instance, load_tokenizer
+from megatron_vlm.data.tokens import encode_instance, load_tokenizer
+from megatron_vlm.models.family import get_family
 from megatron_vlm.models.qwen2_5_vl.position_ids import mrope_position_ids
 from tests.shards_fixtures import one_thread  # noqa: F401  (autouse fixture)
+
+QWEN = get_family("qwen2_5_vl")
 
 
 def _samples(tok_dir, n, seed=0):
@@ -23,8 +26,8 @@ def _samples(tok_dir, n, seed=0):
         image_tokens = [h * w // 4 for _, h, w in grids]
         q = " ".join(rng.choice(["revenue", "page", "table", "2021", "total", "what"]) for _ in range(rng.randint(2, 12)))
         a = str(rng.randint(0, 10**rng.randint(1, 6)))
-        enc = encode_instance(tokenizer, q + "?", a, image_tokens)
-        pixels = torch.randn(sum(h * w for _, h, w in grids), 1176)
+        enc = encode_instance(tokenizer, QWEN, q + "?", a, image_tokens)
+        pixels = torch.randn(sum(h * w for _, h, w in grids), QWEN.image.patch_dim)
         grid_t = torch.tensor(grids, dtype=torch.int64).reshape(-1, 3)
         out.append(Sample(f"s{i}", rng.choice(["extract-single", "reasoning"]), enc.input_ids, enc.target_mask, pixels, grid_t))
     return out
@@ -60,7 +63,7 @@ def test_no_crossing_and_mrope_per_sample(qwen_tokenizer_dir, pad_multiple, leng
     max_length += -max_length % (length_multiple or pad_multiple)
     chosen = choose_best_fit([len(s) + -len(s) % pad_multiple for s in samples], max_length)
     picked = [samples[i] for i in chosen]
-    batch = pack(picked, max_length, pad_multiple, length_multiple=length_multiple)
+    batch = pack(picked, QWEN, max_length, pad_multiple, length_multiple=length_multiple)
 
     tokens, labels = batch["tokens"][0], batch["labels"][0]
     cu = batch["cu_seqlens"].tolist()
@@ -79,7 +82,7 @@ def test_no_crossing_and_mrope_per_sample(qwen_tokenizer_dir, pad_multiple, leng
         assert b - a >= n
         # The sample's tokens fill the start of its own sub-sequence; the rest of it is padding.
         assert torch.equal(tokens[a : a + n], s.input_ids)
-        assert (tokens[a + n : b] == PAD_ID).all()
+        assert (tokens[a + n : b] == QWEN.tokens.pad).all()
         # Labels computed on the sample alone: next token where it is an answer target.
         alone = torch.full((n,), IGNORE_INDEX)
         for i in range(n - 1):
@@ -102,38 +105,38 @@ def test_no_crossing_and_mrope_per_sample(qwen_tokenizer_dir, pad_multiple, leng
 
 def _text_sample(name: str, n: int) -> Sample:
     ids = torch.arange(100, 100 + n)
-    return Sample(name, "reasoning", ids, ids >= 100 + n - 2, torch.zeros(0, 1176), torch.zeros(0, 3, dtype=torch.int64))
+    return Sample(name, "reasoning", ids, ids >= 100 + n - 2, torch.zeros(0, QWEN.image.patch_dim), torch.zeros(0, 3, dtype=torch.int64))
 
 
 def test_variable_length_layout_and_efficiency_by_hand():
     # Samples of 5 and 3 tokens, pad_multiple 2: sub-sequences of 6 and 4 (10 tokens); variable
     # length with multiple 8 ends the sequence at 16 (a 6-token padding tail); fixed at 64.
     a, b = _text_sample("a", 5), _text_sample("b", 3)
-    var = pack([a, b], 64, pad_multiple=2, length_multiple=8)
+    var = pack([a, b], QWEN, 64, pad_multiple=2, length_multiple=8)
     assert var["cu_seqlens"].tolist() == [0, 6, 10, 16] and var["tokens"].shape == (1, 16)
     assert var["sample_ids"] == ["a", "b", "padding"] and var["sample_num_tokens"] == [5, 3, 0]
-    assert (var["tokens"][0, 10:] == PAD_ID).all() and var["position_ids"][0, 0, 10:].tolist() == list(range(6))
+    assert (var["tokens"][0, 10:] == QWEN.tokens.pad).all() and var["position_ids"][0, 0, 10:].tolist() == list(range(6))
     assert packing_efficiency(var) == 8 / 16
-    fixed = pack([a, b], 64, pad_multiple=2)
+    fixed = pack([a, b], QWEN, 64, pad_multiple=2)
     assert fixed["cu_seqlens"].tolist() == [0, 6, 10, 64] and packing_efficiency(fixed) == 8 / 64
     # Same samples, same tokens, labels and positions: the variable sequence is the fixed one cut short.
     for key in ("tokens", "labels", "loss_mask"):
         assert torch.equal(var[key], fixed[key][:, :16]), key
     assert torch.equal(var["position_ids"], fixed["position_ids"][:, :, :16])
     # A pack that ends on a multiple has no padding tail; the length is capped at max_length.
-    full = pack([_text_sample("c", 16)], 64, pad_multiple=2, length_multiple=8)
+    full = pack([_text_sample("c", 16)], QWEN, 64, pad_multiple=2, length_multiple=8)
     assert full["cu_seqlens"].tolist() == [0, 16] and full["sample_ids"] == ["c"] and packing_efficiency(full) == 1.0
-    capped = pack([_text_sample("d", 20)], 24, pad_multiple=2, length_multiple=16)
+    capped = pack([_text_sample("d", 20)], QWEN, 24, pad_multiple=2, length_multiple=16)
     assert capped["cu_seqlens"].tolist() == [0, 20, 24]
     with pytest.raises(ValueError, match="length_multiple 6 is not a multiple of pad_multiple 4"):
-        pack([a], 64, pad_multiple=4, length_multiple=6)
+        pack([a], QWEN, 64, pad_multiple=4, length_multiple=6)
 
 
 def test_block_diagonal_attention_equals_each_sample_alone(qwen_tokenizer_dir):
     """Causal attention masked by cu_seqlens gives each sample the output it has alone."""
     samples = _samples(qwen_tokenizer_dir, 3, seed=1)
     max_length = sum(len(s) for s in samples) + 5
-    batch = pack(samples, max_length)
+    batch = pack(samples, QWEN, max_length)
     torch.manual_seed(0)
     emb = torch.randn(152000, 4)
     cu = batch["cu_seqlens"].tolist()
@@ -153,7 +156,7 @@ def test_block_diagonal_attention_equals_each_sample_alone(qwen_tokenizer_dir):
 def test_overfull_pack_is_refused(qwen_tokenizer_dir):
     samples = _samples(qwen_tokenizer_dir, 2)
     with pytest.raises(ValueError, match="more than"):
-        pack(samples, len(samples[0]) + len(samples[1]) - 1)
+        pack(samples, QWEN, len(samples[0]) + len(samples[1]) - 1)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -170,5 +173,5 @@ def test_trainer_refuses_variable_lengths_the_layout_cannot_split(overrides, mes
         build_data(recipe, None, 0, 1)
     fixed = load_recipe(None, ["train.data_source=synthetic", "data.max_seq_length=256", "data.variable_seq_length=false",
                                 *overrides])
-    provider = types.SimpleNamespace(vocab_size=lambda recipe: 256)
+    provider = types.SimpleNamespace(vocab_size=lambda recipe: 256, family=QWEN)
     assert next(build_data(fixed, provider, 0, 1))["tokens"].shape == (1, fixed.data.max_seq_length)

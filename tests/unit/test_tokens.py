@@ -7,6 +7,9 @@ import json
 import pytest
 
 from megatron_vlm.data.tokens import count_tokens, encode_instance, load_tokenizer
+from megatron_vlm.models.family import get_family
+
+QWEN = get_family("qwen2_5_vl")
 
 CASES = [
     ("What is the total revenue in 2021 reported on page 3?", "4,512 million USD", [2508, 2508, 12]),
@@ -38,10 +41,10 @@ def test_ids_equal_chat_template(qwen_tokenizer_dir, question, answer, image_tok
     tokenizer = load_tokenizer(qwen_tokenizer_dir)
     ref_ids, hf_tok = _reference_ids(qwen_tokenizer_dir, question, answer, image_tokens)
 
-    enc = encode_instance(tokenizer, question, answer, image_tokens)
+    enc = encode_instance(tokenizer, QWEN, question, answer, image_tokens)
 
     assert enc.input_ids.tolist() == ref_ids
-    assert count_tokens(tokenizer, question, answer, image_tokens) == len(ref_ids)
+    assert count_tokens(tokenizer, QWEN, question, answer, image_tokens) == len(ref_ids)
     # The targets are exactly the answer followed by the <|im_end|> closing the assistant turn.
     targets = enc.input_ids[enc.target_mask].tolist()
     decoded = hf_tok.decode(targets)
@@ -57,4 +60,4 @@ def test_ids_equal_chat_template(qwen_tokenizer_dir, question, answer, image_tok
 def test_special_token_text_is_refused(qwen_tokenizer_dir):
     tokenizer = load_tokenizer(qwen_tokenizer_dir)
     with pytest.raises(ValueError, match="special token"):
-        count_tokens(tokenizer, "what is <|image_pad|>?", "x", [])
+        count_tokens(tokenizer, QWEN, "what is <|image_pad|>?", "x", [])

@@ -36,6 +36,7 @@ def build_inputs(cfg, tokenizer_dir: Path, images: list[Path], prompt: str) -> d
     """A loader-style micro-batch (docs/formats.md section 4) for one sample: images then the prompt."""
     from megatron_vlm.data.image_processing import process_images
     from megatron_vlm.data.tokens import load_tokenizer
+    from megatron_vlm.models.qwen2_5_vl.family import FAMILY
     from megatron_vlm.models.qwen2_5_vl.position_ids import mrope_position_ids
 
     try:
@@ -47,7 +48,7 @@ def build_inputs(cfg, tokenizer_dir: Path, images: list[Path], prompt: str) -> d
         if not Path(path).is_file():
             raise CompareError(f"image not found: {path}")
         datas.append(Path(path).read_bytes())
-    pixel_values, grids = process_images(datas) if datas else (None, None)
+    pixel_values, grids = process_images(datas, FAMILY.image) if datas else (None, None)
     ids: list[int] = []
     merge = cfg.vision.spatial_merge_size**2
     for t, h, w in grids.tolist() if grids is not None else []:

@@ -15,6 +15,10 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from megatron_vlm.models.qwen2_5_vl.family import FAMILY
+
+_TOKENS, _IMAGE = FAMILY.tokens, FAMILY.image
+
 
 @dataclass
 class VisionConfig:
@@ -28,13 +32,13 @@ class VisionConfig:
     """SwiGLU MLP width (gate and up each), with bias."""
     num_heads: int = 16
     """Attention heads (no GQA in the ViT)."""
-    in_channels: int = 3
+    in_channels: int = _IMAGE.in_channels
     """Image channels."""
-    patch_size: int = 14
+    patch_size: int = _IMAGE.patch_size
     """Spatial patch size in pixels."""
-    temporal_patch_size: int = 2
+    temporal_patch_size: int = _IMAGE.temporal_patch_size
     """Frames per patch (a still image is repeated to fill it)."""
-    spatial_merge_size: int = 2
+    spatial_merge_size: int = _IMAGE.merge_size
     """The merger joins merge x merge patches into one LLM token."""
     window_size: int = 112
     """Window-attention side in pixels (112 px = 4x4 merged tokens)."""
@@ -109,10 +113,10 @@ class Qwen2_5_VLConfig:
 
     text: TextConfig = field(default_factory=TextConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
-    image_token_id: int = 151655
-    video_token_id: int = 151656
-    vision_start_token_id: int = 151652
-    vision_end_token_id: int = 151653
+    image_token_id: int = _TOKENS.image_pad
+    video_token_id: int = _TOKENS.video_pad
+    vision_start_token_id: int = _TOKENS.vision_start
+    vision_end_token_id: int = _TOKENS.vision_end
 
     def replace(self, **text_or_vision) -> Qwen2_5_VLConfig:
         """A copy with ``text=dict(...)`` / ``vision=dict(...)`` fields changed."""
@@ -224,10 +228,10 @@ def from_hf_config(source) -> Qwen2_5_VLConfig:
         hidden_size=int(vis_raw.get("hidden_size", 1280)),
         intermediate_size=int(vis_raw.get("intermediate_size", 3420)),
         num_heads=int(vis_raw.get("num_heads", 16)),
-        in_channels=int(vis_raw.get("in_channels", vis_raw.get("in_chans", 3))),
-        patch_size=int(vis_raw.get("patch_size", 14)),
-        temporal_patch_size=int(vis_raw.get("temporal_patch_size", 2)),
-        spatial_merge_size=int(vis_raw.get("spatial_merge_size", 2)),
+        in_channels=int(vis_raw.get("in_channels", vis_raw.get("in_chans", _IMAGE.in_channels))),
+        patch_size=int(vis_raw.get("patch_size", _IMAGE.patch_size)),
+        temporal_patch_size=int(vis_raw.get("temporal_patch_size", _IMAGE.temporal_patch_size)),
+        spatial_merge_size=int(vis_raw.get("spatial_merge_size", _IMAGE.merge_size)),
         window_size=int(vis_raw.get("window_size", 112)),
         fullatt_block_indexes=list(vis_raw.get("fullatt_block_indexes", [7, 15, 23, 31])),
         out_hidden_size=int(vis_raw.get("out_hidden_size", text.hidden_size)),
@@ -238,10 +242,10 @@ def from_hf_config(source) -> Qwen2_5_VLConfig:
     return Qwen2_5_VLConfig(
         text=text,
         vision=vision,
-        image_token_id=int(raw.get("image_token_id", 151655)),
-        video_token_id=int(raw.get("video_token_id", 151656)),
-        vision_start_token_id=int(raw.get("vision_start_token_id", 151652)),
-        vision_end_token_id=int(raw.get("vision_end_token_id", 151653)),
+        image_token_id=int(raw.get("image_token_id", _TOKENS.image_pad)),
+        video_token_id=int(raw.get("video_token_id", _TOKENS.video_pad)),
+        vision_start_token_id=int(raw.get("vision_start_token_id", _TOKENS.vision_start)),
+        vision_end_token_id=int(raw.get("vision_end_token_id", _TOKENS.vision_end)),
     )
 
 

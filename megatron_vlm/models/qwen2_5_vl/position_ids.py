@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
-IMAGE_TOKEN_ID = 151655
-VIDEO_TOKEN_ID = 151656
+from megatron_vlm.models.qwen2_5_vl.family import FAMILY
+
+IMAGE_TOKEN_ID = FAMILY.tokens.image_pad
+VIDEO_TOKEN_ID = FAMILY.tokens.video_pad
 
 
 def mrope_position_ids(
