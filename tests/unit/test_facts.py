@@ -26,3 +26,13 @@ def test_spacing_accent_title_is_not_a_fact():
                 [("heading", "4.5 Neue Befehle"), ("paragraph", "Mehr Text.")]])
     facts = {f.anchors[0]: f for f in document_facts(doc) if f.kind == "section"}
     assert facts["4.4"].problem.startswith("broken text") and facts["4.5"].problem is None
+
+
+def test_page_references_in_questions():
+    from megatron_vlm.data.synth.validation import names_a_page
+
+    named = ["On page 4, what is the total?", "What is on the page numbered 23?", "See p. 12 for the value.", "pp. 3-4",
+             "Was steht auf Seite 5?", "第3页的标题是什么？", "What is on the 2nd page?", "What does page xiv list?"]
+    not_named = ["How many pages does the report have?", "According to the section \"2 Methods\", how many pages in length?",
+                 "What is the value in the column \"Pages\" for the row \"Total\"?"]
+    assert all(names_a_page(q) for q in named) and not any(names_a_page(q) for q in not_named)

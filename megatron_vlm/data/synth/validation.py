@@ -44,7 +44,7 @@ from megatron_vlm.data.synth.prompts import ANSWER_FORMATS
 
 READER_TASKS = ("extract-single", "extract-multi", "reasoning")
 PAGE_REFERENCE = re.compile(
-    r"\b(?:pages?|pp?\.|seiten?|pagina|página)\s*(?:\d|[ivxlcdm]+\b)|第\s*\d+\s*页"
+    r"\b(?:pages?|pp?\.|seiten?|pagina|página)\s*(?:(?:numbered|number|no\.?)\s*)?(?:\d|[ivxlcdm]+\b)|第\s*\d+\s*页"
     r"|\b(?:first|second|third|fourth|fifth|last|next|previous|same|\d+(?:st|nd|rd|th))\s+page\b",
     re.IGNORECASE,
 )
