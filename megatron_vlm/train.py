@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_vlm.checkpoint.safe_load import CheckpointError
     from megatron_vlm.data.image_processing import ImageBackendError
     from megatron_vlm.data.loader import BadDataError
+    from megatron_vlm.parallel import LayoutError
     from megatron_vlm.training.budget import BudgetError
     from megatron_vlm.training.config import RecipeError, load_recipe
     from megatron_vlm.training.loop import NonFiniteLossError, train
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.config, args.overrides)
         result = train(recipe, stop)
-    except (RecipeError, BudgetError, NonFiniteLossError, CheckpointError, FileNotFoundError) as err:
+    except (RecipeError, BudgetError, LayoutError, NonFiniteLossError, CheckpointError, FileNotFoundError) as err:
         if rank == 0:  # the same on every rank
             print(f"megatron_vlm.train: error: {err}", file=sys.stderr, flush=True)
         return 1

@@ -58,36 +58,52 @@ def read_config(hf_dir: str | Path) -> dict:
         raise ConversionError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+@contextlib.contextmanager
+def open_safetensors(path: Path) -> Iterator:
+    """safetensors' ``safe_open`` whose failures (a truncated or garbled file) are one-line ConversionErrors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            yield f
+    except (SafetensorError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"{path}: not a complete safetensors file ({reason})") from None
+
+
 def weight_map(hf_dir: str | Path) -> dict[str, str]:
     """Tensor name -> safetensors file name, from the index or the single weights file."""
+    from megatron_vlm.utils.paths import safe_name
+
     hf_dir = Path(hf_dir)
     index = hf_dir / INDEX_NAME
     if index.is_file():
-        mapping = json.loads(index.read_text())["weight_map"]
+        try:
+            mapping = json.loads(index.read_text())["weight_map"]
+            for fname in set(mapping.values()):
+                safe_name(fname, "shard file")  # a file beside the index, never a path out of the directory
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConversionError(f"{index}: not a safetensors index ({exc})") from None
         missing = sorted({f for f in mapping.values() if not (hf_dir / f).is_file()})
         if missing:
             raise ConversionError(f"{hf_dir}: index names shard files that are missing: {_names_preview(missing)}")
         return dict(mapping)
     single = hf_dir / SINGLE_NAME
     if single.is_file():
-        from safetensors import safe_open
-
-        with safe_open(single, framework="pt") as f:
+        with open_safetensors(single) as f:
             return {name: SINGLE_NAME for name in f.keys()}
     raise ConversionError(f"{hf_dir}: no {INDEX_NAME} or {SINGLE_NAME}")
 
 
 def tensor_shapes(hf_dir: str | Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, read from the safetensors headers only (no tensor data)."""
-    from safetensors import safe_open
-
     hf_dir = Path(hf_dir)
     by_file: dict[str, list[str]] = {}
     for name, fname in weight_map(hf_dir).items():
         by_file.setdefault(fname, []).append(name)
     shapes = {}
     for fname, names in by_file.items():
-        with safe_open(hf_dir / fname, framework="pt") as f:
+        with open_safetensors(hf_dir / fname) as f:
             for name in names:
                 shapes[name] = tuple(f.get_slice(name).get_shape())
     return shapes
@@ -109,24 +125,20 @@ class HFReader:
         return sorted(self.weight_map)
 
     def get(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
         try:
             fname = self.weight_map[name]
         except KeyError:
             raise ConversionError(f"{self.dir}: missing tensor {name}") from None
-        with safe_open(self.dir / fname, framework="pt") as f:
+        with open_safetensors(self.dir / fname) as f:
             return f.get_tensor(name)
 
     def iter_by_file(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Every tensor, file by file (each file opened once)."""
-        from safetensors import safe_open
-
         by_file: dict[str, list[str]] = {}
         for name, fname in self.weight_map.items():
             by_file.setdefault(fname, []).append(name)
         for fname in sorted(by_file):
-            with safe_open(self.dir / fname, framework="pt") as f:
+            with open_safetensors(self.dir / fname) as f:
                 for name in sorted(by_file[fname]):
                     yield name, f.get_tensor(name)
 

@@ -292,7 +292,12 @@ def _our_error(exc: BaseException) -> BaseException | None:
 
 
 def _describe(exc: BaseException) -> str:
-    """One line for a failed load: Megatron's key/shape mismatch report is summarised by its first line."""
+    """One line for a failed load: the first rank's error inside torch DCP's wrapper, and of a long
+    report (Megatron's key/shape mismatch) its first line."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        return _describe(inner[0] if isinstance(inner, tuple) else inner)
     return f"{type(exc).__name__}: {_first_line(exc)[:300]}"
 
 

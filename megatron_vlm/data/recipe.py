@@ -21,6 +21,15 @@ TASKS = ("extract-single", "extract-multi", "reasoning", "ocr-full", "ocr-needle
 SHORT_TASK = "short"
 
 
+def _token_range(key: str) -> bool:
+    """A length_histogram key: "lo-hi" with integers 0 <= lo < hi."""
+    try:
+        lo, hi = (int(x) for x in str(key).split("-"))
+    except ValueError:
+        return False
+    return 0 <= lo < hi
+
+
 @dataclass
 class DataRecipe:
     """Length distribution, task mixture, budget and loader settings for one training run."""
@@ -88,7 +97,15 @@ class DataRecipe:
         ("short_share", lambda d: 0 <= d.short_share < 1, "must be in [0, 1)"),
         ("short_source", lambda d: d.short_share == 0 or d.short_source, "needed when short_share > 0"),
         ("long_share", lambda d: 0 <= d.long_share <= 1, "must be in [0, 1]"),
-        ("pages_range", lambda d: len(d.pages_range) == 2, "must be [min, max]"),
+        ("pages_range", lambda d: len(d.pages_range) == 2 and 1 <= d.pages_range[0] <= d.pages_range[1],
+         "must be [min, max] pages with 1 <= min <= max"),
+        ("length_histogram", lambda d: all(_token_range(k) and w >= 0 for k, w in d.length_histogram.items())
+         and (not d.length_histogram or sum(d.length_histogram.values()) > 0),
+         'must map "lo-hi" token ranges (0 <= lo < hi) to non-negative weights, not all 0'),
+        *options.at_least(1, "max_seq_length", "token_budget", "samples_per_shard", "min_pixels", "max_pixels",
+                          "long_threshold", "pack_buffer", "pad_multiple", "max_bad_samples"),
+        *options.at_least(0, "num_workers"),
+        ("max_pixels", lambda d: d.max_pixels >= d.min_pixels, "must be at least min_pixels"),
         ("max_repeats", lambda d: d.max_repeats >= 1, "must be at least 1"),
         ("max_seq_length", lambda d: d.max_seq_length % d.pad_multiple == 0, "must be a multiple of pad_multiple"),
         ("seq_length_multiple", lambda d: not d.variable_seq_length

@@ -36,12 +36,18 @@ class ParallelLayout:
     """Shard activations outside attention/MLP along the sequence across the TP group."""
 
     def dp(self, world_size: int) -> int:
+        """The data-parallel size; LayoutError (one line) when the world size does not fit."""
         model_parallel = self.tp * self.pp * self.cp
         if world_size % model_parallel:
-            raise ValueError(
-                f"world size {world_size} is not divisible by tp*pp*cp = {self.tp}*{self.pp}*{self.cp}"
+            raise LayoutError(
+                f"world size {world_size} is not divisible by tp*pp*cp = {self.tp}*{self.pp}*{self.cp}; start a "
+                f"multiple of {model_parallel} processes (python -m megatron_vlm.launch --nproc-per-node {model_parallel} ...)"
             )
         return world_size // model_parallel
+
+
+class LayoutError(ValueError):
+    """A parallel layout that the processes started cannot form; the message is one line."""
 
 
 DEVICE_ENV = "MEGATRON_VLM_DEVICE"

@@ -140,8 +140,27 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, chunks: list, optimizer, lo
     return target
 
 
-def load_checkpoint(path: Path, chunks: list, optimizer, loader, dp_rank: int) -> dict:
-    """Resume from checkpoint ``path``: model, optimizer, RNG and loader. Returns its train_state."""
+# The model fields that decide the checkpoint's tensor shapes (null: the flavor's own value).
+MODEL_SHAPE_FIELDS = ("kind", "flavor", "num_layers")
+
+
+def model_differences(path: Path, recipe: Recipe) -> list[str]:
+    """The shape-deciding model fields whose value in the checkpoint's recipe.yaml differs from ``recipe``."""
+    import yaml
+
+    try:
+        saved = (yaml.safe_load((path / "recipe.yaml").read_text()) or {}).get("model") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    return [f"model.{name}: {saved.get(name)} there, {getattr(recipe.model, name)} now" for name in MODEL_SHAPE_FIELDS
+            if saved.get(name) != getattr(recipe.model, name)]
+
+
+def load_checkpoint(path: Path, chunks: list, optimizer, loader, dp_rank: int, recipe: Recipe | None = None) -> dict:
+    """Resume from checkpoint ``path``: model, optimizer, RNG and loader. Returns its train_state.
+
+    A checkpoint that does not load is a one-line CheckpointError; when ``recipe`` describes another
+    model than the checkpoint's recipe.yaml, the message says which fields differ."""
     from megatron_vlm.checkpoint import safe_load
     from megatron_vlm.training.optimizer import init_empty_state, restore_adam_steps
 
@@ -150,7 +169,15 @@ def load_checkpoint(path: Path, chunks: list, optimizer, loader, dp_rank: int) -
     same_world = train_state.get("world_size") == dist.get_world_size()
     with cuda_type_names():
         state = _sharded_state(chunks, optimizer, rng=same_world, loading=True)
-        loaded = safe_load.load(state, path)
+        try:
+            loaded = safe_load.load(state, path)
+        except safe_load.CheckpointError as err:
+            differ = model_differences(path, recipe) if recipe is not None else []
+            if not differ or isinstance(err, safe_load.UnsafeCheckpointError):
+                raise
+            raise safe_load.CheckpointError(
+                f"{path} was saved for another model ({'; '.join(differ)}): a resume needs the same model; use a new "
+                f"checkpoint.dir, or checkpoint.resume=false ({err})") from None
         _load_model(chunks, loaded)
         with torch.no_grad():  # fp32 master shards are views of the (grad-requiring) params
             optimizer.load_state_dict(loaded["optimizer"])

@@ -62,6 +62,12 @@ class ModelConfig:
     """Core attention of `qwen2_5_vl`: `auto` (bf16 on a GPU: TE, else flash-attn, else torch; fp32 and
     CPU: torch), or `torch` (SDPA), `flash` (flash-attn) or `te` (Transformer Engine), which need bf16."""
 
+    RULES = (
+        *options.at_least(1, "num_layers"),
+        *options.at_least(0, "first_stage_layers"),
+        ("rope_theta", lambda m: m.rope_theta is None or m.rope_theta > 0, "must be positive"),
+    )
+
 
 @dataclass
 class ParallelConfig:
@@ -79,6 +85,8 @@ class ParallelConfig:
     """Shard activations along the sequence across the TP group outside attention/MLP."""
     distributed_optimizer: bool = True
     """Shard optimizer state and master weights across data-parallel ranks (ZeRO-1)."""
+
+    RULES = options.at_least(1, "tp", "pp", "cp", "vpp")
 
 
 @dataclass
@@ -123,6 +131,15 @@ class TrainConfig:
     max_nonfinite_steps: int = 3
     """Consecutive steps with NaN/Inf loss or grads after which the run stops."""
 
+    RULES = (
+        *options.at_least(1, "tokens", "global_batch_tokens", "max_steps", "max_nonfinite_steps"),
+        *options.at_least(0, "lr", "min_lr", "warmup_steps", "weight_decay", "clip_grad"),
+        ("adam_beta1", lambda t: 0 <= t.adam_beta1 < 1, "must be in [0, 1)"),
+        ("adam_beta2", lambda t: 0 <= t.adam_beta2 < 1, "must be in [0, 1)"),
+        ("adam_eps", lambda t: t.adam_eps > 0, "must be positive"),
+        ("min_lr", lambda t: t.min_lr <= t.lr, "must not exceed train.lr"),
+    )
+
 
 @dataclass
 class CheckpointConfig:
@@ -139,6 +156,8 @@ class CheckpointConfig:
     keep_last: int = 0
     """Delete older iter_ directories beyond the last N complete ones; 0 keeps all."""
 
+    RULES = options.at_least(0, "save_interval", "keep_last")
+
 
 @dataclass
 class LoggingConfig:
@@ -154,6 +173,8 @@ class LoggingConfig:
     """`auto` (online with an API key, offline without), `online`, `offline` or `disabled`."""
     peak_tflops: float = 989.0
     """Per-device peak TFLOP/s for the MFU estimate (H100 SXM dense bf16: 989)."""
+
+    RULES = (*options.at_least(1, "log_interval"), *options.at_least(0, "peak_tflops"))
 
 
 @dataclass

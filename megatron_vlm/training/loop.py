@@ -97,7 +97,7 @@ def _train(recipe: Recipe, stop: StopSignal) -> TrainResult:
     start_step, train_state = 0, {}
     resume_from = checkpointing.latest_checkpoint(recipe.checkpoint.dir) if recipe.checkpoint.resume else None
     if resume_from is not None:
-        train_state = checkpointing.load_checkpoint(resume_from, chunks, optimizer, loader, dp_rank)
+        train_state = checkpointing.load_checkpoint(resume_from, chunks, optimizer, loader, dp_rank, recipe)
         start_step = train_state["step"]
     elif recipe.checkpoint.init_from:
         init_weights(recipe.checkpoint.init_from, provider, chunks, optimizer)

@@ -60,6 +60,12 @@ def build(cls, values: dict, where: str = "", error: type[OptionError] = OptionE
     return obj
 
 
+def at_least(low, *keys: str) -> tuple:
+    """RULES entries: each field in ``keys`` is ``>= low`` (or None, where its type allows it)."""
+    return tuple((key, lambda o, key=key: getattr(o, key) is None or getattr(o, key) >= low, f"must be at least {low}")
+                 for key in keys)
+
+
 def check(obj, where: str = "", error: type[OptionError] = OptionError) -> None:
     """Check an object built in code (not through ``build``) the same way: every field, then RULES."""
     hints = typing.get_type_hints(type(obj))

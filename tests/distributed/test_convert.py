@@ -131,6 +131,7 @@ def _refusals(hf_dir: str, tmp: str) -> dict:
     """Run every refusal in one process; return {case: (message, whether anything was written)}."""
     from megatron_vlm.checkpoint import convert
     from megatron_vlm.checkpoint.hf_io import ConversionError, HFReader, ShardedSafetensorsWriter
+    from megatron_vlm.checkpoint.safe_load import CheckpointError
 
     tmp = Path(tmp)
     results = {}
@@ -140,7 +141,7 @@ def _refusals(hf_dir: str, tmp: str) -> dict:
         try:
             fn(out)
             results[case] = (None, out.exists())
-        except ConversionError as exc:
+        except (ConversionError, CheckpointError) as exc:
             leftovers = [p.name for p in tmp.iterdir() if p.name.startswith((f"out-{case}", f".out-{case}"))]
             results[case] = (str(exc), bool(leftovers))
 
@@ -194,6 +195,24 @@ def _refusals(hf_dir: str, tmp: str) -> dict:
     wrong = variant("v5", edit_config=lambda c: c.update(
         num_hidden_layers=6, text_config={**c.get("text_config", {}), "num_hidden_layers": 6}))
     attempt("template-mismatch", lambda o: convert.mcore_to_hf(good, o, hf_template=wrong))
+
+    # Damaged inputs: a missing or truncated .distcp, a truncated safetensors shard.
+    import shutil
+
+    def damaged_checkpoint(name: str, damage) -> Path:
+        d = tmp / name
+        shutil.copytree(good, d)
+        damage(max(d.glob("*.distcp"), key=lambda p: p.stat().st_size))
+        return d
+
+    attempt("missing-distcp", lambda o: convert.mcore_to_hf(damaged_checkpoint("c1", Path.unlink), o))
+    attempt("truncated-distcp", lambda o: convert.mcore_to_hf(damaged_checkpoint(
+        "c2", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])), o))
+    cut = tmp / "v6"
+    shutil.copytree(hf_dir, cut)
+    shard = sorted(cut.glob("model-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    attempt("truncated-safetensors", lambda o: convert.hf_to_mcore(cut, o))
 
     # --overwrite never removes an input: outputs that are, lie inside or contain one are refused.
     def overlap(case: str, fn, inputs: list[Path]) -> None:
@@ -315,6 +334,9 @@ def test_refusals_name_the_problem_and_write_nothing(tmp_path, reference_dir):
         "killed": "killed while writing",
         "not-a-checkpoint": "not a Megatron dist checkpoint",
         "template-mismatch": "has shape",
+        "missing-distcp": "missing: the checkpoint is incomplete",
+        "truncated-distcp": "is truncated",
+        "truncated-safetensors": "not a complete safetensors file",
         "export-over-input": "it is the input",
         "export-inside-input": "it is inside the input",
         "export-over-parent": "it contains the input",

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from tests.dist_utils import run_tool
+from tests.dist_utils import REPO, run_tool
 from tests.shards_fixtures import build_shards
 
 SEQ = 512
@@ -58,3 +58,28 @@ def test_every_sample_bad_stops_with_the_counts_not_a_hang(all_bad_shards, qwen_
     assert len(errors) == 1 and f"{total} bad samples in a row" in errors[0] and f"corrupt-image {total}" in errors[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "ckpt" / "latest").exists()
+
+
+def _gpt_args(ckpt, *extra: str) -> list[str]:
+    return ["--config", f"{REPO}/examples/recipes/gpt_tiny.yaml", f"checkpoint.dir={ckpt}", "train.max_steps=1",
+            *extra]
+
+
+@pytest.mark.slow(20)
+def test_resume_with_another_model_shape_is_one_line(tmp_path):
+    code, out, err = run_tool("megatron_vlm.train", _gpt_args(tmp_path / "ckpt"))[0]
+    assert code == 0, err[-2000:]
+    for change, named in (("model.num_layers=3", "model.num_layers"), ("parallel.tp=1", None)):
+        code, out, err = run_tool("megatron_vlm.train", _gpt_args(tmp_path / "ckpt", change, "train.max_steps=2"))[0]
+        if named is None:  # an unchanged model resumes
+            assert code == 0 and "resumed from" in out, err[-2000:]
+            continue
+        errors = _errors(err)
+        assert code == 1 and len(errors) == 1 and named in errors[0] and "Traceback" not in err, err[-3000:]
+
+
+def test_layout_that_the_processes_cannot_form_is_one_line(tmp_path):
+    code, out, err = run_tool("megatron_vlm.train", _gpt_args(tmp_path / "ckpt", "parallel.tp=2"))[0]
+    errors = _errors(err)
+    assert code == 1 and len(errors) == 1 and "not divisible by tp*pp*cp = 2*1*1" in errors[0], err[-3000:]
+    assert "Traceback" not in err

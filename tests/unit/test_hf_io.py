@@ -84,3 +84,28 @@ def test_atomic_output_dir_refuses_non_empty_target(tmp_path):
         with atomic_output_dir(tmp_path):
             pass
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "escaping-index"])
+def test_damaged_weights_are_one_line_conversion_errors(tmp_path, damage):
+    """hf-to-mcore reads shapes first: a truncated or garbled safetensors file, or an index naming a file
+    outside the directory, is a ConversionError (the CLI's one line, exit 2), never a safetensors traceback."""
+    writer = ShardedSafetensorsWriter(tmp_path, max_shard_bytes=4000)
+    for i in range(3):
+        writer.add(f"layer.{i}.weight", torch.randn(30, 20))
+    writer.close()
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[1]
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif damage == "garbage":
+        shard.write_bytes(b"\xff" * 64)
+    else:
+        index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+        index["weight_map"]["layer.0.weight"] = "../" + shard.name
+        (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ConversionError) as err:
+        tensor_shapes(tmp_path)
+        HFReader(tmp_path).get("layer.1.weight")
+    message = str(err.value)
+    assert "\n" not in message
+    assert (shard.name in message) if damage != "escaping-index" else ("not a safe file name" in message)

@@ -121,3 +121,56 @@ def test_model_kinds_are_the_provider_registry():
     from megatron_vlm.utils import options
 
     assert set(options.choices(cfg.ModelConfig, "kind")) == set(PROVIDERS)
+
+
+RANGES = [
+    ("train.global_batch_tokens=0", r"train.global_batch_tokens=0: must be at least 1"),  # was a ZeroDivisionError
+    ("data.max_seq_length=0", r"data.max_seq_length=0: must be at least 1"),  # was a ZeroDivisionError
+    ("train.tokens=-1", r"train.tokens=-1: must be at least 1"),
+    ("train.max_steps=0", r"train.max_steps=0: must be at least 1"),
+    ("train.lr=-0.1", r"train.lr=-0.1: must be at least 0"),
+    ("train.adam_beta2=1.0", r"train.adam_beta2=1.0: must be in \[0, 1\)"),
+    ("parallel.tp=0", r"parallel.tp=0: must be at least 1"),
+    ("parallel.vpp=0", r"parallel.vpp=0: must be at least 1"),
+    ("checkpoint.save_interval=-1", r"checkpoint.save_interval=-1: must be at least 0"),
+    ("logging.log_interval=0", r"logging.log_interval=0: must be at least 1"),
+    ("model.num_layers=0", r"model.num_layers=0: must be at least 1"),
+    ("data.token_budget=-5", r"data.token_budget=-5: must be at least 1"),
+    ("data.token_budget=lots", r"data.token_budget: cannot use 'lots' as int"),
+    ("data.max_pixels=0", r"data.max_pixels=0: must be at least 1"),
+    ("data.min_pixels=20000000", r"data.max_pixels=12845056: must be at least min_pixels"),
+    ("data.samples_per_shard=0", r"data.samples_per_shard=0: must be at least 1"),
+    ("data.pages_range=ab", r"data.pages_range: cannot use 'ab' as list\[int\]"),
+    ("data.pages_range=[50, 32]", r"data.pages_range=\[50, 32\]: must be \[min, max\] pages with 1 <= min <= max"),
+    ("data.length_histogram={'9-3': 1}", r"data.length_histogram=\{'9-3': 1.0\}: must map \"lo-hi\" token ranges"),
+    ("data.max_bad_samples=0", r"data.max_bad_samples=0: must be at least 1"),
+    ("data.num_workers=-1", r"data.num_workers=-1: must be at least 0"),
+]
+
+
+@pytest.mark.parametrize("override, message", RANGES, ids=[o for o, _ in RANGES])
+def test_ranges_fail_at_load_with_the_key(override, message):
+    with pytest.raises(RecipeError, match=message) as err:
+        load_recipe(None, [override])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, message", [r for r in RANGES if r[0].startswith("data.")],
+                         ids=[o for o, _ in RANGES if o.startswith("data.")])
+def test_build_applies_the_same_rules_to_the_data_section(override, message, tmp_path, capsys):
+    """`preprocess_data.py build --recipe` reads the data section through the same rules: one line, exit 2,
+    nothing written."""
+    import yaml
+
+    from megatron_vlm.data import build
+
+    key, raw = override.split("=", 1)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"data": {key.split(".", 1)[1]: yaml.safe_load(raw)}}))
+    parser = __import__("argparse").ArgumentParser()
+    build.add_arguments(parser)
+    args = parser.parse_args(["--pool", str(tmp_path / "pool"), "--qa", str(tmp_path / "qa"),
+                              "--recipe", str(tmp_path / "recipe.yaml"), "--output", str(tmp_path / "out")])
+    assert build.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and __import__("re").search(message, err), err
+    assert not (tmp_path / "out").exists()
