@@ -105,7 +105,8 @@ class DataRecipe:
         *options.at_least(1, "max_seq_length", "token_budget", "samples_per_shard", "min_pixels", "max_pixels",
                           "long_threshold", "pack_buffer", "pad_multiple", "max_bad_samples"),
         *options.at_least(0, "num_workers"),
-        ("max_pixels", lambda d: d.max_pixels >= d.min_pixels, "must be at least min_pixels"),
+        ("max_pixels", lambda d: None in (d.min_pixels, d.max_pixels) or d.max_pixels >= d.min_pixels,
+         "must be at least min_pixels"),
         ("max_repeats", lambda d: d.max_repeats >= 1, "must be at least 1"),
         ("max_seq_length", lambda d: d.max_seq_length % d.pad_multiple == 0, "must be a multiple of pad_multiple"),
         ("seq_length_multiple", lambda d: not d.variable_seq_length

@@ -138,7 +138,7 @@ RANGES = [
     ("data.token_budget=-5", r"data.token_budget=-5: must be at least 1"),
     ("data.token_budget=lots", r"data.token_budget: cannot use 'lots' as int"),
     ("data.max_pixels=0", r"data.max_pixels=0: must be at least 1"),
-    ("data.min_pixels=20000000", r"data.max_pixels=12845056: must be at least min_pixels"),
+    ("data.min_pixels=0", r"data.min_pixels=0: must be at least 1"),
     ("data.samples_per_shard=0", r"data.samples_per_shard=0: must be at least 1"),
     ("data.pages_range=ab", r"data.pages_range: cannot use 'ab' as list\[int\]"),
     ("data.pages_range=[50, 32]", r"data.pages_range=\[50, 32\]: must be \[min, max\] pages with 1 <= min <= max"),
