@@ -103,11 +103,10 @@ class DataRecipe:
          and (not d.length_histogram or sum(d.length_histogram.values()) > 0),
          'must map "lo-hi" token ranges (0 <= lo < hi) to non-negative weights, not all 0'),
         *options.at_least(1, "max_seq_length", "token_budget", "samples_per_shard", "min_pixels", "max_pixels",
-                          "long_threshold", "pack_buffer", "pad_multiple", "max_bad_samples"),
+                          "long_threshold", "pack_buffer", "pad_multiple", "max_bad_samples", "max_repeats"),
         *options.at_least(0, "num_workers"),
         ("max_pixels", lambda d: None in (d.min_pixels, d.max_pixels) or d.max_pixels >= d.min_pixels,
          "must be at least min_pixels"),
-        ("max_repeats", lambda d: d.max_repeats >= 1, "must be at least 1"),
         ("max_seq_length", lambda d: d.max_seq_length % d.pad_multiple == 0, "must be a multiple of pad_multiple"),
         ("seq_length_multiple", lambda d: not d.variable_seq_length
          or (d.seq_length_multiple >= 1 and d.seq_length_multiple % d.pad_multiple == 0),
