@@ -27,8 +27,6 @@ import types
 import torch
 
 CALLS: list[dict] = []
-REFUSE_FP32 = True
-"""Set False to compare float32 runs through the stand-in with float32 references."""
 
 
 class DotProductAttention(torch.nn.Module):
@@ -58,7 +56,7 @@ class DotProductAttention(torch.nn.Module):
 
         assert self.qkv_format == "thd" and q.dim() == 3 and q.shape[1:] == (self.heads, self.head_dim)
         assert k.shape[1] == self.kv_heads and cu_seqlens_q.dtype == torch.int32 and max_seqlen_q is not None
-        if q.dtype == torch.float32 and REFUSE_FP32:
+        if q.dtype == torch.float32:
             raise RuntimeError("No dot product attention backend is available for the provided inputs")
         mask = attn_mask_type or self.attn_mask_type
         causal = mask in ("causal", "padding_causal")

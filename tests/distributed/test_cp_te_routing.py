@@ -8,7 +8,8 @@ one image and a text-only sample:
 - every LLM attention call reaches TE's module bound to the CP group (global ranks, p2p), in
   THD with the GLOBAL padded boundaries as ``cu_seqlens_q_padded`` and the global longest
   padded sub-sequence as ``max_seqlen``; the ViT's calls reach a module without CP;
-- the logits equal those of the ``torch`` backend's all-gather path on the same split;
+- the logits equal those of the ``torch`` backend's all-gather path on the same split (bf16, as TE
+  runs: within 2% of the largest logit; the two compute the same sums in another order);
 - the rank that encoded no image holds the same state-dict keys as the one that did (TE's
   ``_extra_state`` is built with the layer).
 """
@@ -50,7 +51,6 @@ def _rank():
     from tests.qwen_utils import IMAGE, VIDEO, hf_model, tiny_config
 
     te_stand_in.install()
-    te_stand_in.REFUSE_FP32 = False  # compare float32 with float32
     initialize(ParallelLayout(cp=2))
     rank = parallel_state.get_context_parallel_rank()
     cfg = tiny_config()
@@ -58,14 +58,15 @@ def _rank():
     batch = split_batch_for_cp(_batch(), 2, rank, image_token_id=IMAGE, video_token_id=VIDEO)
     out = {"rank": rank, "cu_padded": batch["cu_seqlens_padded"].tolist()}
     for backend in ("te", "torch"):
-        model = Qwen2_5_VLModel(cfg, spec="local", attention_backend=backend).eval()
+        model = Qwen2_5_VLModel(cfg, spec="local", attention_backend=backend, params_dtype=torch.bfloat16, bf16=True)
         load_full_state_dict(model, hf_to_mcore(hf.state_dict(), cfg))
+        model.eval()
         te_stand_in.CALLS.clear()
         with torch.no_grad():
-            logits = model(batch["tokens"], batch["position_ids"], pixel_values=batch["pixel_values"],
+            logits = model(batch["tokens"], batch["position_ids"], pixel_values=batch["pixel_values"].bfloat16(),
                            image_grid_thw=batch["image_grid_thw"],
                            packed_seq_params=packed_seq_params(batch["cu_seqlens_padded"]))
-        out[backend] = {"logits": logits[0].numpy(), "keys": sorted(model.state_dict()),
+        out[backend] = {"logits": logits[0].float().numpy(), "keys": sorted(model.state_dict()),
                         "calls": [c["forward"] for c in te_stand_in.CALLS if "forward" in c]}
     destroy()
     return out
@@ -87,8 +88,8 @@ def test_te_backend_uses_ring_attention_under_cp():
             assert c["ranks"] == [0, 1] and c["comm"] == "p2p" and c["mask"] == "padding_causal"
         images_encoded.append(len(vit))
         assert r["torch"]["calls"] == []
-        torch.testing.assert_close(torch.from_numpy(r["te"]["logits"]), torch.from_numpy(r["torch"]["logits"]),
-                                   rtol=1e-5, atol=1e-5)
+        te, ref = torch.from_numpy(r["te"]["logits"]), torch.from_numpy(r["torch"]["logits"])
+        assert (te - ref).abs().max() <= 0.02 * ref.abs().max()
     assert sorted(images_encoded) == [0, 2]  # one rank ran the 2-block ViT, the other never did
     assert ranks[0]["te"]["keys"] == ranks[1]["te"]["keys"]
     assert any(k.startswith("vision.") and k.endswith("_te._extra_state") for k in ranks[0]["te"]["keys"])
