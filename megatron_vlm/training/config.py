@@ -200,11 +200,21 @@ class Recipe:
          "te and flash attention need train.precision=bf16 (no fp32 kernel for packed sequences); use auto or torch"),
         ("model.attention_backend", lambda r: r.model.kind == "qwen2_5_vl" or r.model.attention_backend == "auto",
          "is chosen by Megatron's spec for model.kind=gpt; leave it auto"),
+        ("checkpoint.init_from", lambda r: not r.checkpoint.init_from or _apart(r.checkpoint.dir, r.checkpoint.init_from),
+         "must not be, contain or lie inside checkpoint.dir: the run's saves would write over it"),
         ("train.fp8", lambda r: r.train.fp8 is None or all(n % fp8_row_unit(r) == 0 for n in sequence_lengths(r)),
          f"with FP8 every rank's rows (sequence length / (parallel.cp x parallel.tp with sequence parallelism)) must be "
          f"a multiple of {FP8_ROWS}: make data.max_seq_length and data.seq_length_multiple multiples of "
          f"{FP8_ROWS} x cp x (tp if sequence_parallel)"),
     )
+
+
+def _apart(output: str, given: str) -> bool:
+    """True when ``output`` neither is, contains nor lies inside ``given`` (utils/atomic.refuse_inputs)."""
+    from megatron_vlm.utils.atomic import refuse_inputs
+
+    refuse_inputs(output, [given])  # ValueError: the rule fails
+    return True
 
 
 def fp8_row_unit(recipe: Recipe) -> int:

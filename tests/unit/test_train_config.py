@@ -145,6 +145,8 @@ RANGES = [
     ("data.length_histogram={'9-3': 1}", r"data.length_histogram=\{'9-3': 1.0\}: must map \"lo-hi\" token ranges"),
     ("data.max_bad_samples=0", r"data.max_bad_samples=0: must be at least 1"),
     ("data.num_workers=-1", r"data.num_workers=-1: must be at least 0"),
+    ("checkpoint.init_from=checkpoints/run/iter_0000010", r"checkpoint.init_from='checkpoints/run/iter_0000010': must "
+     r"not be, contain or lie inside checkpoint.dir"),
 ]
 
 
