@@ -36,3 +36,23 @@ def test_page_references_in_questions():
     not_named = ["How many pages does the report have?", "According to the section \"2 Methods\", how many pages in length?",
                  "What is the value in the column \"Pages\" for the row \"Total\"?"]
     assert all(names_a_page(q) for q in named) and not any(names_a_page(q) for q in not_named)
+
+
+def test_table_with_two_header_rows_continued_over_a_page():
+    head = [["Model", "Accuracy", ""], ["", "Top-1", "Top-5"]]
+    page0 = [["Alpha", "71.2", "90.1"], ["Beta", "74.0", "91.5"]]
+    page1 = [["Gamma", "76.3", "93.0"], ["Delta", "69.9", "88.7"]]
+
+    def table(rows, continued_from, copied):
+        return {"kind": "table", "text": "\n".join(" | ".join(r) for r in (rows if copied else head + rows)),
+                "cells": head + rows, "header_rows": 2, "continued_from": continued_from, "header_copied": copied,
+                "bbox": [50, 300, 500, 400]}
+
+    doc = _doc([[("heading", "5 Results"), ("caption", "Table 4: Scores by model")], []])
+    doc["pages"][0]["blocks"].append(table(page0, None, False))
+    doc["pages"][1]["blocks"].append(table(page1, 0, True))
+    cells = [f for f in document_facts(doc) if f.kind == "cell"]
+    assert {(f.page, f.row, f.column, f.value) for f in cells} == {
+        (p, row[0], col, v) for p, rows in ((0, page0), (1, page1)) for row in rows for col, v in zip(["Accuracy Top-1", "Top-5"], row[1:])}
+    assert {f.table for f in cells} == {'Table 4 ("Scores by model")'} and len({f.table_id for f in cells}) == 1
+    assert all(f.problem is None for f in cells)

@@ -192,6 +192,17 @@ def section_number(heading: str) -> tuple[str, str] | None:
     return m[1], title
 
 
+def column_names(header_rows: list[list[str]]) -> list[str]:
+    """One name per column from a table's header rows: its non-empty header cells, top to bottom
+    ("Accuracy" over "Top-1" -> "Accuracy Top-1"); [] without header rows."""
+    width = max((len(r) for r in header_rows), default=0)
+    names = []
+    for c in range(width):
+        parts = [r[c] for r in header_rows if c < len(r) and r[c]]
+        names.append(" ".join(dict.fromkeys(parts)))
+    return names
+
+
 def _is_title(text: str) -> bool:
     words = text.split()
     return 1 <= len(words) <= 15 and bool(re.search(r"[^\W\d_]{3}", text)) and not re.search(r"\.\s?\.\s?\.", text)
@@ -211,7 +222,7 @@ class _Walk:
                 if block["kind"] == "caption" and (m := LABEL_RE.match(block["text"].strip())):
                     labels[f"{m[1]} {m[2]}"] += 1
         self.unique_labels = {label for label, n in labels.items() if n == 1}
-        self.last_table: tuple | None = None  # (header row, table id) of the previous page's last table
+        self.last_table: tuple | None = None  # (column names, table id, caption) of the previous page's last table
 
     def run(self) -> list[Fact]:
         for page in self.doc["pages"]:
@@ -232,12 +243,18 @@ class _Walk:
                 if problem is not None or not block_usable(block):
                     continue
                 if block["kind"] == "table":
-                    table_id = (page["index"], tables_here)
-                    header = [" ".join(c.split()) for c in (block.get("cells") or [[]])[0]]
-                    if tables_here == 0 and prev_last and prev_last[0] == header and not self._caption(blocks, i):
-                        table_id = prev_last[1]  # the same table continued on this page
-                    self._cells(page["index"], block, self._caption(blocks, i), table_id)
-                    self.last_table = (header, table_id)
+                    cells = [[" ".join(c.split()) for c in row] for row in block.get("cells") or []]
+                    n_head = block.get("header_rows", 1)  # pools before header_rows: the first row
+                    header = column_names(cells[:n_head])
+                    table_id, caption = (page["index"], tables_here), self._caption(blocks, i)
+                    if "continued_from" in block:
+                        continued = block["continued_from"] is not None and tables_here == 0
+                    else:  # pools before continued_from: the first table repeats the last one's header
+                        continued = tables_here == 0 and not caption and prev_last is not None and prev_last[0] == header
+                    if continued and prev_last:
+                        table_id, caption = prev_last[1], caption or prev_last[2]  # the same table, named as before
+                    self._cells(page["index"], header, cells[n_head:], caption, table_id)
+                    self.last_table = (header, table_id, caption)
                     tables_here += 1
                 elif not CAPTION_RE.match(text):
                     for line in (text.splitlines() if block["kind"] == "list" else [text]):
@@ -264,11 +281,9 @@ class _Walk:
             name += f' in the section "{self.section}"'
         return name, self.section
 
-    def _cells(self, page: int, block: dict, caption: str, table_id: tuple) -> None:
-        cells = [[" ".join(c.split()) for c in row] for row in block.get("cells") or []]
-        if len(cells) < 3 or len(cells[0]) < 2:
+    def _cells(self, page: int, header: list[str], body: list[list[str]], caption: str, table_id: tuple) -> None:
+        if len(body) < 2 or len(header) < 2:
             return
-        header, body = cells[0], cells[1:]
         name, anchor = self._table_name(caption, header)
         labels = Counter(row[0] for row in body if row)
         for row in body:
