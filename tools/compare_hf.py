@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         if rank0:
             print(f"[compare_hf] {batch['tokens'].shape[1]} tokens, {len(args.image)} image(s); "
                   f"ours at tp={args.tp} pp={args.pp} cp={args.cp} from {args.mcore or args.hf}", flush=True)
-        ours = our_logits(cfg, batch, args.hf, args.mcore, args.sequence_parallel)
+        ours = our_logits(cfg, batch, args.hf, args.mcore)
         code = 0
         if rank0:
             print("[compare_hf] running HF transformers (float32, eager attention)", flush=True)

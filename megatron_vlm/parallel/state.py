@@ -19,10 +19,13 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
+from megatron_vlm.utils import options
+
 
 @dataclass(frozen=True)
 class ParallelLayout:
-    """A model-parallel layout. Data parallelism is whatever the world size leaves over."""
+    """A model-parallel layout (also the recipe's ``parallel`` section). Data parallelism is whatever
+    the world size leaves over."""
 
     tp: int = 1
     """Tensor-parallel size (attention heads and MLP columns split across ranks)."""
@@ -33,7 +36,33 @@ class ParallelLayout:
     vpp: int | None = None
     """Virtual pipeline stages per rank (interleaved schedule); None for the plain 1F1B schedule."""
     sequence_parallel: bool = False
-    """Shard activations outside attention/MLP along the sequence across the TP group."""
+    """Shard activations outside attention/MLP along the sequence across the TP group (with tp > 1)."""
+    distributed_optimizer: bool = True
+    """Shard optimizer state and master weights across data-parallel ranks (ZeRO-1)."""
+
+    RULES = options.at_least(1, "tp", "pp", "cp", "vpp")
+
+    @property
+    def shards_sequence(self) -> bool:
+        """Sequence parallelism in effect: asked for, and a TP group to shard over."""
+        return self.sequence_parallel and self.tp > 1
+
+    def transformer_config_kwargs(self) -> dict:
+        """Megatron TransformerConfig arguments for this layout: the sizes, sequence parallelism, and
+        the p2p settings the interleaved schedule needs to be correct.
+
+        At PP=2 with virtual stages the previous and the next stage are the same rank, and a batched
+        send/recv cannot tell a forward activation from a backward gradient (same shape;
+        Megatron-LM issue #750): they were silently swapped. Unbatched, overlapped p2p sends the two
+        directions on two different process groups.
+        """
+        kwargs = dict(
+            tensor_model_parallel_size=self.tp, pipeline_model_parallel_size=self.pp, context_parallel_size=self.cp,
+            virtual_pipeline_model_parallel_size=self.vpp, sequence_parallel=self.shards_sequence,
+        )
+        if self.vpp and self.pp == 2:
+            kwargs.update(overlap_p2p_comm=True, batch_p2p_comm=False)
+        return kwargs
 
     def dp(self, world_size: int) -> int:
         """The data-parallel size; LayoutError (one line) when the world size does not fit."""
@@ -77,6 +106,7 @@ class Device:
 
 
 _device: Device | None = None
+_layout: ParallelLayout | None = None
 
 
 def choose_device(want: str | None = None) -> Device:
@@ -97,10 +127,15 @@ def device() -> Device:
     return _device or choose_device()
 
 
+def layout() -> ParallelLayout:
+    """The layout ``initialize()`` set up; a single process (all sizes 1) before it."""
+    return _layout or ParallelLayout()
+
+
 def initialize(layout: ParallelLayout, seed: int = 1234, timeout_s: float = 600.0, device: str | None = None) -> Device:
     """Start torch.distributed from the torchrun environment (if needed) and Megatron's groups on
     the chosen device (see ``choose_device``); returns it. On CPU the cpu_compat shims go on."""
-    global _device
+    global _device, _layout
     from megatron.core import parallel_state, tensor_parallel
 
     from megatron_vlm.parallel import cpu_compat
@@ -130,12 +165,13 @@ def initialize(layout: ParallelLayout, seed: int = 1234, timeout_s: float = 600.
         virtual_pipeline_model_parallel_size=layout.vpp,
     )
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    _layout = layout
     return chosen
 
 
 def destroy() -> None:
     """Tear down Megatron's groups and the default process group; the CPU shims go off."""
-    global _device
+    global _device, _layout
     from megatron.core import parallel_state
 
     from megatron_vlm.parallel import cpu_compat
@@ -144,4 +180,4 @@ def destroy() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     cpu_compat.disable()
-    _device = None
+    _device, _layout = None, None

@@ -22,6 +22,7 @@ from typing import Literal
 import yaml
 
 from megatron_vlm.data.recipe import DataRecipe
+from megatron_vlm.parallel.state import ParallelLayout
 from megatron_vlm.utils import options
 
 ModelKind = Literal["qwen2_5_vl", "gpt"]
@@ -69,24 +70,8 @@ class ModelConfig:
     )
 
 
-@dataclass
-class ParallelConfig:
-    """The parallel layout; data parallelism is what the world size leaves over."""
-
-    tp: int = 1
-    """Tensor-parallel size."""
-    pp: int = 1
-    """Pipeline-parallel size."""
-    cp: int = 1
-    """Context-parallel size (each packed sequence split into 2*cp chunks)."""
-    vpp: int | None = None
-    """Virtual pipeline stages per rank (interleaved 1F1B); None for plain 1F1B."""
-    sequence_parallel: bool = False
-    """Shard activations along the sequence across the TP group outside attention/MLP."""
-    distributed_optimizer: bool = True
-    """Shard optimizer state and master weights across data-parallel ranks (ZeRO-1)."""
-
-    RULES = options.at_least(1, "tp", "pp", "cp", "vpp")
+# The recipe's parallel section is the runtime layout itself (parallel/state.py): one definition.
+ParallelConfig = ParallelLayout
 
 
 @dataclass
@@ -183,7 +168,7 @@ class Recipe:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model section."""
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    parallel: ParallelLayout = field(default_factory=ParallelLayout)
     """Parallel layout section."""
     data: DataRecipe = field(default_factory=DataRecipe)
     """Data section (shards, sequence length, mixture); owned by the data layer."""

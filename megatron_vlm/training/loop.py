@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron_vlm.parallel import ParallelLayout, destroy, device, initialize
+from megatron_vlm.parallel import destroy, device, initialize
 from megatron_vlm.training import checkpointing
 from megatron_vlm.training.budget import Budget, learning_rate, plan_budget
 from megatron_vlm.training.config import Recipe, RecipeError, recipe_to_yaml
@@ -68,8 +68,7 @@ def train(recipe: Recipe, stop: StopSignal | None = None) -> TrainResult:
     ``stop`` records SIGTERM/SIGUSR1 (training/signals.py); the command creates it before its
     imports so a signal during start-up is honoured too. Without one, it is created here."""
     stop = stop or StopSignal()
-    par = recipe.parallel
-    initialize(ParallelLayout(par.tp, par.pp, par.cp, par.vpp, par.sequence_parallel), seed=recipe.train.seed)
+    initialize(recipe.parallel, seed=recipe.train.seed)
     try:
         return _train(recipe, stop)
     finally:
@@ -237,7 +236,7 @@ def build_data(recipe: Recipe, provider, dp_rank: int, dp_size: int):
     """This data-parallel rank's micro-batch stream (docs/formats.md section 4), with state_dict()."""
     source, data, par = recipe.train.data_source, recipe.data, recipe.parallel
     # Variable lengths must still split evenly over CP ranks (2*cp chunks) and, with sequence parallelism, TP ranks.
-    unit = math.lcm(2 * par.cp if par.cp > 1 else 1, par.cp * par.tp if par.sequence_parallel else 1)
+    unit = math.lcm(2 * par.cp if par.cp > 1 else 1, par.cp * par.tp if par.shards_sequence else 1)
     if data.variable_seq_length and data.seq_length_multiple % unit:
         raise RecipeError(f"data.seq_length_multiple={data.seq_length_multiple} must be a multiple of {unit} "
                           "(2 x parallel.cp, and cp x tp with sequence parallelism)")

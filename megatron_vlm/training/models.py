@@ -36,18 +36,12 @@ def te_layers() -> bool:
 
 def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
     """TransformerConfig arguments that come from the recipe, not from the model's shape."""
-    from megatron_vlm.models.qwen2_5_vl.model import pipeline_p2p_options
-
     par, train = recipe.parallel, recipe.train
     if train.fp8 and not te_available():
         raise RecipeError(f"train.fp8={train.fp8} needs Transformer Engine, which is not installed (set train.fp8=null)")
     bf16 = train.precision == "bf16"
     kwargs = dict(
-        tensor_model_parallel_size=par.tp,
-        pipeline_model_parallel_size=par.pp,
-        context_parallel_size=par.cp,
-        virtual_pipeline_model_parallel_size=par.vpp,
-        sequence_parallel=par.sequence_parallel and par.tp > 1,
+        **par.transformer_config_kwargs(),
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
@@ -56,7 +50,6 @@ def parallel_and_precision_kwargs(recipe: Recipe) -> dict:
         use_cpu_initialization=not device().is_cuda,
         fp8=train.fp8,
         num_layers_in_first_pipeline_stage=recipe.model.first_stage_layers,
-        **pipeline_p2p_options(par.pp, par.vpp),
     )
     if recipe.model.recompute == "selective":
         kwargs.update(recompute_granularity="selective")
@@ -228,10 +221,7 @@ class Qwen25VLProvider:
 
         cfg = self.model_config(recipe)
         check_virtual_pipeline(recipe, cfg.text.num_hidden_layers, _data_parallel_size())
-        overrides = parallel_and_precision_kwargs(recipe)
-        for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
-                    "virtual_pipeline_model_parallel_size"):
-            overrides.pop(key)  # the model reads the layout from parallel_state
+        overrides = parallel_and_precision_kwargs(recipe)  # the layout too: passed, not read from globals
         spec = "te" if te_layers() else "local"  # attention: by dtype (models.common.attention.resolve_backend)
         model = Qwen2_5_VLModel(cfg, spec=spec, attention_backend=recipe.model.attention_backend,
                                 pre_process=pre_process, post_process=post_process,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from megatron_vlm.parallel.state import layout
+
 
 class CompareError(ValueError):
     """Bad input; the CLI prints it as one line."""
@@ -84,19 +86,17 @@ def pad_for_layout(batch: dict, multiple: int) -> dict:
     return out
 
 
-def our_logits(cfg, batch: dict, hf_dir: Path, mcore_dir: Path | None, sequence_parallel: bool) -> torch.Tensor | None:
-    """Our logits [T, V] for ``batch`` on rank 0 (None elsewhere), at the current parallel layout."""
+def our_logits(cfg, batch: dict, hf_dir: Path, mcore_dir: Path | None) -> torch.Tensor | None:
+    """Our logits [T, V] for ``batch`` on rank 0 (None elsewhere), at the layout ``initialize()`` set up
+    (sequence parallelism included)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel, forward_batch
 
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    cp = parallel_state.get_context_parallel_world_size()
-    model = Qwen2_5_VLModel(
-        cfg, attention_backend="torch", sequence_parallel=sequence_parallel and tp > 1, pipeline_dtype=torch.float32
-    ).eval()
+    tp, cp = layout().tp, layout().cp
+    model = Qwen2_5_VLModel(cfg, attention_backend="torch", pipeline_dtype=torch.float32).eval()
     load_weights(model, cfg, hf_dir, mcore_dir)
     full = pad_for_layout(batch, 2 * cp * tp)
     local = full

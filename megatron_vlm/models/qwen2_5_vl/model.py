@@ -37,18 +37,7 @@ from megatron_vlm.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from megatron_vlm.models.qwen2_5_vl.rope import MRopeEmbedding
 from megatron_vlm.models.qwen2_5_vl.specs import block_spec
 from megatron_vlm.models.qwen2_5_vl.vision import VisionTransformer
-
-
-def _parallel_sizes() -> dict:
-    if not parallel_state.model_parallel_is_initialized():
-        return {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "context_parallel_size": 1}
-    return {
-        "tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
-        "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
-        "virtual_pipeline_model_parallel_size": parallel_state.get_virtual_pipeline_model_parallel_world_size(),
-        "context_parallel_size": parallel_state.get_context_parallel_world_size(),
-    }
-
+from megatron_vlm.parallel.state import layout
 
 _COMMON = dict(
     hidden_dropout=0.0, attention_dropout=0.0, bias_activation_fusion=False, masked_softmax_fusion=False,
@@ -58,43 +47,29 @@ _COMMON = dict(
 
 
 def text_transformer_config(cfg: Qwen2_5_VLConfig, **overrides) -> TransformerConfig:
-    """Megatron TransformerConfig of the LLM at the current parallel layout (``overrides`` win)."""
+    """Megatron TransformerConfig of the LLM at the layout ``initialize()`` set up (``overrides`` win;
+    the trainer passes its recipe's layout and precision)."""
     t = cfg.text
     rope = MRopeEmbedding(t.head_dim, t.rope_theta, t.mrope_section, t.rope_scaling)
     # YaRN's attention factor scales q and k after rope, i.e. the logits by its square.
     scale = rope.attention_factor**2 / math.sqrt(t.head_dim)
     kwargs = dict(
-        _COMMON, **_parallel_sizes(),
+        _COMMON, **layout().transformer_config_kwargs(),
         num_layers=t.num_hidden_layers, hidden_size=t.hidden_size, num_attention_heads=t.num_attention_heads,
         num_query_groups=t.num_key_value_heads, ffn_hidden_size=t.intermediate_size, kv_channels=t.head_dim,
         gated_linear_unit=True, activation_func=F.silu, layernorm_epsilon=t.rms_norm_eps,
         add_bias_linear=False, add_qkv_bias=True, mrope_section=list(t.mrope_section),
         softmax_scale=None if rope.attention_factor == 1.0 else scale,
     )
-    kwargs.update(pipeline_p2p_options(kwargs["pipeline_model_parallel_size"],
-                                       kwargs.get("virtual_pipeline_model_parallel_size")))
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
-
-
-def pipeline_p2p_options(pp: int, vpp: int | None) -> dict:
-    """TransformerConfig p2p settings the interleaved schedule needs to be correct at this layout.
-
-    At PP=2 the previous and the next stage are the same rank, and a batched send/recv cannot
-    tell a forward activation from a backward gradient (same shape; Megatron-LM issue #750):
-    they were silently swapped. Unbatched, overlapped p2p sends the two directions on two
-    different process groups.
-    """
-    if vpp and pp == 2:
-        return {"overlap_p2p_comm": True, "batch_p2p_comm": False}
-    return {}
 
 
 def vision_transformer_configs(cfg: Qwen2_5_VLConfig, **overrides) -> tuple[TransformerConfig, TransformerConfig]:
     """Configs of the ViT blocks and of the merger MLP (TP like the LLM; no SP, PP or CP)."""
     v = cfg.vision
-    sizes = dict(_parallel_sizes(), pipeline_model_parallel_size=1, virtual_pipeline_model_parallel_size=None,
-                 context_parallel_size=1)
+    sizes = dict(tensor_model_parallel_size=overrides.get("tensor_model_parallel_size", layout().tp),
+                 pipeline_model_parallel_size=1, virtual_pipeline_model_parallel_size=None, context_parallel_size=1)
     base = dict(_COMMON, **sizes, add_bias_linear=True, layernorm_epsilon=v.rms_norm_eps)
     for key in ("params_dtype", "bf16", "fp16", "recompute_granularity", "recompute_method", "recompute_num_layers",
                 "use_cpu_initialization"):
