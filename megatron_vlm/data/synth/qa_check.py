@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_vlm.data.pool import iter_documents
+from megatron_vlm.data.pool_format import iter_documents
 from megatron_vlm.data.synth.facts import FactCache, normalize
 from megatron_vlm.data.synth.records import by_document, read_records, record_files
 from megatron_vlm.data.synth.validation import CATEGORIES, READER_TASKS, problems

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from megatron_vlm.data.pool import iter_documents
+from megatron_vlm.data.pool_format import iter_documents
 from megatron_vlm.data.synth.facts import FactCache
 from megatron_vlm.data.synth.records import by_document, read_records
 from megatron_vlm.data.synth.tasks import ALL_TASKS
