@@ -24,10 +24,8 @@ setup(
         "tokenizers>=0.21",
         "safetensors>=0.4",
         "pymupdf>=1.24",
-        "webdataset>=0.2.100",
         "wandb>=0.18",
         "pyyaml>=6",
-        "tqdm>=4.66",
         "pillow>=10",
         "isal>=1.6",  # fast deflate for the pool's PNG pages (megatron_vlm/data/pdf.py)
         "numpy>=1.26",

@@ -227,7 +227,7 @@ def stage_throughput(shape: ThroughputShape = ThroughputShape(), quick: bool = F
     from megatron_vlm.parallel import ParallelLayout, destroy, initialize
     from megatron_vlm.training.config import load_recipe
     from megatron_vlm.training.flops import flops_model_for
-    from megatron_vlm.training.models import get_provider, te_layers
+    from megatron_vlm.training.providers import get_provider, te_layers
 
     recipe = load_recipe(None, ["model.kind=qwen2_5_vl", f"model.flavor={shape.flavor}",
                                 f"model.num_layers={shape.num_layers}", "train.data_source=synthetic"])

@@ -42,7 +42,7 @@ def measure(kind: str, flavor: str, precision: str, rope_theta: float, positions
     Needs the process group started (see ``main``)."""
     from megatron_vlm.training.config import load_recipe
     from megatron_vlm.training.loop import build_model
-    from megatron_vlm.training.models import get_provider
+    from megatron_vlm.training.providers import get_provider
 
     overrides = [f"model.kind={kind}", f"model.flavor={flavor}", f"train.precision={precision}",
                  f"model.rope_theta={rope_theta}", "train.data_source=synthetic", "logging.wandb_mode=disabled"]

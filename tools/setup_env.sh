@@ -28,7 +28,7 @@ if ! python -c "import torch, torchvision" 2>/dev/null; then
 fi
 echo "[setup] installing megatron-vlm and its dependencies"
 python -m pip install -q --no-compile -e ".[dev]" 2>&1 | grep -v "is ignored" || true
-python -c "import megatron.core, megatron_vlm, pymupdf, torchvision, webdataset" || { echo "[setup] install failed" >&2; exit 1; }
+python -c "import megatron.core, megatron_vlm, pymupdf, torchvision" || { echo "[setup] install failed" >&2; exit 1; }
 # Optional OCR for scanned pages (pool stage): install when we can, never fail for lack of it.
 if ! command -v tesseract >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "[setup] installing tesseract-ocr (optional, for scanned pages)"

@@ -118,7 +118,7 @@ def _recipe_and_config(recipe_path: Path):
     """A trainer checkpoint's recipe, loaded as the trainer loads it, and the model config the
     trainer built from it (the provider's ``model_config``: one function for both)."""
     from megatron_vlm.training.config import RecipeError, load_recipe
-    from megatron_vlm.training.models import get_provider
+    from megatron_vlm.training.providers import get_provider
 
     try:
         recipe = load_recipe(recipe_path)

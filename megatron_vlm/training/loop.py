@@ -29,7 +29,6 @@ from megatron_vlm.training.config import Recipe, RecipeError, recipe_to_yaml
 from megatron_vlm.training.flops import flops_model_for
 from megatron_vlm.training.forward_step import ForwardStep, reduce_report, report_to_metrics
 from megatron_vlm.training.logging import RunLogger, peak_memory_gib
-from megatron_vlm.training.models import get_provider
 from megatron_vlm.training.optimizer import (
     build_optimizer,
     grads_are_finite,
@@ -37,6 +36,7 @@ from megatron_vlm.training.optimizer import (
     set_learning_rate,
     wrap_ddp,
 )
+from megatron_vlm.training.providers import get_provider
 from megatron_vlm.training.signals import StopSignal
 
 

@@ -336,7 +336,7 @@ def _vpp_phase(pp: int, vpp, first, tied: bool, source, save_to) -> dict:
     from megatron_vlm.parallel import ParallelLayout, initialize
     from megatron_vlm.training.forward_step import ForwardStep, reduce_report
     from megatron_vlm.training.loop import chunk_iterators
-    from megatron_vlm.training.models import Qwen25VLProvider
+    from megatron_vlm.training.providers import Qwen25VLProvider
     from tests.qwen_utils import tiny_config
 
     initialize(ParallelLayout(pp=pp, vpp=vpp), seed=17)  # a different random init in every phase

@@ -45,7 +45,7 @@ def _megatron_vs_reference(world: int, variable: bool) -> dict:
     from megatron_vlm.parallel import ParallelLayout, destroy, initialize
     from megatron_vlm.training.forward_step import ForwardStep, reduce_report, report_to_metrics
     from megatron_vlm.training.loop import build_data, build_model
-    from megatron_vlm.training.models import block_causal_mask, get_provider
+    from megatron_vlm.training.providers import block_causal_mask, get_provider
     from megatron_vlm.training.synthetic import synthetic_micro_batch
 
     recipe = _recipe([f"data.variable_seq_length={variable}", "data.seq_length_multiple=4"])
@@ -109,7 +109,7 @@ def _pp2_variable_vs_fixed() -> dict:
     from megatron_vlm.parallel import ParallelLayout, destroy, initialize
     from megatron_vlm.training.forward_step import ForwardStep, reduce_report, report_to_metrics
     from megatron_vlm.training.loop import build_data, build_model
-    from megatron_vlm.training.models import get_provider
+    from megatron_vlm.training.providers import get_provider
 
     recipe = _recipe(["parallel.pp=2", "data.seq_length_multiple=4"])
     initialize(ParallelLayout(pp=2), seed=7)

@@ -10,11 +10,11 @@ from tests.dist_utils import RankFailed, run_distributed
 def _train_with_nan_on(nan_steps: list[int], ckpt_dir: str, limit: int):
     import torch
 
-    from megatron_vlm.training import loop, models
+    from megatron_vlm.training import loop, providers
     from megatron_vlm.training.config import load_recipe
 
     calls = {"n": 0}
-    real_forward = models.GptProvider.forward
+    real_forward = providers.GptProvider.forward
 
     def forward(self, model, batch):  # 2 micro-batches per step: call n belongs to step n // 2 + 1
         out = real_forward(self, model, batch)
@@ -22,7 +22,7 @@ def _train_with_nan_on(nan_steps: list[int], ckpt_dir: str, limit: int):
         calls["n"] += 1
         return out * float("nan") if step in nan_steps else out
 
-    models.GptProvider.forward = forward
+    providers.GptProvider.forward = forward
     recipe = load_recipe(None, [
         "model.kind=gpt", "train.data_source=synthetic", "data.max_seq_length=64", "train.global_batch_tokens=128",
         "train.tokens=768", "train.precision=fp32", "train.lr=1e-3", f"train.max_nonfinite_steps={limit}",

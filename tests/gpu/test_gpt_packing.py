@@ -29,7 +29,7 @@ def test_gpt_packed_documents_do_not_see_each_other():
     from megatron.core.transformer.module import Float16Module
 
     from megatron_vlm.training.config import load_recipe
-    from megatron_vlm.training.models import get_provider
+    from megatron_vlm.training.providers import get_provider
 
     recipe = load_recipe(None, ["model.kind=gpt", "train.precision=bf16", "train.data_source=synthetic"])
     provider = get_provider(recipe)

@@ -29,7 +29,7 @@ def _recipe(*overrides):
 def test_parameters_initialise_on_the_device_with_a_gpu(monkeypatch, gpu):
     from megatron_vlm.models.qwen2_5_vl.config import flavor
     from megatron_vlm.models.qwen2_5_vl.model import text_transformer_config, vision_transformer_configs
-    from megatron_vlm.training.models import parallel_and_precision_kwargs
+    from megatron_vlm.training.providers import parallel_and_precision_kwargs
 
     monkeypatch.delenv("MEGATRON_VLM_DEVICE", raising=False)  # as on a GPU machine outside the test suite
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
@@ -84,10 +84,10 @@ class _Recording(torch.nn.Module):
 
 
 def test_gpt_packing_on_the_te_spec_is_thd(monkeypatch):
-    from megatron_vlm.training.models import GptProvider, block_causal_mask
+    from megatron_vlm.training.providers import GptProvider, block_causal_mask
 
     provider = GptProvider()
-    monkeypatch.setattr("megatron_vlm.training.models.te_layers", lambda: True)
+    monkeypatch.setattr("megatron_vlm.training.providers.te_layers", lambda: True)
     assert provider.te_spec(_recipe("model.kind=gpt", "train.precision=bf16"))
     assert not provider.te_spec(_recipe("model.kind=gpt", "train.precision=fp32"))  # TE has no fp32 THD kernel
 

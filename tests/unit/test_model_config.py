@@ -9,7 +9,7 @@ import torch
 from megatron_vlm.checkpoint import convert
 from megatron_vlm.checkpoint.hf_io import ConversionError
 from megatron_vlm.training.config import load_recipe, recipe_to_yaml
-from megatron_vlm.training.models import get_provider
+from megatron_vlm.training.providers import get_provider
 from tests.qwen_utils import single_rank_fixture
 
 

@@ -79,7 +79,7 @@ def _megatron():
 def _build_bf16(family: Family):
     from megatron_vlm.training.config import load_recipe
     from megatron_vlm.training.loop import build_model
-    from megatron_vlm.training.models import get_provider
+    from megatron_vlm.training.providers import get_provider
 
     recipe = load_recipe(None, [*family.overrides, "model.flavor=debug", f"model.rope_theta={THETA}",
                                 "train.precision=bf16", "train.data_source=synthetic", "logging.wandb_mode=disabled"])

@@ -117,7 +117,7 @@ def test_rules_see_the_whole_section_and_objects_built_in_code():
 
 
 def test_model_kinds_are_the_provider_registry():
-    from megatron_vlm.training.models import PROVIDERS
+    from megatron_vlm.training.providers import PROVIDERS
     from megatron_vlm.utils import options
 
     assert set(options.choices(cfg.ModelConfig, "kind")) == set(PROVIDERS)

@@ -75,7 +75,7 @@ def test_vit_geometry_from_the_published_config():
 def test_gpt_recipe_has_no_vision_part():
     from megatron_vlm.training.config import load_recipe
     from megatron_vlm.training.flops import flops_model_for
-    from megatron_vlm.training.models import get_provider
+    from megatron_vlm.training.providers import get_provider
 
     recipe = load_recipe(None, ["model.kind=gpt", "model.flavor=debug"])
     model = flops_model_for(recipe, get_provider(recipe))

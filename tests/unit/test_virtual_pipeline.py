@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from megatron_vlm.training.config import RecipeError, load_recipe
-from megatron_vlm.training.models import check_virtual_pipeline
+from megatron_vlm.training.providers import check_virtual_pipeline
 
 
 def _megatron_tiles(layers: int, pp: int, vpp: int, first: int | None) -> bool:

@@ -85,8 +85,16 @@ class MRopeEmbedding(nn.Module):
         self.inv_freq = inv.float()
         self.mrope_section = list(mrope_section)
 
-    def forward(self, position_ids: torch.Tensor, mrope_section=None, cp_group=None) -> torch.Tensor:
-        """Angles [S, B, 1, head_dim] (float32) for ids [3, B, S] (``mrope_section``/``cp_group`` are ignored)."""
+    def forward(self, position_ids: torch.Tensor, mrope_section: list[int] | None = None, cp_group=None) -> torch.Tensor:
+        """Angles [S, B, 1, head_dim] (float32) for ids [3, B, S].
+
+        Megatron's GPTModel passes its config's ``mrope_section`` (it must be this embedding's own)
+        and a ``cp_group``, with which its own embedding would cut the angles to this CP rank's
+        tokens; the ids here already are this rank's tokens (the micro-batch is split before the
+        model, parallel/context_parallel.py), so there is nothing to cut and ``cp_group`` is unused.
+        """
+        if mrope_section is not None and list(mrope_section) != self.mrope_section:
+            raise ValueError(f"mrope_section {list(mrope_section)} differs from this embedding's {self.mrope_section}")
         if self.inv_freq.device != position_ids.device:
             self.inv_freq = self.inv_freq.to(position_ids.device)  # moved once, stays float32
         angles = position_ids.float()[..., None] * self.inv_freq  # [3, B, S, d/2], float32

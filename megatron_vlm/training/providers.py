@@ -226,10 +226,6 @@ class Qwen25VLProvider:
         model = Qwen2_5_VLModel(cfg, spec=spec, attention_backend=recipe.model.attention_backend,
                                 pre_process=pre_process, post_process=post_process,
                                 vp_stage=vp_stage, **overrides)
-        if not hasattr(model, "model_type"):  # Megatron's schedules read it off the model
-            from megatron.core.enums import ModelType
-
-            model.model_type = ModelType.encoder_or_decoder
         for name, param in model.named_parameters():
             if not name.startswith("vision."):
                 continue
