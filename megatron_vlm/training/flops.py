@@ -45,7 +45,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class LlmShape:
-    """The decoder's matmul shapes (Qwen2 / Megatron GPT: GQA, SwiGLU)."""
+    """The decoder's matmul shapes (Qwen2 / Megatron GPT: GQA, SwiGLU): a view of a model config
+    (``of``), never a second statement of its sizes."""
 
     num_layers: int
     hidden_size: int
@@ -56,6 +57,12 @@ class LlmShape:
     vocab_size: int
     gated_mlp: bool = True
 
+    @classmethod
+    def of(cls, text) -> LlmShape:
+        """From a decoder config (models.qwen2_5_vl.config.TextConfig, the GPT provider's too)."""
+        return cls(text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.num_key_value_heads,
+                   text.head_dim, text.intermediate_size, text.vocab_size)
+
     def matmul_weights_per_token(self) -> int:
         """Weights every token is multiplied by: q, k, v, o and the MLP of each layer, plus the LM head."""
         h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -65,7 +72,7 @@ class LlmShape:
 
 @dataclass(frozen=True)
 class VitShape:
-    """The Qwen2.5-VL vision tower's matmul shapes and attention grouping."""
+    """The Qwen2.5-VL vision tower's matmul shapes and attention grouping: a view of its config (``of``)."""
 
     depth: int
     hidden_size: int
@@ -76,6 +83,12 @@ class VitShape:
     """Window side in merged tokens (window_size / merge / patch: 112 px -> 4)."""
     num_full_blocks: int
     out_hidden_size: int
+
+    @classmethod
+    def of(cls, v) -> VitShape:
+        """From models.qwen2_5_vl.config.VisionConfig."""
+        return cls(v.depth, v.hidden_size, v.intermediate_size, v.patch_dim, v.spatial_merge_size,
+                   v.window_size // v.spatial_merge_size // v.patch_size, len(v.fullatt_block_indexes), v.out_hidden_size)
 
     def block_weights_per_patch(self) -> int:
         h = self.hidden_size
@@ -153,19 +166,12 @@ class FlopsModel:
     @classmethod
     def from_qwen(cls, cfg, freeze_vision: bool = False, freeze_merger: bool = False) -> FlopsModel:
         """From a :class:`megatron_vlm.models.qwen2_5_vl.config.Qwen2_5_VLConfig`."""
-        t, v = cfg.text, cfg.vision
-        llm = LlmShape(t.num_hidden_layers, t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.head_dim,
-                       t.intermediate_size, t.vocab_size)
-        vit = VitShape(v.depth, v.hidden_size, v.intermediate_size, v.patch_dim, v.spatial_merge_size,
-                       v.window_size // v.spatial_merge_size // v.patch_size, len(v.fullatt_block_indexes),
-                       v.out_hidden_size)
-        return cls(llm, vit, vit_trained=not freeze_vision, merger_trained=not freeze_merger)
+        return cls(LlmShape.of(cfg.text), VitShape.of(cfg.vision), vit_trained=not freeze_vision,
+                   merger_trained=not freeze_merger)
 
 
 def flops_model_for(recipe, provider) -> FlopsModel:
     """The FLOPs model of the recipe's model (``gpt``: text only; ``qwen2_5_vl``: LLM + ViT)."""
     if recipe.model.kind == "gpt":
-        s = provider.shape(recipe)
-        return FlopsModel(LlmShape(s.num_layers, s.hidden_size, s.num_attention_heads, s.num_query_groups,
-                                   s.hidden_size // s.num_attention_heads, s.ffn_hidden_size, s.vocab_size))
+        return FlopsModel(LlmShape.of(provider.model_config(recipe)))
     return FlopsModel.from_qwen(provider.model_config(recipe), recipe.model.freeze_vision, recipe.model.freeze_merger)

@@ -14,8 +14,8 @@ layout and recompute options into TransformerConfig arguments for either.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -98,21 +98,26 @@ def block_causal_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
     return ~allowed[None, None]
 
 
-@dataclass(frozen=True)
-class GptShape:
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    num_query_groups: int
-    ffn_hidden_size: int
-    vocab_size: int
-    mrope_section: tuple[int, int, int]
+def _gpt_flavors() -> dict:
+    """Named GPT sizes, as the Qwen2 decoder config (GQA, SwiGLU, RMSNorm, QKV bias: what GptProvider builds)."""
+    from megatron_vlm.models.qwen2_5_vl.config import TextConfig
+
+    return {
+        "debug": TextConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 3, 3]),
+        "small": TextConfig(vocab_size=1024, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                            num_attention_heads=8, num_key_value_heads=4, mrope_section=[4, 6, 6]),
+    }
 
 
-GPT_FLAVORS = {
-    "debug": GptShape(2, 64, 4, 2, 128, 256, (2, 3, 3)),
-    "small": GptShape(4, 256, 8, 4, 704, 1024, (4, 6, 6)),
-}
+def _with_recipe_overrides(text, recipe: Recipe):
+    """The decoder config with the recipe's model.num_layers and model.rope_theta applied."""
+    changes = {}
+    if recipe.model.num_layers:
+        changes["num_hidden_layers"] = recipe.model.num_layers
+    if recipe.model.rope_theta:
+        changes["rope_theta"] = recipe.model.rope_theta
+    return dataclasses.replace(text, **changes)
 
 
 class GptProvider:
@@ -120,26 +125,25 @@ class GptProvider:
 
     family = family_for_kind("gpt")  # whose data layout its (text-only) micro-batches follow
 
-    def shape(self, recipe: Recipe) -> GptShape:
-        if recipe.model.flavor not in GPT_FLAVORS:
-            raise RecipeError(f"model.flavor={recipe.model.flavor!r} unknown for gpt; known: {', '.join(GPT_FLAVORS)}")
-        shape = GPT_FLAVORS[recipe.model.flavor]
-        if recipe.model.num_layers:
-            shape = GptShape(recipe.model.num_layers, *list(shape.__dict__.values())[1:])
-        return shape
+    def model_config(self, recipe: Recipe):
+        """The decoder's shapes (a Qwen2 TextConfig) for the recipe's flavor and overrides."""
+        flavors = _gpt_flavors()
+        if recipe.model.flavor not in flavors:
+            raise RecipeError(f"model.flavor={recipe.model.flavor!r} unknown for gpt; known: {', '.join(flavors)}")
+        return _with_recipe_overrides(flavors[recipe.model.flavor], recipe)
 
     def vocab_size(self, recipe: Recipe) -> int:
-        return self.shape(recipe).vocab_size
+        return self.model_config(recipe).vocab_size
 
     def transformer_config(self, recipe: Recipe):
         from megatron.core.transformer import TransformerConfig
 
-        s = self.shape(recipe)
+        t = self.model_config(recipe)
         return TransformerConfig(
-            num_layers=s.num_layers, hidden_size=s.hidden_size, num_attention_heads=s.num_attention_heads,
-            num_query_groups=s.num_query_groups, ffn_hidden_size=s.ffn_hidden_size, gated_linear_unit=True,
+            num_layers=t.num_hidden_layers, hidden_size=t.hidden_size, num_attention_heads=t.num_attention_heads,
+            num_query_groups=t.num_key_value_heads, ffn_hidden_size=t.intermediate_size, gated_linear_unit=True,
             activation_func=torch.nn.functional.silu, normalization="RMSNorm", add_bias_linear=False,
-            add_qkv_bias=True, hidden_dropout=0.0, attention_dropout=0.0, mrope_section=list(s.mrope_section),
+            add_qkv_bias=True, hidden_dropout=0.0, attention_dropout=0.0, mrope_section=list(t.mrope_section),
             **parallel_and_precision_kwargs(recipe),
         )
 
@@ -147,8 +151,8 @@ class GptProvider:
         from megatron.core.models.gpt import GPTModel
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-        s = self.shape(recipe)
-        check_virtual_pipeline(recipe, s.num_layers, _data_parallel_size())
+        t = self.model_config(recipe)
+        check_virtual_pipeline(recipe, t.num_hidden_layers, _data_parallel_size())
         config = self.transformer_config(recipe)
         if self.te_spec(recipe):
             from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
@@ -157,10 +161,10 @@ class GptProvider:
         else:
             spec = get_gpt_layer_local_spec(normalization="RMSNorm")
         model = GPTModel(
-            config=config, transformer_layer_spec=spec, vocab_size=s.vocab_size,
+            config=config, transformer_layer_spec=spec, vocab_size=t.vocab_size,
             max_sequence_length=recipe.data.max_seq_length, pre_process=pre_process, post_process=post_process,
             position_embedding_type="mrope",
-            rotary_base=recipe.model.rope_theta or 1_000_000, share_embeddings_and_output_weights=False,
+            rotary_base=t.rope_theta, share_embeddings_and_output_weights=False,
             vp_stage=vp_stage,
         )
         model.te_spec = self.te_spec(recipe)  # how forward() must express packing
@@ -206,12 +210,7 @@ class Qwen25VLProvider:
             cfg = self.family.flavor(recipe.model.flavor)
         except ValueError as err:
             raise RecipeError(f"model.flavor: {err}") from None
-        text = {}
-        if recipe.model.num_layers:
-            text["num_hidden_layers"] = recipe.model.num_layers
-        if recipe.model.rope_theta:
-            text["rope_theta"] = recipe.model.rope_theta
-        return cfg.replace(text=text) if text else cfg
+        return dataclasses.replace(cfg, text=_with_recipe_overrides(cfg.text, recipe))
 
     def vocab_size(self, recipe: Recipe) -> int:
         return self.model_config(recipe).text.vocab_size
