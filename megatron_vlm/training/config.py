@@ -22,10 +22,11 @@ from typing import Literal
 import yaml
 
 from megatron_vlm.data.recipe import DataRecipe
+from megatron_vlm.models.family import FAMILIES, TEXT_ONLY_KINDS
 from megatron_vlm.parallel.state import ParallelLayout
 from megatron_vlm.utils import options
 
-ModelKind = Literal["qwen2_5_vl", "gpt"]
+ModelKind = Literal[(*FAMILIES, *TEXT_ONLY_KINDS)]  # every model family, and the text-only test models
 Recompute = Literal["none", "selective", "full"]
 DataSource = Literal["shards", "synthetic"]
 LrSchedule = Literal["cosine", "constant"]
