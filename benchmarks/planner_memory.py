@@ -123,7 +123,7 @@ def measure_cases(cases: list[dict]) -> list[dict]:
 
 def estimate(case: dict):
     """The planner's estimate for a case (fp32, local kernels, plain Adam, no vision)."""
-    from megatron_vlm.launch.planner import Layout, Shapes, Training, estimate_memory
+    from megatron_vlm.planner import Layout, Shapes, Training, estimate_memory
 
     shapes = Shapes(case["vocab"], case["hidden"], case["ffn"], case["layers"], case["heads"], case["kv_heads"])
     layout = Layout(tp=case["tp"], sequence_parallel=False)

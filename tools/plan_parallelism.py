@@ -5,7 +5,7 @@ the token budget implies.
     python tools/plan_parallelism.py --flavor 7B --seq-length 131072 --gpus 64 --gpu-memory 80
     python tools/plan_parallelism.py --flavor 72B --gpus 256 --recompute full --json plan.json
 
-Argument parsing only; the estimate lives in megatron_vlm.launch.planner.
+Argument parsing only; the estimate lives in megatron_vlm.planner.
 """
 
 import argparse
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_vlm.launch.planner import FLAVORS, PlanRequest, budget, format_plan, plan  # noqa: E402
+from megatron_vlm.planner import FLAVORS, PlanRequest, budget, format_plan, plan  # noqa: E402
 from megatron_vlm.utils import atomic  # noqa: E402
 
 

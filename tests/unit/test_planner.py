@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_vlm.launch.planner import (
+from megatron_vlm.planner import (
     GB,
     Layout,
     PlanRequest,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from megatron_vlm.data.recipe import DataRecipe
-from megatron_vlm.launch.planner import GB, Layout, Training, estimate_memory, shapes_for
+from megatron_vlm.planner import GB, Layout, Training, estimate_memory, shapes_for
 from megatron_vlm.recipe_include import RecipeIncludeError, diff_paths, merge, read_recipe_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,7 +139,7 @@ def test_flavor_recipe_layout_fits_h100_by_the_planner(name, gpus):
 
 @pytest.mark.parametrize("name, gpus", sorted(FLAVOR_RECIPES.items()))
 def test_flavor_recipe_layout_is_the_planners_suggestion(name, gpus):
-    from megatron_vlm.launch.planner import PlanRequest, plan
+    from megatron_vlm.planner import PlanRequest, plan
 
     r = read_recipe_tree(RECIPES / name)
     best = plan(PlanRequest(flavor=r["model"]["flavor"], seq_length=r["data"]["max_seq_length"], num_gpus=gpus,

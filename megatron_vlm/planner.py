@@ -1,6 +1,6 @@
 """Parallelism planner: which TP/PP/CP/DP layouts fit a model, a sequence length and a GPU budget.
 
-    from megatron_vlm.launch.planner import PlanRequest, plan, estimate_memory
+    from megatron_vlm.planner import PlanRequest, plan, estimate_memory
     layouts = plan(PlanRequest(flavor="7B", seq_length=131072, num_gpus=64, gpu_memory_gb=80))
 
 The estimate is per GPU, for the most loaded pipeline stage, in bytes:
