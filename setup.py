@@ -23,11 +23,11 @@ setup(
         "transformers>=4.57,<6",
         "tokenizers>=0.21",
         "safetensors>=0.4",
-        "pymupdf>=1.24",
+        "pymupdf>=2.0,<3",  # 2.x carries the layout model (pymupdf.layout) the pool uses: megatron_vlm/data/layout_model.py
+        "onnxruntime>=1.17",  # runs pymupdf's layout model; its sessions are made single-threaded there
         "wandb>=0.18",
         "pyyaml>=6",
         "pillow>=10",
-        "isal>=1.6",  # fast deflate for the pool's PNG pages (megatron_vlm/data/pdf.py)
         "numpy>=1.26",
         "matplotlib>=3.8",
     ],

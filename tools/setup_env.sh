@@ -29,11 +29,22 @@ fi
 echo "[setup] installing megatron-vlm and its dependencies"
 python -m pip install -q --no-compile -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 python -c "import megatron.core, megatron_vlm, pymupdf, torchvision" || { echo "[setup] install failed" >&2; exit 1; }
-# Optional OCR for scanned pages (pool stage): install when we can, never fail for lack of it.
-if ! command -v tesseract >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "[setup] installing tesseract-ocr (optional, for scanned pages)"
-  (apt-get install -y -qq tesseract-ocr >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq tesseract-ocr >/dev/null 2>&1)) \
-    || echo "[setup] tesseract-ocr not installed; scanned pages will be marked, not OCRed"
+# OCR for scanned pages and broken text layers (pool stage): Tesseract and the language data its
+# script detection picks (megatron_vlm/data/ocr.py). Installed when missing, also when tesseract
+# itself is already there; optional: never fail for lack of it.
+OCR_PACKAGES="tesseract-ocr tesseract-ocr-osd tesseract-ocr-eng tesseract-ocr-chi-sim tesseract-ocr-chi-tra tesseract-ocr-jpn \
+tesseract-ocr-kor tesseract-ocr-deu tesseract-ocr-fra tesseract-ocr-spa tesseract-ocr-ita tesseract-ocr-por tesseract-ocr-rus"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; then
+  missing=""
+  for p in $OCR_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    echo "[setup] installing OCR packages:$missing"
+    # shellcheck disable=SC2086
+    (apt-get install -y -qq $missing >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $missing >/dev/null 2>&1)) \
+      || echo "[setup] could not install$missing; scanned pages in those scripts will be OCRed poorly or not at all"
+  fi
 fi
 touch "$stamp"
 echo "[setup] done: source $VENV/bin/activate"

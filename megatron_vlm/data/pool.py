@@ -33,6 +33,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import stat
 import sys
 import tarfile
 import tempfile
@@ -41,12 +42,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from megatron_vlm.data import ocr as ocr_engine
 from megatron_vlm.data.pdf import PdfError, PdfSettings, process_pdf
 from megatron_vlm.data.pool_format import iter_documents, read_manifest, read_settings  # noqa: F401 (the readers)
 from megatron_vlm.models.family import DEFAULT_FAMILY, FamilyName, get_family
 from megatron_vlm.utils import atomic, options
 
-POOL_VERSION = 1
+POOL_VERSION = 2  # 2: text quality, OCR confidence, page labels, furniture and table fields (docs/formats.md)
 
 
 @dataclass
@@ -72,9 +74,11 @@ class PoolOptions:
     max_pages: int = PdfSettings.max_pages
     """a document with more pages is an error"""
     no_ocr: bool = False
-    """mark scanned pages ocr=missing instead of running tesseract"""
-    ocr_language: str = "eng"
-    """tesseract language(s)"""
+    """mark scanned pages and broken text layers ocr=missing instead of running tesseract"""
+    ocr_language: str = PdfSettings.ocr_language
+    """Tesseract languages for OCR, e.g. deu+eng; auto: chosen by each page's script (megatron_vlm/data/ocr.py)"""
+    layout: Literal["model", "rules"] = PdfSettings.layout
+    """model: pymupdf's layout model (~0.5 s CPU a page; finds rule-only and whitespace tables); rules: font sizes and ruled grids only (~2x the bare render)"""
     workers: int = 1
     """processes rendering documents"""
     shard_index: int = 0
@@ -92,6 +96,7 @@ class PoolOptions:
             dpi=self.dpi, image_format=self.image_format, family=self.family, min_pixels=rule.min_pixels,
             max_pixels=rule.max_pixels,
             max_page_pixels=self.max_page_pixels, max_pages=self.max_pages, ocr=not self.no_ocr, ocr_language=self.ocr_language,
+            layout=self.layout,
         )
 
 
@@ -106,17 +111,26 @@ def dumps_sorted(obj) -> str:
 # ---- inputs ----------------------------------------------------------------------------------
 
 
+def printable(name: str) -> str:
+    """A file name as text that can be written anywhere: bytes that are not UTF-8 (which Python
+    keeps as lone surrogates) become `\\xNN`, so the row still names the file."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def list_inputs(input_path: str | Path) -> list[tuple[str, Path]]:
-    """(source, path) for every input, sorted by source; raises ValueError with a one-line reason."""
+    """(source, path) for every input, sorted by source; raises ValueError with a one-line reason.
+
+    A directory gives every entry named *.pdf that is not itself a directory, whatever it is (a
+    FIFO, a device or a dangling link becomes an error row when read, see open_input)."""
     root = Path(input_path)
     if root.is_dir():
-        found = [p for p in root.rglob("*") if p.suffix.lower() == ".pdf" and (p.is_file() or p.is_symlink())]
-        items = [(p.relative_to(root).as_posix(), p) for p in found]
+        found = [p for p in root.rglob("*") if p.suffix.lower() == ".pdf" and not p.is_dir()]
+        items = [(printable(p.relative_to(root).as_posix()), p) for p in found]
     elif root.is_file() and root.suffix.lower() == ".pdf":
-        items = [(root.name, root)]
+        items = [(printable(root.name), root)]
     elif root.is_file():
-        lines = [ln.strip() for ln in root.read_text().splitlines()]
-        items = [(ln, (root.parent / ln) if not Path(ln).is_absolute() else Path(ln)) for ln in lines if ln and not ln.startswith("#")]
+        lines = [os.fsdecode(ln.strip()) for ln in root.read_bytes().splitlines()]
+        items = [(printable(ln), (root.parent / ln) if not Path(ln).is_absolute() else Path(ln)) for ln in lines if ln and not ln.startswith("#")]
     else:
         raise ValueError(f"--input {input_path} does not exist")
     return sorted(set(items))
@@ -126,16 +140,46 @@ def shard_of(source: str, num_shards: int) -> int:
     return int(hashlib.sha256(source.encode()).hexdigest()[:12], 16) % num_shards
 
 
+class NotARegularFile(OSError):
+    """An input that is a FIFO, a device, a socket or a directory."""
+
+
+def read_error(e: OSError) -> str:
+    """The one-line reason of an error row for an input that cannot be read."""
+    return str(e) if isinstance(e, NotARegularFile) else f"cannot read: {type(e).__name__}: {e.strerror or e}"
+
+
+_FILE_KINDS = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+
+
+def open_input(path: str | Path):
+    """A binary file object for an input that is a regular file (symbolic links followed); OSError
+    naming what it is otherwise. Never blocks: a FIFO is opened non-blocking and refused, so a
+    `.pdf` link to a FIFO or to /dev/zero is an error row, not a hang."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise NotARegularFile(f"not a regular file: {kind}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _hash_file(item: tuple[str, str]) -> tuple[str, str, str | None, str | None]:
     source, path = item
     try:
         h = hashlib.sha256()
-        with open(path, "rb") as f:
+        with open_input(path) as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         return source, path, h.hexdigest(), None
     except OSError as e:
-        return source, path, None, f"cannot read: {type(e).__name__}: {e.strerror or e}"
+        return source, path, None, read_error(e)
 
 
 def _file_size(path: str) -> int | None:
@@ -163,7 +207,7 @@ def first_sources_elsewhere(mine: list[tuple], others: list[tuple[str, str]], im
     return first
 
 
-def _row(source, sha, status, reason=None, pages=None, tokens=None, shard=None, duplicate_of=None) -> dict:
+def _row(source, sha, status, reason=None, pages=None, tokens=None, shard=None, duplicate_of=None, text_quality=None) -> dict:
     return {
         "id": sha[:16] if sha else None,
         "source": source,
@@ -174,7 +218,17 @@ def _row(source, sha, status, reason=None, pages=None, tokens=None, shard=None, 
         "tokens": tokens,
         "shard": shard,
         "duplicate_of": duplicate_of,
+        "text_quality": text_quality,
     }
+
+
+def text_counts(pages: list[dict]) -> dict[str, int]:
+    """Pages of a document by text_quality, OCRed pages of low confidence, and pages that needed OCR
+    but did not get it (the manifest row's `text_quality`)."""
+    counts = {q: sum(p["text_quality"] == q for p in pages) for q in ("good", "ocr", "broken", "none")}
+    counts["low_confidence"] = sum(p["ocr_confidence"] is not None and p["ocr_confidence"] < ocr_engine.LOW_CONFIDENCE for p in pages)
+    counts["ocr_missing"] = sum(p["ocr"] == "missing" for p in pages)
+    return counts
 
 
 # ---- one chunk: documents -> tar + part -------------------------------------------------------
@@ -217,13 +271,14 @@ def process_chunk(job: dict) -> list[dict]:
                 spool.write(image)
 
             try:
-                data = Path(path).read_bytes()
+                with open_input(path) as f:
+                    data = f.read()
                 if hashlib.sha256(data).hexdigest() != sha:
                     raise PdfError("file changed while the pool was running")
                 pages, _ = process_pdf(data, settings, sink=sink)
                 del data
-            except PdfError as e:
-                rows.append(_row(source, sha, "error", str(e)))
+            except (PdfError, OSError) as e:
+                rows.append(_row(source, sha, "error", read_error(e) if isinstance(e, OSError) else str(e)))
                 _count(1, 0)
                 spool.close()
                 continue
@@ -240,7 +295,7 @@ def process_chunk(job: dict) -> list[dict]:
                 _add_member(tar, f"{doc_id}.p{index:04d}.{ext}", spool.read(size))
             spool.close()
             tokens = sum(p["tokens"] for p in pages)
-            rows.append(_row(source, sha, "ok", pages=len(pages), tokens=tokens, shard=job["shard"]))
+            rows.append(_row(source, sha, "ok", pages=len(pages), tokens=tokens, shard=job["shard"], text_quality=text_counts(pages)))
             _count(1, len(pages))
     atomic.write_text(part_path, dumps_sorted({"fingerprint": job["fingerprint"], "rows": rows}))
     return rows
@@ -424,7 +479,19 @@ def write(opts: PoolOptions, work: PoolPlan, rows: list[dict]) -> dict:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "duplicate")}
     counts.update(pages=sum(r["pages"] or 0 for r in rows if r["status"] == "ok"), tokens=sum(r["tokens"] or 0 for r in rows if r["status"] == "ok"))
     counts.update(inputs=len(rows), tars=work.tars, manifest=str(manifest), merged=str(merged) if merged else None)
+    counts["text_quality"] = {k: sum((r.get("text_quality") or {}).get(k, 0) for r in rows if r["status"] == "ok")
+                              for k in ("good", "ocr", "broken", "none", "low_confidence", "ocr_missing")}
     return counts
+
+
+def text_summary(text: dict[str, int], ocr_on: bool) -> str:
+    """One line: pages by text quality (the per-run OCR summary)."""
+    line = (f"[pool] text: {text['good']} pages from the text layer, {text['ocr']} OCRed "
+            f"({text['low_confidence']} low confidence), {text['broken']} broken text layers kept, {text['none']} without text")
+    if text["ocr_missing"]:
+        why = "--no-ocr" if not ocr_on else "tesseract is not installed" if not ocr_engine.available() else "tesseract failed"
+        line += f"; {text['ocr_missing']} scanned or broken pages not OCRed ({why})"
+    return line
 
 
 def build_pool(input_path: str | Path, output: str | Path, quiet: bool = True, **kw) -> dict:
@@ -469,4 +536,5 @@ def main(args) -> int:
         f"{counts['tars']} tars in {Path(args.output) / 'shards'}; manifest {counts['manifest']}"
         + (f"; merged {counts['merged']}" if counts["merged"] else f"; manifest.jsonl waits for the other {args.num_shards - 1} shards")
     )
+    print(text_summary(counts["text_quality"], not args.no_ocr))
     return 0

@@ -10,7 +10,8 @@ from dataclasses import replace
 import pymupdf
 import pytest
 
-from megatron_vlm.data.pdf import PdfError, PdfSettings, process_pdf, reading_order
+from megatron_vlm.data.layout import reading_order
+from megatron_vlm.data.pdf import PdfError, PdfSettings, process_pdf
 from megatron_vlm.data.sample_pdfs import make_bad_inputs, make_corpus
 
 NO_OCR = PdfSettings(ocr=False)
@@ -156,7 +157,7 @@ def test_reading_order_two_columns(tmp_path):
 def test_grey_check_finds_any_colour_pixel():
     import numpy as np
 
-    from megatron_vlm.data.pdf import is_grey
+    from megatron_vlm.data.png import is_grey
 
     rng = np.random.default_rng(0)
     grey = np.repeat(rng.integers(0, 256, (300, 229, 1), dtype=np.uint8), 3, axis=2)  # odd width, > one block
@@ -175,7 +176,7 @@ def test_png_writer_round_trips_through_pillow():
     import numpy as np
     from PIL import Image
 
-    from megatron_vlm.data.pdf import png_bytes
+    from megatron_vlm.data.png import png_bytes
 
     def chunks(png: bytes):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -270,7 +271,7 @@ def test_grey_pages_are_drawn_grey_only_when_proven_and_keep_their_pixels():
     import numpy as np
     from PIL import Image
 
-    from megatron_vlm.data.pdf import probe_paints
+    from megatron_vlm.data.render import probe_paints
 
     data, kinds = _paint_kinds_pdf()
     pages, images = process_pdf(data, NO_OCR)
@@ -294,7 +295,7 @@ def test_grey_pages_are_drawn_grey_only_when_proven_and_keep_their_pixels():
 def test_pages_said_to_paint_no_path_have_no_drawings(corpus):
     """Ruled tables are only looked for where the probe saw a path; pymupdf's get_cdrawings, read
     independently, must find nothing on every page the probe calls path-free."""
-    from megatron_vlm.data.pdf import probe_paints
+    from megatron_vlm.data.render import probe_paints
 
     data, _ = _paint_kinds_pdf()
     docs = [pymupdf.open(spec.path) for spec, _ in corpus] + [pymupdf.open(stream=data)]

@@ -1,0 +1,256 @@
+"""Layout blocks of one page from its text (pymupdf's text dict), in reading order.
+
+Two ways to find the blocks (`PdfSettings.layout`):
+- "model" (default): pymupdf's layout model (layout_model.py) labels regions; each of the
+  page's text lines goes to the region that holds most of it, and the region's kind names the
+  block: heading (title, section-header), paragraph (text), list (consecutive list items of one
+  column, one item per line), caption, footnote, formula, figure (text inside a picture), header /
+  footer (page-header / page-footer), table (cells filled from the page's words, tables.py).
+  Lines no region holds are grouped and classified as in "rules". Blocks are put in reading order
+  as the rules do (below): the model's own order was worse on real title pages and papers.
+- "rules": cheap and blind to rule-only and whitespace tables: each block of the text dict is
+  split where the line style (size, bold) changes, then classified: heading (larger than the
+  document's body size, or bold and short), list (bullet or enumerator), caption ("Table 3:",
+  "Figure 2."), paragraph. Ruled tables come from grids of vector rules.
+Reading order (both): top to bottom, and where blocks sit side by side in two columns, the left
+column first.
+
+Either way a heading must contain a letter (a bold "12.5" is a paragraph), lines are joined with
+hyphenation undone and no spaces between CJK characters (textlines.py), and the words of a table
+leave the text blocks. Running headers, footers and page numbers are found across pages later
+(furniture.py), as are tables continued from the previous page (tables.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pymupdf
+
+from megatron_vlm.data import tables
+from megatron_vlm.data.textlines import join_lines
+
+LIST_RE = re.compile(r"^\s*(?:[\u2022\u00b7\u25aa\u25e6\u2013\u2014*-]|\(?\d{1,3}[.)]|\(?[a-z][.)])\s+")
+CAPTION_RE = re.compile(r"^\s*(?:Table|Figure|Fig\.|Chart|Exhibit|Plate|Tabelle|Abbildung|Abb\.|Tableau|表|图|圖)\s*[\dA-Z]+[.:\s]", re.IGNORECASE)
+MODEL_KINDS = {
+    "text": "paragraph", "title": "heading", "section-header": "heading", "list-item": "list", "caption": "caption",
+    "footnote": "footnote", "formula": "formula", "picture": "figure", "page-header": "header", "page-footer": "footer",
+}
+
+
+def _r(x: float) -> float:
+    return round(float(x), 2)
+
+
+def _bbox(b) -> list[float]:
+    return [_r(b[0]), _r(b[1]), _r(b[2]), _r(b[3])]
+
+
+def _line_style(spans: list[dict]) -> tuple[float, bool]:
+    spans = [s for s in spans if s["text"].strip()]
+    size = max(spans, key=lambda s: len(s["text"]))["size"]
+    bold = all(s["flags"] & 16 or "bold" in s["font"].lower() for s in spans)
+    return round(size, 1), bold
+
+
+def _same_style(a: tuple[float, bool], b: tuple[float, bool]) -> bool:
+    return a[1] == b[1] and abs(a[0] - b[0]) <= 0.15 * max(a[0], b[0])
+
+
+def _line_text(spans: list[dict]) -> str:
+    return " ".join("".join(s["text"] for s in spans).split())
+
+
+def _overlap_share(bbox, rect) -> float:
+    """The share of bbox's area that lies in rect (both (x0, y0, x1, y1))."""
+    w = min(bbox[2], rect[2]) - max(bbox[0], rect[0])
+    h = min(bbox[3], rect[3]) - max(bbox[1], rect[1])
+    area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1])
+    if area <= 0:  # a zero-height or zero-width line: is its centre inside?
+        cx, cy = (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2
+        return float(rect[0] <= cx <= rect[2] and rect[1] <= cy <= rect[3])
+    return w * h / area if w > 0 and h > 0 else 0.0
+
+
+def _union(a: list[float], b) -> list[float]:
+    return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+
+
+def text_lines(text_dict: dict, exclude: list[tuple] = ()) -> list[dict]:
+    """The page's non-empty lines: {"bbox", "text", "style": (size, bold), "block"}; spans mostly
+    inside an `exclude` rectangle (tables) are left out."""
+    out = []
+    for bi, block in enumerate(text_dict["blocks"]):
+        if block.get("type", 0) != 0:
+            continue
+        for line in block["lines"]:
+            spans = line["spans"]
+            if exclude:
+                spans = [s for s in spans if not any(_overlap_share(s["bbox"], r) > 0.5 for r in exclude)]
+            text = _line_text(spans)
+            if text:
+                out.append({"bbox": list(line["bbox"]), "text": text, "style": _line_style(spans), "block": bi})
+    return out
+
+
+def style_groups(lines: list[dict]) -> list[dict]:
+    """Consecutive lines of one text-dict block and one style, split before each list item:
+    {"lines", "style", "bbox", "list"}."""
+    groups, current = [], None
+    for line in lines:
+        starts_item = bool(LIST_RE.match(line["text"]))
+        if (current is None or current["block"] != line["block"] or not _same_style(current["style"], line["style"])
+                or (starts_item and not current["list"])):
+            current = {"lines": [], "style": line["style"], "bbox": list(line["bbox"]), "list": starts_item, "block": line["block"]}
+            groups.append(current)
+        current["lines"].append(line["text"])
+        current["bbox"] = _union(current["bbox"], line["bbox"])
+    return groups
+
+
+def chars_by_size(text_dict: dict) -> dict[float, int]:
+    """Non-blank characters of a page by exact font size (few distinct sizes: rounding comes later)."""
+    out: dict[float, int] = {}
+    for block in text_dict["blocks"]:
+        for line in block.get("lines", ()):
+            for s in line["spans"]:
+                out[s["size"]] = out.get(s["size"], 0) + len(s["text"].strip())
+    return out
+
+
+def count_font_sizes(by_size: dict[float, int], sizes: Counter) -> None:
+    """Add a page's chars_by_size to `sizes`, keyed by font size rounded to 0.1 pt."""
+    for size, n in by_size.items():
+        sizes[round(size, 1)] += n
+
+
+def body_font_size(sizes: Counter) -> float:
+    """The most common font size by character count (10 when there is no text)."""
+    return sizes.most_common(1)[0][0] if sizes else 10.0
+
+
+def has_letter(text: str) -> bool:
+    return any(ch.isalpha() for ch in text)
+
+
+def classify(text: str, size: float, bold: bool, is_list: bool, n_lines: int, body: float) -> str:
+    """The rules' kind of a text group (see the module docstring)."""
+    if is_list:
+        return "list"
+    if CAPTION_RE.match(text):
+        return "caption"
+    short = len(text) <= 120 and n_lines <= 3
+    if short and has_letter(text) and (size >= body * 1.15 or (bold and not text.rstrip().endswith("."))):
+        return "heading"
+    return "paragraph"
+
+
+def group_block(group: dict, body: float) -> dict:
+    text = join_lines(group["lines"]) if not group["list"] else "\n".join(group["lines"])
+    kind = classify(text, group["style"][0], group["style"][1], group["list"], len(group["lines"]), body)
+    return {"kind": kind, "bbox": _bbox(group["bbox"]), "text": text}
+
+
+def reading_order(blocks: list[dict], page_width: float) -> list[dict]:
+    """Top to bottom; between full-width blocks, a two-column band is read left column first."""
+    mid, tol = page_width / 2, page_width * 0.02
+    ordered, band = [], []
+
+    def flush():
+        left = [b for b in band if b["bbox"][2] <= mid + tol]
+        right = [b for b in band if b["bbox"][2] > mid + tol]
+        ordered.extend(sorted(left, key=lambda b: (b["bbox"][1], b["bbox"][0])))
+        ordered.extend(sorted(right, key=lambda b: (b["bbox"][1], b["bbox"][0])))
+        band.clear()
+
+    for b in sorted(blocks, key=lambda b: (b["bbox"][1], b["bbox"][0])):
+        x0, x1 = b["bbox"][0], b["bbox"][2]
+        if x0 < mid - tol and x1 > mid + tol:  # spans both columns
+            flush()
+            ordered.append(b)
+        else:
+            band.append(b)
+    flush()
+    return ordered
+
+
+# ---- rules ---------------------------------------------------------------------------------
+
+
+def rules_layout(text_dict: dict, textpage, page: pymupdf.Page, paths: bool) -> tuple[list[dict], list[dict]]:
+    """(table blocks, style groups) of one page by the rules; blocks are made once the body font
+    size is known (rules_blocks). `paths`: whether the page paints vector paths at all."""
+    table_blocks: list[dict] = []
+    if paths:
+        horiz, vert = tables.rules(page)
+        grids = tables.find_grid_tables(horiz, vert)
+        if grids:
+            words = textpage.extractWORDS()
+            table_blocks = [b for b in (tables.table_block(ys, xs, words, horiz) for ys, xs in grids) if b]
+    rects = [tuple(b["bbox"]) for b in table_blocks]
+    return table_blocks, style_groups(text_lines(text_dict, rects))
+
+
+def rules_blocks(table_blocks: list[dict], groups: list[dict], body: float, page_width: float) -> list[dict]:
+    """Blocks of one page in reading order, given the document's body font size."""
+    return reading_order([*table_blocks, *(group_block(g, body) for g in groups)], page_width)
+
+
+# ---- model ---------------------------------------------------------------------------------
+
+
+def model_layout(text_dict: dict, textpage, page: pymupdf.Page, regions: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(blocks in reading order from the layout model's regions, style groups of the lines no
+    region holds); model_blocks places those once the body font size is known."""
+    lines = text_lines(text_dict)
+    rects = [tuple(g["group_bbox"][:4]) for g in regions]
+    owner = []
+    for line in lines:
+        shares = [_overlap_share(line["bbox"], r) for r in rects]
+        best = max(range(len(rects)), key=lambda i: shares[i], default=-1)
+        owner.append(best if best >= 0 and shares[best] >= 0.5 else -1)
+    blocks: list[dict] = []
+    words = horiz = None
+    for ri, group in enumerate(regions):
+        mine = [line for line, o in zip(lines, owner) if o == ri]
+        cls = group.get("class_name", "text")
+        if cls == "table":
+            grid = tables.model_grid(group)
+            block = None
+            if grid:
+                words = textpage.extractWORDS() if words is None else words
+                horiz = tables.rules(page)[0] if horiz is None else horiz
+                inside = [w for w in words if _overlap_share(w[:4], rects[ri]) >= 0.5]
+                block = tables.table_block(*grid, inside, horiz)
+            if block:
+                blocks.append(block)
+                continue
+            cls = "text"  # no table in it after all: its lines are a paragraph
+        if not mine:
+            continue
+        kind = MODEL_KINDS.get(cls, "paragraph")
+        text = join_lines([line["text"] for line in mine])
+        if kind == "heading" and not has_letter(text):
+            kind = "paragraph"
+        bbox = mine[0]["bbox"]
+        for line in mine[1:]:
+            bbox = _union(bbox, line["bbox"])
+        blocks.append({"kind": kind, "bbox": _bbox(bbox), "text": text})
+    return blocks, style_groups([line for line, o in zip(lines, owner) if o == -1])
+
+
+def model_blocks(blocks: list[dict], leftover: list[dict], body: float, page_width: float) -> list[dict]:
+    """model_layout's blocks and its leftover groups (classified with the body font size), in
+    reading order (reading_order: the model's own order reads title pages and two-column papers
+    out of order, e.g. the first column's heading before the title)."""
+    ordered: list[dict] = []
+    for block in reading_order([*blocks, *(group_block(g, body) for g in leftover)], page_width):
+        last = ordered[-1] if ordered else None
+        if (block["kind"] == "list" and last is not None and last["kind"] == "list"
+                and min(block["bbox"][2], last["bbox"][2]) > max(block["bbox"][0], last["bbox"][0])):
+            last["text"] += "\n" + block["text"]  # the next item of the same list (same column)
+            last["bbox"] = _bbox(_union(last["bbox"], block["bbox"]))
+        else:
+            ordered.append(block)
+    return ordered

@@ -1,0 +1,156 @@
+"""PDFs with the layouts real documents have, made with pymupdf, each with the text put into it.
+
+Used by tests/unit/test_layout.py; every builder returns what it drew (the reference the tests
+check the pool against), and writes nothing but the PDF bytes it returns.
+"""
+
+from __future__ import annotations
+
+import pymupdf
+
+LETTER = (612.0, 792.0)
+WORDS = ("the committee reviewed each measurement twice before the results were released to every "
+         "partner and the numbers below summarise what was found during the spring campaign").split()
+
+
+def _paragraph(page: pymupdf.Page, y: float, n_words: int, seed: int, size: float = 10.5, width: float = 470.0) -> float:
+    """Write a paragraph of filler words at y; return the y below it."""
+    words = [WORDS[(seed * 7 + i * 3) % len(WORDS)] for i in range(n_words)]
+    line = ""
+    for word in words:
+        trial = f"{line} {word}".strip()
+        if pymupdf.get_text_length(trial, fontname="helv", fontsize=size) > width:
+            page.insert_text((72, y), line, fontsize=size, fontname="helv")
+            y, line = y + size * 1.3, word
+        else:
+            line = trial
+    page.insert_text((72, y), line, fontsize=size, fontname="helv")
+    return y + size * 1.3 + 10
+
+
+def running_headers(pages: int = 4, first_number: int = 11) -> tuple[bytes, dict]:
+    """A header line at the top of every page, a printed page number at the bottom (first_number,
+    first_number + 1, ...), and a heading and paragraphs in between."""
+    doc = pymupdf.open()
+    header = "Journal of Layout Studies, Volume 7"
+    for i in range(pages):
+        page = doc.new_page(width=LETTER[0], height=LETTER[1])
+        page.insert_text((72, 40), header, fontsize=9, fontname="helv")
+        page.draw_line((72, 46), (540, 46), width=0.4)
+        page.insert_text((72, 100), f"Findings of part {i + 1}", fontsize=15, fontname="hebo")
+        y = _paragraph(page, 130, 80, i)
+        _paragraph(page, y, 60, i + 5)
+        number = str(first_number + i)
+        page.insert_text((306 - pymupdf.get_text_length(number, fontsize=10) / 2, 760), number, fontsize=10, fontname="helv")
+    return doc.tobytes(), {"header": header, "labels": [str(first_number + i) for i in range(pages)]}
+
+
+def _rule_table(page: pymupdf.Page, top: float, header: list[str] | None, rows: list[list[str]], xs: list[float],
+                row_h: float = 16.0, bottom_rule: bool = True) -> float:
+    """A booktabs-style table: horizontal rules only (above, under the header, at the end), columns
+    aligned by whitespace; returns the y below it."""
+    y = top
+    page.draw_line((xs[0] - 4, y), (540, y), width=1.0)
+    if header:
+        for x, cell in zip(xs, header):
+            page.insert_text((x, y + 12), cell, fontsize=10, fontname="hebo")
+        y += row_h + 2
+        page.draw_line((xs[0] - 4, y), (540, y), width=0.5)
+    for row in rows:
+        for x, cell in zip(xs, row):
+            page.insert_text((x, y + 12), cell, fontsize=10, fontname="helv")
+        y += row_h
+    if bottom_rule:
+        page.draw_line((xs[0] - 4, y + 2), (540, y + 2), width=1.0)
+    return y + 14
+
+
+TABLE_HEADER = ["Method", "Accuracy", "Recall", "Time (s)"]
+
+
+def table_rows(n: int, start: int = 0) -> list[list[str]]:
+    names = ["Baseline", "Ridge", "Lasso", "Forest", "Boosting", "Network", "Ensemble", "Nearest", "Kernel", "Bayes",
+             "Stacked", "Linear", "Logistic", "Pruned", "Sparse", "Dense", "Shallow", "Deep", "Wide", "Narrow"]
+    return [[names[(start + i) % len(names)] + (f" {(start + i) // len(names) + 1}" if start + i >= len(names) else ""),
+             f"{70 + (start + i) * 1.3:.1f}", f"{0.5 + (start + i) * 0.02:.2f}", str(12 + 7 * (start + i))] for i in range(n)]
+
+
+def rule_only_table() -> tuple[bytes, dict]:
+    """One page: a paragraph, a caption, a rule-only table with a header row, a paragraph."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=LETTER[0], height=LETTER[1])
+    y = _paragraph(page, 90, 70, 1)
+    caption = "Table 1: Scores of each method"
+    page.insert_text((72, y + 6), caption, fontsize=9.5, fontname="helv")
+    rows = table_rows(5)
+    y = _rule_table(page, y + 16, TABLE_HEADER, rows, [80, 220, 330, 440])
+    _paragraph(page, y + 10, 60, 2)
+    return doc.tobytes(), {"caption": caption, "cells": [TABLE_HEADER, *rows]}
+
+
+def continued_table(first_rows: int = 14, second_rows: int = 6) -> tuple[bytes, dict]:
+    """A rule-only table that starts low on page 1 and goes on at the top of page 2 without its header."""
+    doc = pymupdf.open()
+    xs = [80, 220, 330, 440]
+    page = doc.new_page(width=LETTER[0], height=LETTER[1])
+    y = _paragraph(page, 90, 160, 3)
+    first = table_rows(first_rows)
+    _rule_table(page, max(y, 792 - 60 - 18 * (first_rows + 1)), TABLE_HEADER, first, xs, bottom_rule=False)
+    page = doc.new_page(width=LETTER[0], height=LETTER[1])
+    second = table_rows(second_rows, start=first_rows)
+    y = _rule_table(page, 72, None, second, xs)
+    _paragraph(page, y + 10, 80, 4)
+    return doc.tobytes(), {"first": [TABLE_HEADER, *first], "second": second}
+
+
+def without_tounicode(text: str = "Results of the spring campaign show that every partner reported on time") -> tuple[bytes, dict]:
+    """A page whose text is in an embedded TrueType font whose ToUnicode map was removed: the glyph
+    ids come out as characters (what real PDFs with such fonts give)."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=LETTER[0], height=LETTER[1])
+    page.insert_font(fontname="F0", fontbuffer=pymupdf.Font("cour").buffer)
+    lines = [text, "The second line says the same thing in other words for the reader", "A third line closes the paragraph here"]
+    for i, line in enumerate(lines):
+        page.insert_text((72, 120 + 22 * i), line, fontname="F0", fontsize=12)
+    broken = pymupdf.open("pdf", doc.tobytes())
+    for xref in range(1, broken.xref_length()):
+        if broken.xref_get_key(xref, "ToUnicode")[0] != "null":
+            broken.xref_set_key(xref, "ToUnicode", "null")
+    return broken.tobytes(garbage=1), {"lines": lines}
+
+
+CHINESE = ("本报告介绍了春季测量活动的主要结果。所有合作单位都按时提交了数据，"
+           "委员会对每一项测量进行了两次核对。结果表明，新方法的准确率明显高于原有方法，"
+           "而且所需的时间更短。下一阶段将扩大测量范围，并公开全部原始数据。")
+
+
+def chinese_scan(text: str = CHINESE, dpi: int = 200) -> tuple[bytes, dict]:
+    """An image-only page (no text layer) showing Chinese text, as a scanner would give it."""
+    draft = pymupdf.open()
+    page = draft.new_page(width=LETTER[0], height=LETTER[1])
+    page.insert_font(fontname="cjk", fontbuffer=pymupdf.Font("cjk").buffer)
+    page.insert_textbox(pymupdf.Rect(72, 90, 540, 400), text, fontname="cjk", fontsize=14, lineheight=1.6)
+    pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
+    scan = pymupdf.open()
+    scan.new_page(width=LETTER[0], height=LETTER[1]).insert_image(pymupdf.Rect(0, 0, *LETTER), stream=pix.tobytes("png"))
+    return scan.tobytes(), {"text": text}
+
+
+def details() -> tuple[bytes, dict]:
+    """Page 0: a paragraph with a word hyphenated at a line end, a bold number on its own line;
+    page 1: a schematic drawn with a grid of many lines and a few labels (not a table)."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=LETTER[0], height=LETTER[1])
+    page.insert_text((72, 90), "Measured values", fontsize=15, fontname="hebo")
+    page.insert_text((72, 130), "The committee checked every measure-", fontsize=10.5, fontname="helv")
+    page.insert_text((72, 144), "ment twice before releasing the final numbers to all partners.", fontsize=10.5, fontname="helv")
+    page.insert_text((72, 180), "12.5", fontsize=10.5, fontname="hebo")
+    _paragraph(page, 210, 60, 6)
+    page = doc.new_page(width=LETTER[0], height=LETTER[1])
+    for k in range(25):
+        page.draw_line((72 + 18 * k, 150), (72 + 18 * k, 600), width=0.4)
+        page.draw_line((72, 150 + 18 * k), (504, 150 + 18 * k), width=0.4)
+    for label, (x, y) in {"valve": (100, 200), "pump": (300, 380), "tank": (420, 520)}.items():
+        page.insert_text((x, y), label, fontsize=9, fontname="helv")
+    page.insert_text((72, 640), "Figure 3: Layout of the test rig", fontsize=9.5, fontname="helv")
+    return doc.tobytes(), {"joined": "measurement", "number": "12.5", "labels": ["valve", "pump", "tank"]}

@@ -1,0 +1,179 @@
+"""Layout, text quality and OCR on PDFs with the layouts of real documents (tests/layout_pdfs.py):
+running headers and printed page numbers, a rule-only table, a table continued over a page, a font
+without ToUnicode, a scanned Chinese page. Checked against the text put into each PDF and against
+pymupdf read independently."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections import Counter
+
+import pymupdf
+import pytest
+
+from megatron_vlm.data import furniture, ocr, textlines
+from megatron_vlm.data.pdf import PdfSettings, process_pdf
+from tests import layout_pdfs
+
+NO_OCR = PdfSettings(ocr=False)
+needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed (apt-get install tesseract-ocr)")
+
+
+def _words(text: str) -> Counter:
+    return Counter(re.findall(r"\w+(?:[.]\d+)?", text))
+
+
+def _body(page: dict) -> list[dict]:
+    return [b for b in page["blocks"] if b["kind"] not in ("header", "footer", "page_number")]
+
+
+def test_running_headers_and_printed_page_numbers():
+    data, ref = layout_pdfs.running_headers(pages=4, first_number=11)
+    pages, _ = process_pdf(data, NO_OCR)
+    reference = pymupdf.open(stream=data)
+    for page, ref_page, label in zip(pages, reference, ref["labels"]):
+        headers = [b["text"] for b in page["blocks"] if b["kind"] == "header"]
+        numbers = [b["text"] for b in page["blocks"] if b["kind"] == "page_number"]
+        assert headers == [ref["header"]] and numbers == [label], page["blocks"]
+        assert page["page_label"] == label != str(page["index"])
+        assert not any(ref["header"] in b["text"] or b["text"] == label for b in _body(page))
+        assert _words(page["text"]) == _words(ref_page.get_text()), page["index"]  # nothing lost, nothing added
+        assert [b["kind"] for b in _body(page)][0] == "heading"
+
+
+def test_headings_at_the_top_of_two_pages_are_not_running_headers():
+    def page(i: int, heading: str) -> dict:
+        return {"index": i, "height_pt": 800.0, "blocks": [
+            {"kind": "heading", "bbox": [60, 60, 300, 80], "text": heading},
+            {"kind": "paragraph", "bbox": [60, 100, 500, 300], "text": f"Body text {i}."}]}
+
+    pages = [page(0, "Section 1: Markets"), page(1, "Section 2: Operations"), page(2, "Section 3: Markets"), page(3, "Section 4: Staff")]
+    furniture.mark_furniture(pages)
+    assert [p["blocks"][0]["kind"] for p in pages] == ["heading"] * 4
+    assert [p["page_label"] for p in pages] == [None] * 4
+
+
+def test_page_labels_follow_the_printed_numbers_roman_then_arabic():
+    def page(i: int, footer: str, top: str) -> dict:
+        return {"index": i, "height_pt": 800.0, "blocks": [
+            {"kind": "paragraph", "bbox": [60, 40, 500, 60], "text": top},
+            {"kind": "paragraph", "bbox": [60, 100, 500, 300], "text": "Body."},
+            {"kind": "paragraph", "bbox": [290, 760, 310, 775], "text": footer}]}
+
+    # front matter i-iii, then 1, 2, 3 whose header names the chapter and ends with the page number
+    pages = [page(0, "i", "Preface"), page(1, "ii", "Contents"), page(2, "iii", "Acknowledgements"),
+             page(3, "- 1 -", "Chapter one: Methods 1"), page(4, "- 2 -", "Chapter one: Results 2"), page(5, "- 3 -", "Chapter two: Data 3")]
+    furniture.mark_furniture(pages)
+    assert [p["page_label"] for p in pages] == ["i", "ii", "iii", "1", "2", "3"]
+    assert [p["blocks"][2]["kind"] for p in pages] == ["page_number"] * 6
+    assert [p["blocks"][0]["kind"] for p in pages] == ["paragraph", "paragraph", "paragraph", "header", "header", "header"]
+    assert furniture.roman_value("xiv") == 14 and furniture.roman_value("mcmxc") == 1990 and furniture.roman_value("iiii") is None
+
+
+def test_rule_only_table_is_one_table_with_its_header():
+    data, ref = layout_pdfs.rule_only_table()
+    (page,), _ = process_pdf(data, NO_OCR)
+    tables = [b for b in page["blocks"] if b["kind"] == "table"]
+    assert len(tables) == 1
+    table = tables[0]
+    assert table["cells"] == ref["cells"] and table["header_rows"] == 1 and table["continued_from"] is None
+    kinds = [b["kind"] for b in page["blocks"]]
+    assert kinds.index("caption") + 1 == kinds.index("table")
+    assert [b["text"] for b in page["blocks"] if b["kind"] == "caption"] == [ref["caption"]]
+    cell_words = {w for row in ref["cells"] for cell in row for w in cell.split()}
+    for b in page["blocks"]:  # the cells did not shatter into other blocks, and numbers are not headings
+        if b["kind"] != "table":
+            assert b["kind"] != "heading" and not (set(b["text"].split()) & cell_words - set(layout_pdfs.WORDS)), b
+    # pymupdf's own reading of the page holds every cell (the reference for the words)
+    assert _words(page["text"]) == _words(pymupdf.open(stream=data)[0].get_text())
+
+
+def test_table_continued_over_a_page_keeps_its_header_rows():
+    data, ref = layout_pdfs.continued_table()
+    pages, _ = process_pdf(data, NO_OCR)
+    first = [b for b in pages[0]["blocks"] if b["kind"] == "table"]
+    second = [b for b in pages[1]["blocks"] if b["kind"] == "table"]
+    assert len(first) == len(second) == 1
+    assert first[0]["cells"] == ref["first"] and first[0]["continued_from"] is None
+    table = second[0]
+    assert table["continued_from"] == 0 and table["header_copied"] is True and table["header_rows"] == 1
+    assert table["cells"] == [layout_pdfs.TABLE_HEADER, *ref["second"]]
+    assert table["text"] == "\n".join(" | ".join(row) for row in ref["second"])  # what page 2 prints
+    assert all(b["text"] for p in pages for b in p["blocks"]) and all(len(t["cells"]) >= 2 for t in first + second)
+
+
+def test_font_without_tounicode_is_a_broken_text_layer():
+    data, ref = layout_pdfs.without_tounicode()
+    independent = pymupdf.open(stream=data)[0].get_text()
+    assert "Results" not in independent and "\x01" in independent  # the reference reader gets glyph ids, not words
+    (page,), _ = process_pdf(data, NO_OCR)
+    assert page["text_quality"] == "broken" and page["ocr"] == "missing" and "Unicode map" in page["text_quality_reason"]
+    assert page["has_text_layer"] is True
+
+
+@needs_tesseract
+def test_font_without_tounicode_is_ocred():
+    data, ref = layout_pdfs.without_tounicode()
+    (page,), _ = process_pdf(data, PdfSettings())
+    assert page["text_quality"] == "ocr" and page["ocr"] == "tesseract" and page["script"] == "Latin"
+    expected = _words(" ".join(ref["lines"]))
+    found = _words(page["text"])
+    assert sum((found & expected).values()) / sum(expected.values()) > 0.9, page["text"]
+    assert page["ocr_confidence"] > ocr.LOW_CONFIDENCE and all(b["confidence"] is not None for b in page["blocks"])
+
+
+@pytest.mark.skipif(not {"chi_sim", "osd"} <= ocr.installed_languages(), reason="Tesseract chi_sim/osd data not installed (apt-get install tesseract-ocr-chi-sim)")
+def test_scanned_chinese_page_is_ocred_with_chinese_language_data():
+    data, ref = layout_pdfs.chinese_scan()
+    assert pymupdf.open(stream=data)[0].get_text().strip() == ""  # image only: no text layer at all
+    (page,), _ = process_pdf(data, PdfSettings())
+    assert page["ocr"] == "tesseract" and page["text_quality"] == "ocr" and page["has_text_layer"] is False
+    assert page["script"] == "Han" and page["ocr_languages"].startswith("chi_sim")
+    expected = Counter(ch for ch in ref["text"] if textlines.is_cjk(ch))
+    found = Counter(ch for ch in page["text"] if textlines.is_cjk(ch))
+    assert sum((found & expected).values()) / sum(expected.values()) > 0.9, page["text"]
+    assert " " not in page["text"].replace("\n", "")[:20]  # no spaces between Chinese characters
+    assert page["ocr_confidence"] > ocr.LOW_CONFIDENCE
+
+
+def test_hyphenation_bold_numbers_and_schematics():
+    data, ref = layout_pdfs.details()
+    pages, _ = process_pdf(data, NO_OCR)
+    assert ref["joined"] in pages[0]["text"] and "measure-" not in pages[0]["text"]
+    number = [b for b in pages[0]["blocks"] if b["text"] == ref["number"]]
+    assert len(number) == 1 and number[0]["kind"] != "heading"
+    assert not [b for b in pages[1]["blocks"] if b["kind"] == "table"]  # a grid drawing with three labels is no table
+    assert all(label in pages[1]["text"] for label in ref["labels"])
+
+
+def test_ocr_blocks_carry_character_weighted_confidence(monkeypatch):
+    """Tesseract's TSV (canned here) -> blocks with the mean confidence of their characters."""
+    tsv = "\n".join([
+        "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext",
+        "5\t1\t1\t1\t1\t1\t100\t100\t80\t30\t90.0\tRevenue",   # 7 chars at 90
+        "5\t1\t1\t1\t1\t2\t200\t100\t40\t30\t30.0\t4,3l2",     # 5 chars at 30
+        "5\t1\t2\t1\t1\t1\t100\t300\t60\t30\t96.0\tTotal",     # 5 chars at 96
+        "5\t1\t2\t1\t1\t2\t170\t300\t10\t30\t-1.0\t",          # no text: skipped
+    ])
+    monkeypatch.setattr(ocr, "_tesseract", lambda png, args: tsv)
+    blocks, conf = ocr._read(b"", "eng", 72 / 300, pymupdf.Identity)
+    assert [b["text"] for b in blocks] == ["Revenue 4,3l2", "Total"]
+    assert blocks[0]["confidence"] == round((7 * 90 + 5 * 30) / 12, 1) and blocks[0]["low_confidence"] is True
+    assert blocks[1]["confidence"] == 96.0 and blocks[1]["low_confidence"] is False
+    assert conf == round((7 * 90 + 5 * 30 + 5 * 96) / 17, 1)
+    assert blocks[0]["bbox"] == [24.0, 24.0, 57.6, 31.2]  # pixels at 300 DPI -> points
+
+
+def test_words_are_read_in_lines_whatever_their_script():
+    # A cell "收入 2023年 4,312" whose CJK glyph boxes are taller and start higher than the Latin
+    # ones: sorting words by (bottom, x) reads "2023年 4,312 收入"; grouping by vertical overlap
+    # keeps one line, read left to right.
+    words = [(100, 99, 120, 112.5, "收入"), (125, 101, 160, 111, "2023年"), (170, 101.5, 200, 111.2, "4,312")]
+    assert sorted(words, key=lambda w: (round(w[3]), w[0]))[0][4] == "2023年"  # the old order
+    assert textlines.words_text(words) == "收入 2023年 4,312"
+    two_lines = words + [(100, 120, 120, 131, "合计"), (125, 121, 150, 130, "9,999")]
+    assert textlines.words_text(two_lines) == "收入 2023年 4,312 合计 9,999"
+    assert textlines.join_lines(["The measure-", "ment was repeated"]) == "The measurement was repeated"
+    assert textlines.join_lines(["state-", "Of the art"]) == "state- Of the art"  # a capital: not a split word
+    assert textlines.join_lines(["soft\u00ad", "ware"]) == "software" and textlines.join_lines(["第一", "部分"]) == "第一部分"
