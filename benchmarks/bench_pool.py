@@ -1,7 +1,7 @@
 """Benchmark: pages/s per core of the `pool` stage versus plain pymupdf rendering of the same pages.
 
     PYTHONPATH=. python benchmarks/bench_pool.py [--docs 6] [--pages 10 12] [--kind text|scan] [--dpi 144]
-                                                  [--image-format png] [--input PDF_DIR] [--repeat 5] [--profile 25]
+                                                  [--image-format png] [--input PDF_DIR] [--repeat 3] [--profile 25]
 
 Generated inputs: --kind text (default) is sample_pdfs.make_corpus (vector text, headings, lists,
 ruled tables); --kind scan is image-only pages, each a 300-DPI greyish JPEG "scan" of text, where
@@ -9,12 +9,14 @@ decoding and scaling the image makes rendering itself expensive.
 
 Everything runs in this one process on one core. The headline is pool / render, where "render"
 opens each PDF and calls `page.get_pixmap(dpi=DPI)` on every page and nothing else (the goal in
-issue #5: pool <= 1.3x). Beside it, two baselines that also store the page: "render+png" adds
-pymupdf's own `pix.tobytes("png")`, "render+encode" adds the pool's encoder (pdf._encode). "pool"
-is the whole stage: hash, validate, render, encode, text and layout blocks, tables, token counts,
-tar and manifest writing, with --workers 1 and OCR off. "pool-no-image" is the floor under it:
-pdf.process_pdf on every input with the image encoder replaced by a no-op, i.e. the render plus
-the text, layout and table work the issue requires, with no image stored, no tar and no manifest.
+issue #5: pool <= 1.3x, set before the layout model). Beside it, two baselines that also store
+the page: "render+png" adds pymupdf's own `pix.tobytes("png")`, "render+encode" adds the pool's
+encoder (render.encode). "pool" is the whole stage with its default layout (pymupdf's layout
+model): hash, validate, render, encode, text and its quality verdict, layout blocks, tables,
+headers and page labels, token counts, tar and manifest writing, with --workers 1 and OCR off;
+"pool-rules" the same with `--layout rules` (no model). "pool-no-image" is the floor under
+"pool": pdf.process_pdf on every input with the image encoder replaced by a no-op, i.e. the
+render plus the text and layout work, with no image stored, no tar and no manifest.
 "render+text" is the least plain pymupdf can do for a page's image and its text with fonts: one
 display list, rendered, and read into a text dict (pymupdf's `extractDICT`), nothing else. Each side runs --repeat times,
 interleaved, and the best time counts. Times are CPU seconds of this process (time.process_time:
@@ -40,7 +42,8 @@ import pymupdf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_vlm.data import pdf, pool  # noqa: E402
-from megatron_vlm.data.pdf import PdfSettings, _encode  # noqa: E402
+from megatron_vlm.data.pdf import PdfSettings  # noqa: E402
+from megatron_vlm.data.render import encode  # noqa: E402
 from megatron_vlm.data.sample_pdfs import make_corpus  # noqa: E402
 
 
@@ -109,19 +112,19 @@ def render_and_read(paths: list[Path], dpi: int) -> tuple[int, tuple[float, floa
 
 def pages_without_image(paths: list[Path], settings: PdfSettings) -> tuple[int, tuple[float, float]]:
     """process_pdf on every input with the encoder swapped for a no-op: the pool's cost floor without storing images."""
-    real, pdf._encode = pdf._encode, lambda pix, settings: b""
+    real, pdf.encode = pdf.encode, lambda pix, image_format, jpg_quality: b""
     try:
         start, pages = clock(), 0
         for path in paths:
             pages += len(pdf.process_pdf(path.read_bytes(), settings, sink=lambda i, image: None)[0])
         return pages, since(start)
     finally:
-        pdf._encode = real
+        pdf.encode = real
 
 
-def run_pool(inp: Path, out: Path, args) -> tuple[int, tuple[float, float]]:
+def run_pool(inp: Path, out: Path, args, layout: str = "model") -> tuple[int, tuple[float, float]]:
     start = clock()
-    counts = pool.build_pool(inp, out, dpi=args.dpi, image_format=args.image_format, no_ocr=True, workers=1)
+    counts = pool.build_pool(inp, out, dpi=args.dpi, image_format=args.image_format, no_ocr=True, workers=1, layout=layout)
     return counts["pages"], since(start)
 
 
@@ -133,7 +136,7 @@ def main() -> int:
     parser.add_argument("--dpi", type=int, default=144)
     parser.add_argument("--image-format", choices=["png", "jpg"], default="png")
     parser.add_argument("--input", help="a directory of real PDFs instead of generated ones")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N functions with the most own time in one pool run")
     args = parser.parse_args()
     settings = PdfSettings(dpi=args.dpi, image_format=args.image_format)
@@ -154,8 +157,9 @@ def main() -> int:
         sides = {
             "render": lambda r: render(paths, args.dpi),
             "pool": lambda r: run_pool(inp, tmp / f"pool{r}", args),
+            "pool-rules": lambda r: run_pool(inp, tmp / f"rules{r}", args, "rules"),
             "render+png": lambda r: render(paths, args.dpi, lambda pix: pix.tobytes("png")),
-            "render+encode": lambda r: render(paths, args.dpi, lambda pix: _encode(pix, settings)),
+            "render+encode": lambda r: render(paths, args.dpi, lambda pix: encode(pix, args.image_format)),
             "render+text": lambda r: render_and_read(paths, args.dpi),
             "pool-no-image": lambda r: pages_without_image(paths, replace(settings, ocr=False)),
         }
@@ -176,7 +180,8 @@ def main() -> int:
     for name, t in best.items():
         print(f"  {name:<14} {n / t:8.1f} pages/s per core  ({t * 1000 / n:6.2f} ms/page)  pool / {name} = {best['pool'] / t:5.2f}x"
               f"   [wall {wall[name] * 1000 / n:6.2f} ms/page]")
-    print(f"pool / render (bare page.get_pixmap at {args.dpi} DPI) = {best['pool'] / best['render']:.2f}x (goal <= 1.3x)")
+    print(f"pool / render (bare page.get_pixmap at {args.dpi} DPI) = {best['pool'] / best['render']:.2f}x with the layout model, "
+          f"{best['pool-rules'] / best['render']:.2f}x with --layout rules (issue #5's goal, before the model: <= 1.3x)")
     print(f"floors: render+text / render = {best['render+text'] / best['render']:.2f}x (plain pymupdf: render and text dict), "
           f"pool-no-image / render = {best['pool-no-image'] / best['render']:.2f}x (the pool storing no image)")
     if args.profile:

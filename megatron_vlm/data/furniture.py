@@ -7,8 +7,10 @@ recurs when it is on MIN_REPEATS pages as is, or on MIN_MASKED_REPEATS pages and
 the document with every digit and roman numeral replaced by "#" ("Vol. 3, p. 12"); headings at the
 top of two pages ("Section 2: Markets", "Section 5: Markets") are not running headers.
 `mark_furniture` relabels such blocks `header` / `footer` / `page_number` (a block the layout model
-already called a page header or footer keeps that label, or becomes `page_number`), and sets each
-page's `page_label`: the page number printed on it, as printed ("23", "iv"), or None.
+already called a page footer keeps that label, or becomes `page_number`; one it called a page
+header that no other page repeats is a title, as on slides, and becomes a `heading` unless a page
+number runs in it), and sets each page's `page_label`: the page number printed on it, as printed
+("23", "iv"), or None.
 
 Which printed number is the page's label: every number standing alone in a page-number block, or
 at the start or end of a header or footer, is a candidate. The printed number of a page minus its
@@ -38,7 +40,8 @@ PAGE_NUMBER_RE = re.compile(
     rf"(?:\s*(?:/|of|von|de|sur|из)\s*\d{{1,4}})?\s*(?:页|頁|ページ)?[\W_]{{0,3}}$",
     re.IGNORECASE,
 )
-_EDGE_NUMBER_RE = re.compile(rf"^{_NUMBER}\b|\b{_NUMBER}$", re.IGNORECASE)
+# a number at the start or end of a margin line; "4 / 17" and "4 of 17" at the end give the 4
+_EDGE_NUMBER_RE = re.compile(rf"^{_NUMBER}\b|\b{_NUMBER}(?:\s*(?:/|of|von|de|sur|из)\s*\d{{1,4}})?$", re.IGNORECASE)
 _DIGITS_RE = re.compile(r"\d+")
 
 
@@ -97,6 +100,9 @@ def mark_furniture(pages: list[dict]) -> None:
         unmarked = None
         if alone:
             block["kind"] = "page_number"
+        elif block["kind"] == "header" and not repeated and band != "bottom" and any(ch.isalpha() for ch in text):
+            block["kind"] = "heading"  # a page header the model saw that no other page repeats: a title (slides)
+            unmarked = block
         elif block["kind"] in ("header", "footer") or repeated:
             block["kind"] = "header" if block["kind"] == "header" or (block["kind"] != "footer" and band == "top") else "footer"
         else:
