@@ -4,7 +4,8 @@
         doc.meta["num_pages"], doc.images[0].read()
 
 ``read_manifest`` and ``read_settings`` read POOL_DIR/manifest.jsonl and pool.json;
-``documents`` reads each `ok` manifest row's ``<id>.json`` from the tar the row names and locates
+``documents`` reads each `ok` manifest row's ``<id>.json`` from the tar the row names (a path
+inside the pool directory; any other is refused with ValueError) and locates
 (does not load) its page images ``<id>.pNNNN.<png|jpg>`` as byte spans inside that tar. Members of
 other documents, and members that are not a file, are skipped. A missing, truncated or
 unreadable tar is a ValueError naming it, in one line. The pool stage is the one writer.
@@ -19,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+
+from megatron_vlm.utils import paths
 
 _PAGE = re.compile(r"p(\d{4})\.(png|jpg|jpeg)")
 
@@ -72,7 +75,7 @@ def documents(pool_dir: str | Path, ids: set[str] | None = None) -> Iterator[Poo
         if row["status"] == "ok" and (ids is None or row["id"] in ids):
             wanted.setdefault(row["shard"], set()).add(row["id"])
     for shard in sorted(wanted):
-        tar_path = pool_dir / shard
+        tar_path = paths.inside(pool_dir, shard, "manifest shard")  # a row naming ../x or /x is refused
         try:
             found = _read_tar(tar_path, wanted[shard])
         except FileNotFoundError:

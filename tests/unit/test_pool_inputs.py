@@ -58,3 +58,25 @@ def test_text_named_pdf_is_not_a_pdf_and_a_cut_pdf_is_truncated(tmp_path):
     ]:
         with pytest.raises(PdfError, match=reason):
             check_bytes(text)
+
+
+def test_a_manifest_row_cannot_point_outside_the_pool(tmp_path):
+    import io
+    import tarfile
+
+    from megatron_vlm.data import pool_format
+
+    outside = tmp_path / "elsewhere.tar"  # a readable tar holding a document, outside the pool
+    with tarfile.open(outside, "w") as tar:
+        body = json.dumps({"id": "0123456789abcdef", "num_pages": 0, "pages": []}).encode()
+        info = tarfile.TarInfo("0123456789abcdef.json")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for shard in ["../elsewhere.tar", str(outside)]:
+        row = {"id": "0123456789abcdef", "source": "a.pdf", "sha256": "0123456789abcdef" * 4, "status": "ok", "reason": None,
+               "pages": 0, "tokens": 0, "shard": shard, "duplicate_of": None}
+        (pool / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+        with pytest.raises(ValueError, match="outside"):
+            list(pool_format.documents(pool))
