@@ -15,7 +15,9 @@ number runs in it), and sets each page's `page_label`: the page number printed o
 Which printed number is the page's label: every number standing alone in a page-number block, or
 at the start or end of a header or footer, is a candidate. The printed number of a page minus its
 PDF index is the same across a run of pages (front matter in roman numerals has its own offset),
-so the candidate whose offset most pages share wins; an arabic number that is the whole of a
+so the candidate whose offset most pages share wins, when at least two pages and MIN_RUN_SHARE
+of the pages with numbers share it (numbers printed on more than two pages are dates, years or
+totals, not page numbers, and are left out); an arabic number that is the whole of a
 page-number block is kept even when its offset is unique (e.g. a one-page document). A margin
 line that does not repeat (a header naming the current section) becomes a header or footer when
 the number at its start or end runs with the pages on at least three of them (two in a two-page
@@ -24,6 +26,7 @@ document).
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 
@@ -33,6 +36,8 @@ MAX_FURNITURE_CHARS = 160
 MIN_REPEATS = 2  # pages a margin text must appear on, exactly, to be a running header or footer
 MIN_MASKED_REPEATS = 3  # ... or with its numbers masked, on this many pages and MASKED_SHARE of the document
 MASKED_SHARE = 0.3
+MAX_PAGES_PER_NUMBER = 2  # a page number is printed on at most this many pages (more: a year, a total, a date)
+MIN_RUN_SHARE = 0.25  # the pages whose numbers share an offset with a page's label, as a share of pages with numbers
 _ROMAN_RE = re.compile(r"^(?=[mdclxvi])m{0,3}(?:cm|cd|d?c{0,3})(?:xc|xl|l?x{0,3})(?:ix|iv|v?i{0,3})$", re.IGNORECASE)
 _NUMBER = r"(\d{1,4}|[ivxlcdm]{1,8})"
 PAGE_NUMBER_RE = re.compile(
@@ -115,15 +120,19 @@ def mark_furniture(pages: list[dict]) -> None:
             number = _number(token)
             if number:
                 candidates.setdefault(page["index"], []).append((token, number[0], number[1], is_alone, unmarked))
+    # A number printed on many pages (a year, a total "of 17", a date) is not a page number.
+    spread = Counter(number for found in candidates.values() for number in {(c[1], c[2]) for c in found})
+    candidates = {i: [c for c in found if spread[(c[1], c[2])] <= MAX_PAGES_PER_NUMBER] for i, found in candidates.items()}
     offsets = Counter(
         (roman, value - index) for index, found in candidates.items() for roman, value in {(c[1], c[2]) for c in found}
     )
-    weak_needed = max(2, min(3, len(pages)))
+    strong_needed = max(2, math.ceil(MIN_RUN_SHARE * sum(1 for found in candidates.values() if found)))
+    weak_needed = max(strong_needed, min(3, len(pages)))
     for page in pages:
         found = candidates.get(page["index"], [])
         best = max(found, key=lambda c: (offsets[(c[1], c[2] - page["index"])], c[3], c[4] is None), default=None)
         runs = offsets[(best[1], best[2] - page["index"])] if best is not None else 0
-        needed = 2 if best is None or best[4] is None else weak_needed
+        needed = strong_needed if best is None or best[4] is None else weak_needed
         if best is not None and (runs >= needed or (best[3] and not best[1] and best[4] is None)):
             page["page_label"] = best[0]
             for c in found:  # margin lines whose number is this page's label are furniture too

@@ -71,6 +71,15 @@ def test_page_labels_follow_the_printed_numbers_roman_then_arabic():
     assert furniture.roman_value("xiv") == 14 and furniture.roman_value("mcmxc") == 1990 and furniture.roman_value("iiii") is None
 
 
+def test_dates_and_totals_in_a_footer_are_not_page_labels():
+    pages = [{"index": i, "height_pt": 600.0, "blocks": [
+        {"kind": "footer", "bbox": [300, 570, 500, 585], "text": f"2015/12/23 {i + 1} / 6"},
+        {"kind": "paragraph", "bbox": [60, 100, 500, 300], "text": f"Slide {i}."}]} for i in range(6)]
+    pages[4]["blocks"][0]["text"] = "2015/12/23"  # a slide whose number was not printed
+    furniture.mark_furniture(pages)
+    assert [p["page_label"] for p in pages] == ["1", "2", "3", "4", None, "6"]
+
+
 def test_rule_only_table_is_one_table_with_its_header():
     data, ref = layout_pdfs.rule_only_table()
     (page,), _ = process_pdf(data, NO_OCR)
