@@ -5,7 +5,7 @@
 The model is a graph network over a page's text, image and vector boxes (ONNX, on the CPU); it
 labels regions text / title / section-header / list-item / caption / footnote / formula /
 picture / table / page-header / page-footer, orders them for reading, and predicts the row and
-column lines of each table. It costs ~0.5-0.9 s of CPU per page (benchmarks/bench_pool.py).
+column lines of each table. It costs ~0.3-0.7 s of CPU per page (benchmarks/bench_pool.py).
 
 Two things are set around it here:
 - its ONNX sessions run single-threaded: the pool already runs one document per worker process,

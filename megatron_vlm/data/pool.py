@@ -78,7 +78,7 @@ class PoolOptions:
     ocr_language: str = PdfSettings.ocr_language
     """Tesseract languages for OCR, e.g. deu+eng; auto: chosen by each page's script (megatron_vlm/data/ocr.py)"""
     layout: Literal["model", "rules"] = PdfSettings.layout
-    """model: pymupdf's layout model (~0.5 s CPU a page; finds rule-only and whitespace tables); rules: font sizes and ruled grids only (~2x the bare render)"""
+    """model: pymupdf's layout model (~0.3-0.7 s CPU a page; finds rule-only and whitespace tables, headers, footers); rules: font sizes and ruled grids only (~15 ms a page)"""
     workers: int = 1
     """processes rendering documents"""
     shard_index: int = 0
