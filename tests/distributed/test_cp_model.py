@@ -110,11 +110,11 @@ def runs():
 @pytest.mark.slow
 def test_cp2_logits_loss_grads_equal_one_rank(runs):
     from megatron_vlm.parallel.context_parallel import split_batch_for_cp, unsplit
-    from tests.qwen_utils import IMAGE
+    from tests.qwen_utils import IMAGE, VIDEO
 
     (ref_logits, ref_loss, ref_grads, *_), per_rank = runs
     batch = make_batch()
-    part = split_batch_for_cp(batch, 2, 0, image_token_id=IMAGE)["cp_partition"]
+    part = split_batch_for_cp(batch, 2, 0, image_token_id=IMAGE, video_token_id=VIDEO)["cp_partition"]
     kept = int(part.cu_seqlens[-1])
     mask = batch["loss_mask"][0, :kept] > 0
 
@@ -142,12 +142,12 @@ def test_tp2_cp2_logits_loss_grad_norms_equal_one_rank(runs):
     (gathering TP shards back into HF layout is the model tests' job). Without sequence
     parallelism: the local spec's final norm refuses it on megatron-core 0.16 (model's issue)."""
     from megatron_vlm.parallel.context_parallel import split_batch_for_cp, unsplit
-    from tests.qwen_utils import IMAGE
+    from tests.qwen_utils import IMAGE, VIDEO
 
     (ref_logits, ref_loss, ref_grads, *_), _ = runs
     per_rank = run_distributed(_run, 4, 2, 2, timeout_s=480)
     batch = make_batch()
-    part = split_batch_for_cp(batch, 2, 0, image_token_id=IMAGE)["cp_partition"]
+    part = split_batch_for_cp(batch, 2, 0, image_token_id=IMAGE, video_token_id=VIDEO)["cp_partition"]
     kept = int(part.cu_seqlens[-1])
     mask = batch["loss_mask"][0, :kept] > 0
     t = torch.from_numpy
