@@ -53,6 +53,7 @@ PREPOSITIONS = set("of in on at for from per to with within across over under du
 CLAUSE_ENDS = set("but and or which that while where when because although so if as whereas".split())
 VERBS_AFTER = set("is are was were be been has have had can will may must should would could do does did".split())
 LOWER_FIRST = STOPWORDS | set("we our this each all every some most about only over after before during when while".split())
+LEADERS = re.compile(r"\.\s?\.\s?\.")  # dot leaders of an index or a table of contents
 LABEL_RE = re.compile(r"^(Table|Tab\.|Tabelle|Tableau|Tabla)\s*(\d+(?:\.\d+)*)\s*[:.\-–—]?\s*(.*)$", re.S)
 CAPTION_RE = re.compile(r"^(Table|Tab\.|Tabelle|Tableau|Tabla|Figure|Fig\.|Abbildung|Abb\.|Listing)\s*\d", re.I)
 SECTION_RE = re.compile(r"^(?:(?:Section|Chapter|Part|Kapitel|Abschnitt|Chapitre)\s+)?(\d{1,2}(?:\.\d{1,2}){0,3})\.?(?::\s*|\s+)(\S.*)$")
@@ -275,7 +276,8 @@ class _Walk:
         if m and f"{m[1]} {m[2]}" in self.unique_labels:
             label, title = f"{m[1]} {m[2]}", m[3].strip().rstrip(".")
             return (f'{label} ("{title}")' if title else label), label
-        cols = ", ".join(f'"{h}"' for h in header if h)
+        shown = [h for h in header if h]
+        cols = ", ".join(f'"{h}"' for h in shown[:4]) + (", …" if len(shown) > 4 else "")
         name = f"the table with the columns {cols}"
         if self.section:
             name += f' in the section "{self.section}"'
@@ -284,10 +286,12 @@ class _Walk:
     def _cells(self, page: int, header: list[str], body: list[list[str]], caption: str, table_id: tuple) -> None:
         if len(body) < 2 or len(header) < 2:
             return
+        if any(LEADERS.search(h) or "__" in h for h in header):
+            return  # an index or table of contents set as a table, not a table of facts
         name, anchor = self._table_name(caption, header)
         labels = Counter(row[0] for row in body if row)
         for row in body:
-            if len(row) < 2 or not re.search(r"[^\W\d_]", row[0]) or labels[row[0]] != 1:
+            if len(row) < 2 or not re.search(r"[^\W\d_]", row[0]) or labels[row[0]] != 1 or LEADERS.search(row[0]) or "__" in row[0]:
                 continue  # an unlabelled or repeated row cannot be named
             for c in range(1, min(len(row), len(header))):
                 col, value = header[c], row[c]

@@ -122,6 +122,8 @@ def named_facts(question: str, facts: list[Fact], pages: list[int]) -> list[Fact
     question quotes), a quantity's section, unit and clause words, a section's number."""
     q = normalize(question)
     quoted = '"' in q  # a question that quotes headers names a cell by its quoted row and column
+    # A table named by its columns ('the table with the columns "a", "b" and "c"') names no cell by them.
+    q = re.sub(r'with the columns (?:"[^"]*"(?:,\s*|\s+and\s+|\s*…\s*)?)+', "with the columns ", q)
     parts = q.split(";")  # a question listing several things names each within one part
     unquoted = re.sub(r'"[^"]*"', " ", q)  # "section 2.1" names a section; a quoted title does not
     sections = {n for m in re.finditer(r"\b(?:sub)?sections?\s+((?:\d+(?:\.\d+)*(?:,\s*|\s+and\s+)?)+)", unquoted)
