@@ -56,3 +56,23 @@ def test_table_with_two_header_rows_continued_over_a_page():
         (p, row[0], col, v) for p, rows in ((0, page0), (1, page1)) for row in rows for col, v in zip(["Accuracy Top-1", "Top-5"], row[1:])}
     assert {f.table for f in cells} == {'Table 4 ("Scores by model")'} and len({f.table_id for f in cells}) == 1
     assert all(f.problem is None for f in cells)
+
+
+def test_reasoning_over_a_table_named_by_its_columns_passes_validation():
+    import random
+
+    from megatron_vlm.data.synth.teachers import template
+    from megatron_vlm.data.synth.validation import problems
+
+    rows = [["Armadillo", "12", "8.99"], ["Emu", "30", "33.33"], ["Gnu", "150", "92.50"]]
+    doc = _doc([[("heading", "1 Prices"), ("paragraph", "The list below gives prices.")]])
+    doc["pages"][0]["blocks"].append({"kind": "table", "text": "", "cells": [["Animal", "Weight", "Price"], *rows],
+                                      "header_rows": 1, "bbox": [50, 300, 500, 400]})
+    doc["pages"][0]["text"] += "\n\n" + "\n".join(" | ".join(r) for r in [["Animal", "Weight", "Price"], *rows])
+    facts = [f for f in document_facts(doc) if f.problem is None]
+    for seed in range(8):
+        qa = template._column_question(next(c for c in template._columns(facts) if c[0].column == "Price"), random.Random(seed))
+        if qa:
+            record = {**qa, "task": "reasoning", "segment": [0, 1], "doc_id": "d", "id": "r"}
+            assert 'the table with the columns "Animal", "Weight", "Price"' in qa["question"]
+            assert problems(record, doc) == [], qa["question"]
