@@ -8,9 +8,12 @@ Where the grid comes from:
   (`find_grid_tables`), which finds fully ruled tables only.
 Either way `table_block` fills the cells with the page's words (each word goes to the cell that
 holds its centre; a cell's words are read in lines, see textlines.py), drops empty rows and
-columns, and refuses grids that are not tables: fewer than 2 rows or columns, or under a third of
-the cells filled (a schematic drawn with many lines is not a table). `header_rows` is the number
-of rows above the first horizontal rule inside the table (booktabs' \\midrule), else 1.
+columns, and refuses grids that are not tables: fewer than 2 rows or columns or 4 filled cells,
+under a third of the remaining cells filled, or text in under a quarter of the grid's rows x
+columns (a schematic drawn with many lines and a few labels is not a table). `header_rows` is the number
+of rows above the first horizontal rule across the table inside it (booktabs' \\midrule; a
+partial \\cmidrule counts only when no full rule does), at most MAX_HEADER_ROWS, else 1 (also
+in a grid with rules between most rows).
 
 `link_continued_tables` works across pages: a table that opens a page (nothing but running
 headers above it) and has the column count of the table that closed the previous page continues
@@ -26,6 +29,8 @@ import pymupdf
 from megatron_vlm.data.textlines import words_text
 
 MIN_FILL = 1 / 3  # share of non-empty cells below which a grid is not a table
+MIN_CELLS = 4  # non-empty cells a table has at least
+MIN_GRID_USED = 1 / 4  # rows x columns holding text, as a share of the grid's (a drawing's grid holds a few labels)
 MAX_HEADER_ROWS = 3
 BODY_KINDS = ("heading", "paragraph", "list", "table", "formula", "figure")  # blocks that are page content (not furniture, captions, notes)
 
@@ -132,16 +137,19 @@ def table_block(ys: list[float], xs: list[float], words: list[tuple], horiz: lis
     keep_cols = [c for c in range(n_cols) if any(text[r][c] for r in keep_rows)]
     rows = [[text[r][c] for c in keep_cols] for r in keep_rows]
     filled = sum(bool(t) for row in rows for t in row)
-    if len(rows) < 2 or len(keep_cols) < 2 or filled < MIN_FILL * len(rows) * len(keep_cols):
+    if (len(rows) < 2 or len(keep_cols) < 2 or filled < MIN_CELLS or filled < MIN_FILL * len(rows) * len(keep_cols)
+            or len(rows) * len(keep_cols) < MIN_GRID_USED * n_rows * n_cols):
         return None
     width = xs[-1] - xs[0]
-    inner = sorted(y for y, hx0, hx1 in horiz if ys[0] + 2 < y < ys[-1] - 2 and hx1 - hx0 >= 0.5 * width
-                   and hx0 <= xs[0] + 0.5 * width <= hx1)
     header_rows = 1
-    if inner:
-        above = sum((ys[r] + ys[r + 1]) / 2 < inner[0] for r in keep_rows)
+    for share in (0.9, 0.5):  # a full-width rule (\midrule) first; a partial one (\cmidrule) only without it
+        inner = sorted(y for y, hx0, hx1 in horiz if ys[0] + 2 < y < ys[-1] - 2 and min(hx1, xs[-1]) - max(hx0, xs[0]) >= share * width)
+        above = sum((ys[r] + ys[r + 1]) / 2 < inner[0] for r in keep_rows) if inner else 0
+        if len(_merge_coords(inner)) * 2 >= len(rows):  # rules between most rows: a ruled grid, one header row
+            break
         if 1 <= above <= MAX_HEADER_ROWS and above < len(rows):
             header_rows = above
+            break
     return {
         "kind": "table",
         "bbox": [_r(xs[0]), _r(ys[0]), _r(xs[-1]), _r(ys[-1])],

@@ -153,6 +153,8 @@ def test_hyphenation_bold_numbers_and_schematics():
     number = [b for b in pages[0]["blocks"] if b["text"] == ref["number"]]
     assert len(number) == 1 and number[0]["kind"] != "heading"
     assert not [b for b in pages[1]["blocks"] if b["kind"] == "table"]  # a grid drawing with three labels is no table
+    ruled, _ = process_pdf(data, PdfSettings(ocr=False, layout="rules"))  # the rules see its lines as a ruled grid
+    assert not [b for b in ruled[1]["blocks"] if b["kind"] == "table"] and all(label in ruled[1]["text"] for label in ref["labels"])
     assert all(label in pages[1]["text"] for label in ref["labels"])
 
 
@@ -186,3 +188,20 @@ def test_words_are_read_in_lines_whatever_their_script():
     assert textlines.join_lines(["The measure-", "ment was repeated"]) == "The measurement was repeated"
     assert textlines.join_lines(["state-", "Of the art"]) == "state- Of the art"  # a capital: not a split word
     assert textlines.join_lines(["soft\u00ad", "ware"]) == "software" and textlines.join_lines(["第一", "部分"]) == "第一部分"
+
+
+def test_header_rows_end_at_the_full_width_rule():
+    from megatron_vlm.data import tables
+
+    # rows at y 0-10 ("Item" over columns 0-1), 10-20 (column names), 20-30 and 30-40 (data);
+    # a \cmidrule under "Item" over columns 0-1 only, a \midrule across the table under the names
+    ys, xs = [0, 10, 20, 30, 40], [0, 50, 100, 150]
+    words = [(60, 2, 80, 8, "Item"), (5, 12, 40, 18, "Animal"), (55, 12, 95, 18, "Kind"), (105, 12, 145, 18, "Price"),
+             (5, 22, 40, 28, "Gnu"), (55, 22, 95, 28, "wild"), (105, 22, 145, 28, "92.50"),
+             (5, 32, 40, 38, "Emu"), (55, 32, 95, 38, "tame"), (105, 32, 145, 38, "33.33")]
+    cmid, mid = (10.0, 2.0, 98.0), (20.0, 0.0, 150.0)
+    block = tables.table_block(ys, xs, words, [cmid, mid])
+    assert block["header_rows"] == 2 and block["cells"][:2] == [["", "Item", ""], ["Animal", "Kind", "Price"]]
+    assert tables.table_block(ys, xs, words, [cmid])["header_rows"] == 1  # only the partial rule: above it
+    assert tables.table_block(ys, xs, words, [])["header_rows"] == 1
+    assert tables.table_block(ys, xs, words[:2], []) is None  # two words in a 4x3 grid: not a table
