@@ -452,6 +452,8 @@ def ignore_stop_signals(worker_id: int) -> None:
     own last resort at shutdown, as torch's worker handler does) and is ignored from anyone else:
     a thread takes it with sigwaitinfo, which tells who sent it."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # not Linux (macOS): SIGTERM keeps torch's worker handling
+        return
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit it
 
     def take_sigterm() -> None:
