@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from megatron_vlm.parallel.cpu_compat import cuda_type_names
 from megatron_vlm.parallel.state import device
-from megatron_vlm.training.config import Recipe, recipe_to_yaml
+from megatron_vlm.training.config import Recipe, RecipeError, load_recipe, recipe_to_yaml
 from megatron_vlm.utils import atomic
 
 LATEST = "latest"
@@ -145,15 +145,14 @@ MODEL_SHAPE_FIELDS = ("kind", "flavor", "num_layers")
 
 
 def model_differences(path: Path, recipe: Recipe) -> list[str]:
-    """The shape-deciding model fields whose value in the checkpoint's recipe.yaml differs from ``recipe``."""
-    import yaml
-
+    """The shape-deciding model fields whose value in the checkpoint's recipe.yaml differs from ``recipe``
+    (none when that recipe does not load)."""
     try:
-        saved = (yaml.safe_load((path / "recipe.yaml").read_text()) or {}).get("model") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
+        saved = load_recipe(path / "recipe.yaml").model
+    except (RecipeError, OSError):
         return []
-    return [f"model.{name}: {saved.get(name)} there, {getattr(recipe.model, name)} now" for name in MODEL_SHAPE_FIELDS
-            if saved.get(name) != getattr(recipe.model, name)]
+    return [f"model.{name}: {getattr(saved, name)} there, {getattr(recipe.model, name)} now"
+            for name in MODEL_SHAPE_FIELDS if getattr(saved, name) != getattr(recipe.model, name)]
 
 
 def load_checkpoint(path: Path, chunks: list, optimizer, loader, dp_rank: int, recipe: Recipe | None = None) -> dict:
