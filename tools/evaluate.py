@@ -40,7 +40,7 @@ def _backend_args(p):
     p.add_argument("--model", help="HF checkpoint directory (--backend hf)")
     p.add_argument("--tokenizer", help="tokenizer dir if not in --model")
     p.add_argument("--preprocessor", help="dir with preprocessor_config.json if not in --model")
-    p.add_argument("--device", help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--device", help="cuda | cpu (default: cuda when available, unless $MEGATRON_VLM_DEVICE=cpu)")
     p.add_argument("--url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (--backend openai)")
     p.add_argument("--served-model", help="model name the server knows (--backend openai)")
     p.add_argument(

@@ -94,9 +94,11 @@ class HFBackend:
         import torch
         from transformers import Qwen2_5_VLForConditionalGeneration
 
+        from megatron_vlm.parallel import device as default_device
+
         if prompt_mode not in prompts.PROMPT_MODES:
             raise ValueError(f"prompt mode must be one of {', '.join(prompts.PROMPT_MODES)}, got {prompt_mode!r}")
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or str(default_device().torch_device)  # cuda unless none or $MEGATRON_VLM_DEVICE=cpu
         if dtype == "auto":
             torch_dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         else:
