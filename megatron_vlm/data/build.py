@@ -248,7 +248,7 @@ def build(pool_dir: Path, qa_dir: Path, recipe: DataRecipe, out_dir: Path, famil
     if state_path.exists() and json.loads(state_path.read_text()).get("plan_sha256") != plan_sha:
         raise ValueError(f"{out_dir} holds shards of a different build (inputs or recipe changed); use a new directory")
     (out_dir / "index.json").unlink(missing_ok=True)
-    state_path.write_text(json.dumps({"plan_sha256": plan_sha}))
+    atomic.write_json(state_path, {"plan_sha256": plan_sha})
 
     seen: Counter = Counter()
     instances = []
