@@ -12,7 +12,8 @@ import json
 import re
 from pathlib import Path
 
-from megatron_vlm.data.pool import dumps_sorted, read_manifest
+from megatron_vlm.data.pool import dumps_sorted
+from megatron_vlm.data.pool_format import read_manifest
 from megatron_vlm.data.synth.prompts import ANSWER_FORMATS
 from megatron_vlm.data.synth.tasks import ALL_TASKS
 from megatron_vlm.utils import atomic
