@@ -11,10 +11,10 @@ tiny model for CPU tests. ``to_hf_config`` writes the dict transformers' ``Qwen2
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
+from megatron_vlm.models.common.hf_config import load_hf_config
+from megatron_vlm.models.common.rope_scaling import RopeScaling, rope_dict, rope_scaling_from_hf, rope_scaling_to_hf
 from megatron_vlm.models.qwen2_5_vl.family import FAMILY
 
 _TOKENS, _IMAGE = FAMILY.tokens, FAMILY.image
@@ -61,24 +61,6 @@ class VisionConfig:
     def patch_dim(self) -> int:
         """Length of one flattened patch: channels x temporal patch x patch x patch (1176)."""
         return self.in_channels * self.temporal_patch_size * self.patch_size**2
-
-
-@dataclass
-class RopeScaling:
-    """Optional long-context scaling of the LLM's mRoPE (the ViT's rope is never scaled)."""
-
-    type: str = "none"
-    """'none' or 'yarn' (Qwen's documented YaRN: factor 4 over 32768 original positions)."""
-    factor: float = 1.0
-    """Context extension factor s."""
-    original_max_position_embeddings: int = 32768
-    """Context the base model was trained for (YaRN's L)."""
-    beta_fast: float = 32.0
-    """YaRN: rotations per wavelength above which dims are kept (extrapolated)."""
-    beta_slow: float = 1.0
-    """YaRN: rotations per wavelength below which dims are interpolated by 1/s."""
-    attention_factor: float | None = None
-    """YaRN: cos/sin scale; None means HF's default 0.1 * ln(s) + 1."""
 
 
 @dataclass
@@ -179,35 +161,14 @@ def flavor(name: str) -> Qwen2_5_VLConfig:
     return from_hf_config(to_hf_config(FLAVORS[name]))
 
 
-def _load_json(source) -> dict:
-    if isinstance(source, dict):
-        return source
-    path = Path(source)
-    if path.is_dir():
-        path = path / "config.json"
-    return json.loads(path.read_text())
-
-
 def from_hf_config(source) -> Qwen2_5_VLConfig:
     """Build from an HF ``config.json`` (dir, file or dict), old (flat) or new (text_config) layout."""
-    raw = _load_json(source)
+    raw = load_hf_config(source)
     text_raw = dict(raw)
     text_raw.update(raw.get("text_config") or {})
     vis_raw = raw.get("vision_config") or {}
-    rope = dict(text_raw.get("rope_parameters") or text_raw.get("rope_scaling") or {})
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    scaling = RopeScaling()
-    if kind == "yarn":
-        scaling = RopeScaling(
-            type="yarn",
-            factor=float(rope["factor"]),
-            original_max_position_embeddings=int(rope.get("original_max_position_embeddings", 32768)),
-            beta_fast=float(rope.get("beta_fast", 32.0)),
-            beta_slow=float(rope.get("beta_slow", 1.0)),
-            attention_factor=rope.get("attention_factor"),
-        )
-    elif kind not in ("default", "mrope"):
-        raise ValueError(f"unsupported rope type {kind!r} (supported: default/mrope, yarn)")
+    rope = rope_dict(text_raw)
+    scaling = rope_scaling_from_hf(rope, 32768)
     n_heads = int(text_raw["num_attention_heads"])
     text = TextConfig(
         vocab_size=int(text_raw["vocab_size"]),
@@ -252,16 +213,9 @@ def from_hf_config(source) -> Qwen2_5_VLConfig:
 def to_hf_config(cfg: Qwen2_5_VLConfig) -> dict:
     """The ``config.json`` dict (old flat layout, which every transformers version reads)."""
     t, v = cfg.text, cfg.vision
-    rope: dict = {"type": "mrope", "mrope_section": list(t.mrope_section)}
-    if t.rope_scaling.type == "yarn":
-        s = t.rope_scaling
-        rope = {
-            "type": "yarn", "rope_type": "yarn", "mrope_section": list(t.mrope_section), "factor": s.factor,
-            "original_max_position_embeddings": s.original_max_position_embeddings,
-            "beta_fast": s.beta_fast, "beta_slow": s.beta_slow,
-        }
-        if s.attention_factor is not None:
-            rope["attention_factor"] = s.attention_factor
+    rope = {"type": "mrope", **rope_scaling_to_hf(t.rope_scaling), "mrope_section": list(t.mrope_section)}
+    if t.rope_scaling.type != "yarn":
+        del rope["rope_type"]  # the flat layout's mrope entry, as published
     return {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],
         "model_type": "qwen2_5_vl",
