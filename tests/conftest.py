@@ -36,6 +36,30 @@ def qwen_tokenizer_dir(reference_dir: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir(reference_dir: Path, tmp_path_factory) -> Path:
+    """The Qwen3-VL tokenizer, built once per session from the reference files (models/qwen3_vl/tokenizer.py)."""
+    from megatron_vlm.models.qwen3_vl.tokenizer import CONFIG_DIR, VOCAB_DIR, build_tokenizer
+
+    for folder, name in ((VOCAB_DIR, "vocab.json"), (VOCAB_DIR, "merges.txt"), (CONFIG_DIR, "tokenizer_config.json")):
+        if not (reference_dir / folder / name).is_file():
+            pytest.skip(f"Qwen3-VL tokenizer pieces not found: {reference_dir / folder / name}")
+    return build_tokenizer(reference_dir, tmp_path_factory.mktemp("qwen3") / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def qwen3_processor_dir(reference_dir: Path, qwen3_tokenizer_dir: Path, tmp_path_factory) -> Path:
+    """A directory AutoProcessor loads as Qwen3-VL's: the built tokenizer plus the reference
+    image/video preprocessor configs and 8B chat template (copied into a temporary directory)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("qwen3") / "processor"
+    shutil.copytree(qwen3_tokenizer_dir, out)
+    for name in ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json"):
+        shutil.copyfile(reference_dir / "qwen3_vl" / name, out / name)
+    return out
+
+
 def _expected_seconds(item) -> float:
     """`@pytest.mark.slow(SECONDS)` (about how long on 2 idle cores; plain `slow` is 30), else 0."""
     mark = item.get_closest_marker("slow")
