@@ -64,9 +64,6 @@ class Shapes:
         return self.hidden_size // self.num_heads
 
 
-FLAVORS = get_family(DEFAULT_FAMILY).flavor_names()
-
-
 def shapes_for(flavor: str, family: str = DEFAULT_FAMILY) -> Shapes:
     """Shapes of a named flavor, from the model family's own flavor registry (models/<family>/config.py)."""
     cfg = get_family(family).flavor(flavor)  # raises ValueError naming the known flavors
@@ -396,7 +393,7 @@ def format_plan(req: PlanRequest, entries: list[PlanEntry], limit: int = 10) -> 
     """The table tools/plan_parallelism.py prints."""
     b = budget(req)
     lines = [
-        f"{req.flavor} at seq {req.seq_length:,} on {req.num_gpus} GPUs x {req.gpu_memory_gb:g} GB, "
+        f"{req.family} {req.flavor} at seq {req.seq_length:,} on {req.num_gpus} GPUs x {req.gpu_memory_gb:g} GB, "
         f"{req.precision}, recompute={req.recompute}, vision {'trained' if req.train_vision else 'frozen'}",
         f"budget: {req.token_budget:,} tokens / ({b.global_batch_sequences} x {req.seq_length:,} tokens per step)"
         f" = {b.steps:,} steps ({b.tokens_trained:,} tokens)",

@@ -60,6 +60,35 @@ def qwen3_processor_dir(reference_dir: Path, qwen3_tokenizer_dir: Path, tmp_path
     return out
 
 
+@pytest.fixture(scope="session")
+def qwen3_hf_rope():
+    """HF's Qwen3-VL ``get_rope_index`` as ``(input_ids [L], mm_token_type_ids [L], image grids, video
+    grids) -> (position ids [3, L], delta)``, from a tiny ``Qwen3VLModel`` (it reads only its config)."""
+    from transformers import Qwen3VLConfig, Qwen3VLModel
+
+    from megatron_vlm.models.qwen3_vl.family import FAMILY
+
+    config = Qwen3VLConfig(
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 16,
+                       "patch_size": FAMILY.image.patch_size, "spatial_merge_size": FAMILY.image.merge_size,
+                       "temporal_patch_size": FAMILY.image.temporal_patch_size, "num_position_embeddings": 16,
+                       "deepstack_visual_indexes": []},
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "num_key_value_heads": 1, "head_dim": 8, "vocab_size": 151936,
+                     "rope_scaling": {"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True}},
+        image_token_id=FAMILY.tokens.image_pad, video_token_id=FAMILY.tokens.video_pad,
+        vision_start_token_id=FAMILY.tokens.vision_start, vision_end_token_id=FAMILY.tokens.vision_end,
+    )
+    model = Qwen3VLModel(config).eval()
+
+    def rope_index(input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None):
+        ids, delta = model.get_rope_index(input_ids.reshape(1, -1), mm_token_type_ids.reshape(1, -1),
+                                          image_grid_thw, video_grid_thw)
+        return ids[:, 0], int(delta.reshape(-1)[0])
+
+    return rope_index
+
+
 def _expected_seconds(item) -> float:
     """`@pytest.mark.slow(SECONDS)` (about how long on 2 idle cores; plain `slow` is 30), else 0."""
     mark = item.get_closest_marker("slow")

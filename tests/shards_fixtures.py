@@ -85,14 +85,14 @@ def write_records(qa_dir: Path, doc_ids: list[str], page_counts: list[int], task
 
 
 def build_shards(root: Path, page_counts: list[int], recipe, page_px=(1584, 1224), image_px=None,
-                 docs_per_tar=25, out: str = "shards") -> dict:
-    """write_pool + write_records under ``root`` (pool/, qa/), then data.build with ``recipe`` into
-    ``root / out``; returns the build's index."""
+                 docs_per_tar=25, out: str = "shards", family: str = "qwen2_5_vl") -> dict:
+    """write_pool + write_records under ``root`` (pool/, qa/), then data.build with ``recipe`` for
+    ``family``'s model into ``root / out``; returns the build's index."""
     from megatron_vlm.data.build import build
 
     ids = write_pool(root / "pool", page_counts, page_px=page_px, image_px=image_px, docs_per_tar=docs_per_tar)
     write_records(root / "qa", ids, page_counts)
-    return build(root / "pool", root / "qa", recipe, root / out, get_family("qwen2_5_vl"))
+    return build(root / "pool", root / "qa", recipe, root / out, get_family(family))
 
 
 def write_recipe(path: Path, **data) -> Path:

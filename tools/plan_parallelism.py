@@ -4,6 +4,7 @@ the token budget implies.
 
     python tools/plan_parallelism.py --flavor 7B --seq-length 131072 --gpus 64 --gpu-memory 80
     python tools/plan_parallelism.py --flavor 72B --gpus 256 --recompute full --json plan.json
+    python tools/plan_parallelism.py --family qwen3_vl --flavor 8B --gpus 64 --freeze-vision
 
 Argument parsing only; the estimate lives in megatron_vlm.planner.
 """
@@ -16,13 +17,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_vlm.planner import FLAVORS, PlanRequest, budget, format_plan, plan  # noqa: E402
+from megatron_vlm.models.family import DEFAULT_FAMILY, FAMILIES, get_family  # noqa: E402
+from megatron_vlm.planner import PlanRequest, budget, format_plan, plan  # noqa: E402
 from megatron_vlm.utils import atomic  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--flavor", default="7B", choices=FLAVORS)
+    p.add_argument("--family", default=DEFAULT_FAMILY, choices=FAMILIES, help="model family (a recipe's model.kind)")
+    p.add_argument("--flavor", default="7B", help="a flavor of the family (models/<family>/config.py)")
     p.add_argument("--seq-length", type=int, default=131072)
     p.add_argument("--gpus", type=int, default=64, help="total GPUs")
     p.add_argument("--gpus-per-node", type=int, default=8, help="tensor parallelism stays within a node")
@@ -38,12 +41,15 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=10, help="layouts to print")
     p.add_argument("--json", help="also write every layout with its breakdown to this file")
     a = p.parse_args(argv)
+    flavors = get_family(a.family).flavor_names()
+    if a.flavor not in flavors:
+        p.error(f"--flavor {a.flavor!r} is not a {a.family} flavor; known: {', '.join(flavors)}")
     for name in ("seq_length", "gpus", "gpus_per_node", "gpu_memory", "global_batch_tokens", "token_budget"):
         if getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
 
     req = PlanRequest(
-        flavor=a.flavor, seq_length=a.seq_length, num_gpus=a.gpus, gpu_memory_gb=a.gpu_memory,
+        flavor=a.flavor, family=a.family, seq_length=a.seq_length, num_gpus=a.gpus, gpu_memory_gb=a.gpu_memory,
         gpus_per_node=a.gpus_per_node, precision=a.precision, recompute=a.recompute,
         train_vision=not a.freeze_vision, vision_cp=not a.no_vision_cp, global_batch_tokens=a.global_batch_tokens,
         token_budget=int(a.token_budget), reserve_gb=a.reserve,

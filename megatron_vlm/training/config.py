@@ -22,7 +22,7 @@ from typing import Literal
 import yaml
 
 from megatron_vlm.data.recipe import DataRecipe
-from megatron_vlm.models.family import FAMILIES, TEXT_ONLY_KINDS
+from megatron_vlm.models.family import FAMILIES, TEXT_ONLY_KINDS, get_family
 from megatron_vlm.parallel.state import ParallelLayout
 from megatron_vlm.utils import options
 
@@ -45,9 +45,10 @@ class ModelConfig:
     """Which model to build and the recipe-level options on it."""
 
     kind: ModelKind = "qwen2_5_vl"
-    """`qwen2_5_vl` (the real model) or `gpt` (Megatron GPTModel on synthetic data, for tests)."""
+    """A model family (`qwen2_5_vl`, `qwen3_vl`: models/family.py) or `gpt` (Megatron GPTModel on
+    synthetic data, for tests)."""
     flavor: str = "debug"
-    """Named size in the model's flavor registry (e.g. `debug`, `7b`)."""
+    """Named size in the model family's flavor registry (e.g. `debug`, `7B`; Qwen3-VL: `8B`)."""
     num_layers: int | None = None
     """Override the flavor's LLM depth (e.g. a 7B-width model with fewer layers); None keeps it."""
     rope_theta: float | None = None
@@ -61,13 +62,15 @@ class ModelConfig:
     first_stage_layers: int | None = None
     """LLM layers on the first pipeline stage (it also holds the ViT); None splits evenly."""
     attention_backend: AttentionBackend = "auto"
-    """Core attention of `qwen2_5_vl`: `auto` (bf16 on a GPU: TE, else flash-attn, else torch; fp32 and
+    """Core attention of a model family (not `gpt`): `auto` (bf16 on a GPU: TE, else flash-attn, else torch; fp32 and
     CPU: torch), or `torch` (SDPA), `flash` (flash-attn) or `te` (Transformer Engine), which need bf16."""
 
     RULES = (
         *options.at_least(1, "num_layers"),
         *options.at_least(0, "first_stage_layers"),
         ("rope_theta", lambda m: m.rope_theta is None or m.rope_theta > 0, "must be positive"),
+        ("flavor", lambda m: m.kind not in FAMILIES or m.flavor in get_family(m.kind).flavor_names(),
+         "is not a flavor of model.kind; known: " + "; ".join(f"{n}: {', '.join(get_family(n).flavor_names())}" for n in FAMILIES)),
     )
 
 
@@ -184,7 +187,7 @@ class Recipe:
         # TE has no fp32 kernel for packed (THD) attention; flash-attn none at all.
         ("model.attention_backend", lambda r: r.train.precision == "bf16" or r.model.attention_backend in ("auto", "torch"),
          "te and flash attention need train.precision=bf16 (no fp32 kernel for packed sequences); use auto or torch"),
-        ("model.attention_backend", lambda r: r.model.kind == "qwen2_5_vl" or r.model.attention_backend == "auto",
+        ("model.attention_backend", lambda r: r.model.kind in FAMILIES or r.model.attention_backend == "auto",
          "is chosen by Megatron's spec for model.kind=gpt; leave it auto"),
         ("checkpoint.init_from", lambda r: not r.checkpoint.init_from or _apart(r.checkpoint.dir, r.checkpoint.init_from),
          "must not be, contain or lie inside checkpoint.dir: the run's saves would write over it"),

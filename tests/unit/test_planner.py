@@ -158,3 +158,9 @@ def test_cli_bad_input_one_line():
     r = subprocess.run([sys.executable, str(REPO / "tools/plan_parallelism.py"), "--gpus", "0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "--gpus must be positive" in r.stderr
+
+
+def test_cli_flavor_is_checked_against_the_family():
+    r = subprocess.run([sys.executable, str(REPO / "tools/plan_parallelism.py"), "--family", "qwen2_5_vl", "--flavor", "8B"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--flavor '8B' is not a qwen2_5_vl flavor; known: debug, 3B, 7B, 32B, 72B" in r.stderr

@@ -23,25 +23,6 @@ def processor(qwen3_processor_dir):
     return AutoProcessor.from_pretrained(qwen3_processor_dir)
 
 
-@pytest.fixture(scope="module")
-def hf_model():
-    """A tiny HF Qwen3-VL model: get_rope_index reads only its config (merge size from the family)."""
-    from transformers import Qwen3VLConfig, Qwen3VLModel
-
-    config = Qwen3VLConfig(
-        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 16,
-                       "patch_size": FAMILY.image.patch_size, "spatial_merge_size": FAMILY.image.merge_size,
-                       "temporal_patch_size": FAMILY.image.temporal_patch_size, "num_position_embeddings": 16,
-                       "deepstack_visual_indexes": []},
-        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "num_key_value_heads": 1, "head_dim": 8, "vocab_size": 151936,
-                     "rope_scaling": {"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True}},
-        image_token_id=FAMILY.tokens.image_pad, video_token_id=FAMILY.tokens.video_pad,
-        vision_start_token_id=FAMILY.tokens.vision_start, vision_end_token_id=FAMILY.tokens.vision_end,
-    )
-    return Qwen3VLModel(config).eval()
-
-
 def _image(h, w, seed):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
@@ -66,10 +47,9 @@ def _sample(processor, items, question="What is shown?", answer="A page."):
     return processor(text=[text], images=images or None, return_tensors="pt", **kw)
 
 
-def _hf_ids(hf_model, out):
-    ids, delta = hf_model.get_rope_index(
-        out["input_ids"], out["mm_token_type_ids"], out.get("image_grid_thw"), out.get("video_grid_thw"))
-    return ids[:, 0], int(delta[0, 0])
+def _hf_ids(qwen3_hf_rope, out):
+    return qwen3_hf_rope(out["input_ids"][0], out["mm_token_type_ids"][0], out.get("image_grid_thw"),
+                         out.get("video_grid_thw"))
 
 
 CASES = {
@@ -83,9 +63,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_equals_hf_get_rope_index(processor, hf_model, case):
+def test_equals_hf_get_rope_index(processor, qwen3_hf_rope, case):
     out = _sample(processor, CASES[case])
-    ref, ref_delta = _hf_ids(hf_model, out)
+    ref, ref_delta = _hf_ids(qwen3_hf_rope, out)
     ids = out["input_ids"][0]
     ours, delta = position_ids.mrope_position_ids(ids, out.get("image_grid_thw"), out.get("video_grid_thw"))
     assert torch.equal(ours, ref) and delta == ref_delta
@@ -93,7 +73,7 @@ def test_equals_hf_get_rope_index(processor, hf_model, case):
     assert torch.equal(FAMILY.position_ids(ids, out.get("image_grid_thw"), out.get("video_grid_thw")), ref)
 
 
-def test_video_frames_carry_timestamps_and_restart_time(processor, hf_model):
+def test_video_frames_carry_timestamps_and_restart_time(processor):
     """A video of 4 frame groups is 4 blocks, each after its timestamp text; every frame's tokens
     share one t id (time is in the text), unlike Qwen2.5-VL where t advances per frame group."""
     out = _sample(processor, CASES["video"])
@@ -108,7 +88,7 @@ def test_video_frames_carry_timestamps_and_restart_time(processor, hf_model):
     assert blocks[0, 1, 0] > blocks[0, 0, 0]  # later frames start later: after the earlier frame and the timestamp
 
 
-def test_packed_sub_sequences_equal_hf_alone(processor, hf_model):
+def test_packed_sub_sequences_equal_hf_alone(processor, qwen3_hf_rope):
     """Three samples packed with padding between and after: each sub-sequence has HF's ids of that sample."""
     samples = [_sample(processor, CASES[c]) for c in ("three non-square images", "text", "images and videos")]
     pad = 5
@@ -124,7 +104,7 @@ def test_packed_sub_sequences_equal_hf_alone(processor, hf_model):
     ours = position_ids.packed_mrope_position_ids(packed, cu, torch.cat(images), torch.cat(videos))
     for k, out in enumerate(samples):
         start, end = bounds[2 * k], bounds[2 * k + 1]
-        ref, _ = _hf_ids(hf_model, out)
+        ref, _ = _hf_ids(qwen3_hf_rope, out)
         assert torch.equal(ours[:, start:end], ref)
         assert torch.equal(ours[:, end : bounds[2 * k + 2]], torch.arange(pad).expand(3, -1))  # a text-only sub-sequence
     assert torch.equal(ours[:, bounds[-1] :], torch.arange(7).expand(3, -1))

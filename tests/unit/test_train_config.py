@@ -95,6 +95,7 @@ def test_example_recipes_load(recipe):
         (["data.pages_range=[32, x]"], r"data.pages_range\[1\]: cannot use 'x' as int"),
         (["data.mixture={reasoning: many}"], r"data.mixture.reasoning: cannot use 'many' as float"),
         (["data.short_share=0.1"], r"data.short_source='': needed when short_share > 0"),
+        (["model.flavor=8B"], r"model.flavor='8B': is not a flavor of model.kind"),  # the default kind, qwen2_5_vl
     ],
 )
 def test_choices_types_and_rules_fail_at_load_with_the_key(overrides, message):
