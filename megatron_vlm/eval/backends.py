@@ -8,8 +8,11 @@ HF in-process without torchvision: transformers 5.x builds Qwen2.5-VL's processo
 processor that needs torchvision, which does not install beside the CPU torch build. So
 ``QwenInputs`` does the processor's job itself: Qwen2VLImageProcessor (its PIL fallback) for
 pixels and grids, the tokenizer's chat template for the text, and each ``<|image_pad|>`` expanded
-to grid_h * grid_w / 4 pads, which is what Qwen2_5_VLProcessor does. Its ``input_ids`` length is
-checked against the eval set's own token count in the tests.
+to grid_h * grid_w / merge^2 pads, which is what Qwen2_5_VLProcessor / Qwen3VLProcessor do, and
+the image tokens marked in ``mm_token_type_ids``: without it transformers 5.x gives them text
+positions instead of their mRoPE ones, silently. The family (its merge size) comes from the
+checkpoint's config.json. Its ``input_ids`` length is checked against the eval set's own token count
+in the tests, and its ids, marks and the model's logits against HF's processor.
 """
 
 from __future__ import annotations
@@ -20,17 +23,21 @@ import os
 from pathlib import Path
 
 from megatron_vlm.eval import prompts
+from megatron_vlm.models.family import DEFAULT_FAMILY, ModelFamily, get_family
 
 IMAGE_PAD = "<|image_pad|>"
-MERGE_AREA = 4  # spatial merge 2 x 2: four ViT patches per LLM token
+IMAGE_TOKEN_TYPE = 1  # mm_token_type_ids: 0 text, 1 image, 2 video (transformers' Qwen processors)
 
 
 class QwenInputs:
-    """Qwen2.5-VL model inputs (input_ids, pixel_values, image_grid_thw) from a prompt and page images."""
+    """Qwen-VL model inputs (input_ids, mm_token_type_ids, pixel_values, image_grid_thw) from a prompt
+    and page images, for ``family`` (Qwen2.5-VL or Qwen3-VL)."""
 
-    def __init__(self, tokenizer_dir: str | os.PathLike, preprocessor_dir: str | os.PathLike | None = None):
+    def __init__(self, tokenizer_dir: str | os.PathLike, preprocessor_dir: str | os.PathLike | None = None,
+                 family: ModelFamily | None = None):
         from transformers import AutoTokenizer, Qwen2VLImageProcessor
 
+        self.family = family or get_family(DEFAULT_FAMILY)
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         self.chat_template = prompts.load_chat_template(tokenizer_dir) or self.tokenizer.chat_template
         if self.chat_template is None:
@@ -54,11 +61,12 @@ class QwenInputs:
             out["image_grid_thw"] = vision["image_grid_thw"]
             parts = text.split(IMAGE_PAD)
             assert len(parts) == len(order) + 1, "one <|image_pad|> per image in the template"
-            pads = [IMAGE_PAD * (int(g.prod()) // MERGE_AREA) for g in vision["image_grid_thw"]]
+            pads = [IMAGE_PAD * self.family.image.grid_tokens(g) for g in vision["image_grid_thw"]]
             text = "".join(p + pad for p, pad in zip(parts, pads + [""]))
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         out["input_ids"] = ids
         out["attention_mask"] = torch.ones_like(ids)
+        out["mm_token_type_ids"] = (ids == self.family.tokens.image_pad).int() * IMAGE_TOKEN_TYPE
         return out
 
     def prompt_tokens(self, question: str) -> int:
@@ -76,7 +84,8 @@ def load_images(item: dict) -> list:
 
 
 class HFBackend:
-    """A Qwen2.5-VL checkpoint (HF format) run with transformers in this process, greedy decoding.
+    """A Qwen2.5-VL or Qwen3-VL checkpoint (HF format; the family from its config.json) run with
+    transformers in this process, greedy decoding.
 
     ``prompt_mode`` (prompts.PROMPT_MODES) chooses the prompt; ``max_new_tokens`` defaults to the mode's.
     """
@@ -92,8 +101,10 @@ class HFBackend:
         prompt_mode: str = "default",
     ):
         import torch
-        from transformers import Qwen2_5_VLForConditionalGeneration
+        from transformers import AutoModelForImageTextToText
 
+        from megatron_vlm.models.common.hf_config import load_hf_config
+        from megatron_vlm.models.family import family_of_hf_config
         from megatron_vlm.parallel import device as default_device
 
         if prompt_mode not in prompts.PROMPT_MODES:
@@ -103,9 +114,10 @@ class HFBackend:
             torch_dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         else:
             torch_dtype = getattr(torch, dtype)
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch_dtype)
+        family = family_of_hf_config(load_hf_config(model_dir))  # ValueError naming the known ones
+        self.model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch_dtype)
         self.model.to(self.device).eval()
-        self.inputs = QwenInputs(tokenizer_dir or model_dir, preprocessor_dir or model_dir)
+        self.inputs = QwenInputs(tokenizer_dir or model_dir, preprocessor_dir or model_dir, family)
         self.prompt_mode = prompt_mode
         self.max_new_tokens = max_new_tokens or prompts.MAX_NEW_TOKENS[prompt_mode]
         self.name = Path(model_dir).name

@@ -280,3 +280,36 @@ def test_mmlongbench_end_to_end(setup, tmp_path):
                           str(tmp_path / "trained.scored.jsonl"), "--output", str(tmp_path / "cmp")]) == 0
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| mmlongdoc | tiny-base |" in md and "| mmlongdoc | tiny-trained |" in md
+
+
+def test_inputs_give_the_hf_processors_positions_and_logits(setup, tmp_path):
+    """QwenInputs (the in-process eval's processor) gives the model what HF's Qwen2.5-VL processor
+    gives: the same ids and pixels and the image tokens marked (mm_token_type_ids), so the model
+    computes the same mRoPE positions and logits. Unmarked, transformers 5.x gives the image tokens
+    text positions, silently (the bug this test was written for)."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from megatron_vlm.eval import prompts
+    from megatron_vlm.eval.backends import QwenInputs
+
+    _, _, _, model_dir, tokenizer, preprocessor = setup
+    hf_dir = tmp_path / "processor"
+    shutil.copytree(tokenizer, hf_dir)
+    shutil.copyfile(preprocessor / "preprocessor_config.json", hf_dir / "preprocessor_config.json")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((252, 196), (140, 308))]
+    prompt = prompts.default_prompt("What is on the second page?", len(images))
+    ours = QwenInputs(tokenizer, preprocessor).encode(prompt, images)
+    processor = AutoProcessor.from_pretrained(hf_dir)
+    text = prompts.render(prompt, processor.tokenizer, prompts.load_chat_template(tokenizer))
+    ref = processor(text=[text], images=images, return_tensors="pt")
+    assert torch.equal(ours["input_ids"], ref["input_ids"])
+    assert torch.equal(ours["mm_token_type_ids"], ref["mm_token_type_ids"])
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**ours).logits, model(**ref).logits, rtol=1e-5, atol=1e-5)
