@@ -247,7 +247,7 @@ def score(
         raise ValueError(f"--output {output} is the predictions file itself")
     _writable_dir(output.parent, "--output's directory")
     _writable_dir(report_dir, "--report-dir")
-    scored = scoring.score_records(rows, rules, string_metric)
+    scored = scoring.score_records(rows, rules, string_metric, source=predictions)
     rules = scored[0]["rules"]
     name = model or rows[0].get("model") or predictions.stem
     rep = report.build_report(scored, model=name)
@@ -288,7 +288,7 @@ def _load_report(path) -> dict:
     if not rows:
         raise ValueError(f"{path} has no predictions")
     if any("score" not in r for r in rows):
-        rows = scoring.score_records(rows)
+        rows = scoring.score_records(rows, source=path)
     return report.build_report(rows, model=rows[0].get("model") or path.stem)
 
 
@@ -323,7 +323,7 @@ def needle_plot(scored_predictions, output, title=None, log=print):
     if not rows:
         raise ValueError(f"{scored_predictions} has no predictions")
     if any("score" not in r for r in rows):
-        rows = scoring.score_records(rows)
+        rows = scoring.score_records(rows, source=scored_predictions)
     rows = [r for r in rows if r.get("task") == "needle"] or rows
     path = needle.plot_heatmap(rows, output, title or f"Needle in a document: {rows[0].get('model', '')}")
     log(f"wrote needle heatmap ({len(rows)} predictions) to {path}")

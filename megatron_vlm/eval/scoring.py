@@ -65,22 +65,25 @@ def score_record(record: dict, rules: str = "mmlongbench", string_metric: str | 
     raise ValueError(f"rules must be one of {', '.join(RULES)}, got {rules!r}")
 
 
-def score_records(records: Iterable[dict], rules: str | None = None, string_metric: str | None = None) -> list[dict]:
+def score_records(records: Iterable[dict], rules: str | None = None, string_metric: str | None = None,
+                  source=None) -> list[dict]:
     """Each record with ``extracted``, ``score`` and ``rules`` added (``rules`` None: ``default_rules``).
 
-    ValueError naming the line (1-based) of the first record that lacks a field or cannot be scored.
+    ValueError naming the line (1-based) of the first record that lacks a field or cannot be scored,
+    as ``SOURCE:LINE: why`` when the records came from the file ``source``.
     """
     records = list(records)
     rules = rules or default_rules(records)
     out = []
     for n, record in enumerate(records, 1):
+        where = f"{source}:{n}" if source else f"line {n}"
         missing = [k for k in ("answer", "answer_format", "prediction") if k not in record]
         if missing:
-            raise ValueError(f"line {n} lacks {', '.join(missing)}")
+            raise ValueError(f"{where}: lacks {', '.join(missing)}")
         try:
             extracted, score = score_record(record, rules, string_metric)
         except ValueError as e:
-            raise ValueError(f"line {n}: {e}") from None
+            raise ValueError(f"{where}: {e}") from None
         out.append({**record, "extracted": extracted, "score": score, "rules": rules})
     return out
 

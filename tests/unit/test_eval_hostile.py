@@ -126,3 +126,18 @@ def test_score_writes_nothing_before_failing(tmp_path, capsys, bad):
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["score", "compare"])
+def test_a_prediction_line_without_its_fields_is_named_by_file_and_line(tmp_path, capsys, command):
+    good = {"answer": "1", "answer_format": "Int", "prediction": "Answer: 1"}
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text(json.dumps(good) + "\n" + json.dumps({"answer": "2"}) + "\n")
+    before = _files(tmp_path)
+    if command == "score":
+        rc = evaluate.main(["score", "--predictions", str(pred)])
+    else:
+        rc = evaluate.main(["compare", "--base", str(pred), "--trained", str(pred), "--output", str(tmp_path / "cmp")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{pred}:2: lacks answer_format, prediction" in err[0], err
+    assert _files(tmp_path) == before
