@@ -1,20 +1,21 @@
 """The real-PDF set: how to get it from Debian packages, and what the pool makes of it.
 
     python benchmarks/real_pdfs.py fetch OUT_DIR                 # apt-get download + dpkg -x, pick 18 files, make 3 scans
-    PYTHONPATH=. python benchmarks/real_pdfs.py report PDF_DIR_OR_LIST [--layout model] [--draw DIR] [--max-pages N]
+    PYTHONPATH=. python benchmarks/real_pdfs.py report PDF_DIR_OR_LIST [--layout model] [--draw DIR [--draw-pages K]] [--max-docs N]
 
 `fetch` needs apt-get and network access to a Debian bookworm mirror (no root: `apt-get download`
 only fetches .deb files). It writes the files SOURCES lists under their short names, plus three
 scan-like image-only PDFs (grey JPEG, quality 70, 150 DPI, rotated 0.4 degrees, slightly blurred)
-made from pages of three of them, and SOURCES.md. The extracted tree (about 1,500 PDFs under
-OUT_DIR/x/usr/share/doc) is a larger set for `report`.
+made from pages of three of them, and SOURCES.md. The .deb files and the extracted tree (about
+1,500 PDFs under OUT_DIR.debian/x/usr/share/doc, a larger set for `report`) go beside OUT_DIR, not
+in it: the pool and `report` search a directory recursively, and OUT_DIR is the 21-document set.
 
 `report` runs the pool's per-document job (megatron_vlm.data.pdf.process_pdf, with the pool's
 default settings unless told otherwise) on each PDF and prints per document: pages, CPU ms per
 page, text quality verdicts, OCR pages with their confidence and languages, blocks by kind,
 tables (rows x columns, continued ones), running headers / footers / page numbers found, and
-page labels found; then totals. `--draw DIR` also writes each page (up to --draw-pages per
-document) with its blocks drawn on it (box and kind, colour by kind) as PNG, for a person to look at.
+page labels found; then totals. `--draw DIR` also writes pages (--draw-pages per document, spread
+from the first to the last) with their blocks drawn on them (box and kind, colour by kind) as PNG, for a person to look at.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from collections import Counter
 from pathlib import Path
 
 PACKAGES = [
-    "texlive-lang-chinese", "texlive-lang-german", "live-manual-pdf", "texlive-latex-recommended-doc",
-    "auto-multiple-choice-doc-pdf", "gle-graphics-manual", "texlive-science-doc", "texlive-publishers-doc",
+    "texlive-lang-chinese", "texlive-lang-german", "texlive-latex-recommended-doc",
+    "auto-multiple-choice-doc-pdf", "texlive-science-doc", "texlive-publishers-doc",
 ]
 DOC = "usr/share/doc"
 SOURCES = {  # short name -> path under usr/share/doc, and what it is
@@ -42,7 +43,7 @@ SOURCES = {  # short name -> path under usr/share/doc, and what it is
     "de_gerdoc.pdf": ("texlive-doc/generic/german/gerdoc.pdf", "German"),
     "de_biblatex_book.pdf": ("texlive-doc/latex/translation-biblatex-de/biblatex-de-Benutzerhandbuch.pdf", "German, 157 p"),
     "manual_amc_en.pdf": ("auto-multiple-choice/auto-multiple-choice.en.pdf", "101 p manual"),
-    "manual_live_en_landscape.pdf": ("live-manual/pdf/live-manual.landscape.en.a4.pdf", "manual"),
+    "manual_listings.pdf": ("texlive-doc/latex/listings/listings.pdf", "63 p manual, tables"),
     "slides_verona.pdf": ("texlive-doc/latex/beamer-verona/beamer-verona.pdf", "slides"),
     "slides_bfh_de.pdf": ("texlive-doc/latex/bfh-ci/DEMO-BFHBeamer.pdf", "German slides"),
     "zh_ctex_manual.pdf": ("texlive-doc/latex/ctex/ctex.pdf", "Chinese, 175 p"),
@@ -88,13 +89,14 @@ def fetch(out: Path) -> int:
         print("[real_pdfs] error: needs apt-get and dpkg (a Debian or Ubuntu machine)", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    debs = out / "debs"
-    debs.mkdir(exist_ok=True)
+    aside = out.with_name(out.name + ".debian")  # not under out: a directory input is searched recursively
+    debs = aside / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
     print(f"[real_pdfs] apt-get download {' '.join(PACKAGES)}", flush=True)
     if subprocess.run(["apt-get", "download", *PACKAGES], cwd=debs).returncode != 0:
         print("[real_pdfs] error: apt-get download failed (run apt-get update? network?)", file=sys.stderr)
         return 1
-    tree = out / "x"
+    tree = aside / "x"
     for deb in sorted(debs.glob("*.deb")):
         subprocess.run(["dpkg", "-x", str(deb), str(tree)], check=True)
     doc = tree / DOC
@@ -132,6 +134,14 @@ def draw(page, blocks: list[dict], out: Path, dpi: int = 80) -> None:
     copy.get_pixmap(dpi=dpi).save(out)
 
 
+def spread(items: list, k: int) -> list:
+    """k items evenly spread from the first to the last (a document's first pages are its title
+    and contents, the least like the rest)."""
+    if k <= 1 or len(items) <= k:
+        return items[:max(k, 0)]
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
 def report(inputs: list[Path], settings, draw_dir: Path | None, draw_pages: int) -> int:
     import pymupdf
 
@@ -166,7 +176,7 @@ def report(inputs: list[Path], settings, draw_dir: Path | None, draw_pages: int)
         if draw_dir is not None:
             draw_dir.mkdir(parents=True, exist_ok=True)
             with pymupdf.open(path) as doc:
-                for p in pages[:draw_pages]:
+                for p in spread(pages, draw_pages):
                     draw(doc[p["index"]], p["blocks"], draw_dir / f"{path.stem}.p{p['index']:04d}.png")
     if totals["pages"]:
         print(f"\ntotal: {totals['docs']} documents, {totals['pages']} pages, {totals['ms'] / totals['pages']:.0f} ms CPU per page; "
@@ -187,7 +197,7 @@ def main(argv=None) -> int:
     r.add_argument("--no-ocr", action="store_true")
     r.add_argument("--max-docs", type=int, default=0, help="only the first N documents (0: all)")
     r.add_argument("--draw", type=Path, default=None, help="write pages with their blocks drawn to this directory")
-    r.add_argument("--draw-pages", type=int, default=4, help="pages drawn per document")
+    r.add_argument("--draw-pages", type=int, default=4, help="pages drawn per document, spread from the first to the last")
     args = parser.parse_args(argv)
     if args.command == "fetch":
         return fetch(args.out)
