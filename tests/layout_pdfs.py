@@ -13,18 +13,18 @@ WORDS = ("the committee reviewed each measurement twice before the results were 
          "partner and the numbers below summarise what was found during the spring campaign").split()
 
 
-def _paragraph(page: pymupdf.Page, y: float, n_words: int, seed: int, size: float = 10.5, width: float = 470.0) -> float:
-    """Write a paragraph of filler words at y; return the y below it."""
+def _paragraph(page: pymupdf.Page, y: float, n_words: int, seed: int, size: float = 10.5, width: float = 470.0, x: float = 72.0) -> float:
+    """Write a paragraph of filler words at (x, y); return the y below it."""
     words = [WORDS[(seed * 7 + i * 3) % len(WORDS)] for i in range(n_words)]
     line = ""
     for word in words:
         trial = f"{line} {word}".strip()
         if pymupdf.get_text_length(trial, fontname="helv", fontsize=size) > width:
-            page.insert_text((72, y), line, fontsize=size, fontname="helv")
+            page.insert_text((x, y), line, fontsize=size, fontname="helv")
             y, line = y + size * 1.3, word
         else:
             line = trial
-    page.insert_text((72, y), line, fontsize=size, fontname="helv")
+    page.insert_text((x, y), line, fontsize=size, fontname="helv")
     return y + size * 1.3 + 10
 
 
@@ -66,6 +66,24 @@ def _rule_table(page: pymupdf.Page, top: float, header: list[str] | None, rows: 
 
 
 TABLE_HEADER = ["Method", "Accuracy", "Recall", "Time (s)"]
+
+
+def description_list() -> tuple[bytes, dict]:
+    """A manual's description list (biblatex's German manual, page 4): package names in the left
+    margin, each beside a paragraph, and numbered section headings between the entries.
+    ref["entries"]: the top y of each entry; ref["term_right"]: where the names end."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=LETTER[0], height=LETTER[1])
+    headings, terms, entries = ["1.5.2 Recommended packages", "1.5.3 Compatible classes"], ["babel", "csquotes", "xpatch", "hyperref"], []
+    y = _paragraph(page, 80, 45, 1, width=370, x=113)
+    for i, term in enumerate(terms):
+        if i in (0, 2):
+            page.insert_text((113, y + 6), headings[i // 2], fontsize=13, fontname="hebo")
+            y = _paragraph(page, y + 30, 30, 9 + i, width=370, x=113)
+        page.insert_text((105 - pymupdf.get_text_length(term, fontsize=10.5), y), term, fontsize=10.5, fontname="helv")
+        entries.append(y - 10)
+        y = _paragraph(page, y, 55 + 7 * i, 3 + i, width=370, x=113)
+    return doc.tobytes(), {"headings": headings, "terms": terms, "entries": entries, "term_right": 105.0, "bottom": y}
 
 
 def table_rows(n: int, start: int = 0) -> list[list[str]]:
@@ -126,14 +144,19 @@ CHINESE = ("本报告介绍了春季测量活动的主要结果。所有合作�
 
 def chinese_scan(text: str = CHINESE, dpi: int = 200) -> tuple[bytes, dict]:
     """An image-only page (no text layer) showing Chinese text, as a scanner would give it."""
+    return scan(text, "cjk", dpi)
+
+
+def scan(text: str, font: str = "helv", dpi: int = 200) -> tuple[bytes, dict]:
+    """An image-only page (no text layer) showing `text` in one of pymupdf's built-in fonts."""
     draft = pymupdf.open()
     page = draft.new_page(width=LETTER[0], height=LETTER[1])
-    page.insert_font(fontname="cjk", fontbuffer=pymupdf.Font("cjk").buffer)
-    page.insert_textbox(pymupdf.Rect(72, 90, 540, 400), text, fontname="cjk", fontsize=14, lineheight=1.6)
+    page.insert_font(fontname="f", fontbuffer=pymupdf.Font(font).buffer)
+    page.insert_textbox(pymupdf.Rect(72, 90, 540, 400), text, fontname="f", fontsize=14, lineheight=1.6)
     pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
-    scan = pymupdf.open()
-    scan.new_page(width=LETTER[0], height=LETTER[1]).insert_image(pymupdf.Rect(0, 0, *LETTER), stream=pix.tobytes("png"))
-    return scan.tobytes(), {"text": text}
+    image_only = pymupdf.open()
+    image_only.new_page(width=LETTER[0], height=LETTER[1]).insert_image(pymupdf.Rect(0, 0, *LETTER), stream=pix.tobytes("png"))
+    return image_only.tobytes(), {"text": text}
 
 
 def details() -> tuple[bytes, dict]:

@@ -6,7 +6,8 @@ Two ways to find the blocks (`PdfSettings.layout`):
   block: heading (title, section-header), paragraph (text), list (consecutive list items of one
   column, one item per line), caption, footnote, formula, figure (text inside a picture), header /
   footer (page-header / page-footer), table (cells filled from the page's words, tables.py).
-  Lines no region holds are grouped and classified as in "rules". Blocks are put in reading order
+  Lines no region holds, and those of a table region that holds no table (tables.table_block
+  refuses it), are grouped and classified as in "rules". Blocks are put in reading order
   as the rules do (below): the model's own order was worse on real title pages and papers.
 - "rules": cheap and blind to rule-only and whitespace tables: each block of the text dict is
   split where the line style (size, bold) changes, then classified: heading (larger than the
@@ -225,8 +226,9 @@ def model_layout(text_dict: dict, textpage, page: pymupdf.Page, regions: list[di
                 block = tables.table_block(*grid, inside, horiz)
             if block:
                 blocks.append(block)
-                continue
-            cls = "text"  # no table in it after all: its lines are a paragraph
+            else:  # no table in it after all: its lines are classified as the rules do (headings by style)
+                owner = [-1 if o == ri else o for o in owner]
+            continue
         if not mine:
             continue
         kind = MODEL_KINDS.get(cls, "paragraph")

@@ -12,7 +12,10 @@ Python binding is needed) on stdin:
    with eng first; when the words read look like another installed Latin language (its common
    short words outnumber English ones), the page is read again with that language. When the
    document's other pages are in another script (`hint`), that script's languages are tried
-   too and the most confident reading is kept.
+   too and the most confident reading is kept. A reading with a script's language data must
+   give letters of that script (MIN_SCRIPT_SHARE of its letters): detection takes some English
+   pages for Cyrillic, and rus+eng then reads them a little more confidently than eng does,
+   with "REVTeX" as "ВЕУТЕХ"; such a reading is dropped and the page is read as Latin.
    `language` other than "auto" (e.g. "deu+eng") is used as given and skips both steps.
 3. The TSV output gives every word with its box and confidence (0-100). Words are grouped into
    Tesseract's paragraphs; each becomes a block with the mean confidence of its characters, and
@@ -34,15 +37,17 @@ import re
 import shutil
 import statistics
 import subprocess
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import pymupdf
 
-from megatron_vlm.data import layout
+from megatron_vlm.data import layout, text_quality
 from megatron_vlm.data.textlines import join_lines, join_words
 
 LOW_CONFIDENCE = 70.0  # a block (or page) whose mean character confidence is below this is marked low confidence
+MIN_SCRIPT_SHARE = 0.05  # a reading with a script's language data must give that script this share of its letters
 TRADITIONAL_MARGIN = 3.0  # chi_tra must beat chi_sim's confidence by this much (it scores high on simplified scans too)
 TIMEOUT_S = 300  # one tesseract call
 SCRIPT_LANGUAGES = {
@@ -174,6 +179,21 @@ def _languages_for(script: str | None, installed: frozenset[str]) -> list[str]:
     return [lang + eng for lang in SCRIPT_LANGUAGES.get(script or "", ()) if lang in installed]
 
 
+_SCRIPT_OF_LANGUAGE = {lang: script for script, langs in SCRIPT_LANGUAGES.items() for lang in langs}
+
+
+def _reads_its_script(languages: str, blocks: list[dict]) -> bool:
+    """Whether a reading with a non-Latin script's language data gives that script's letters
+    (MIN_SCRIPT_SHARE of them; Han and kana count together); Latin readings always do."""
+    script = _SCRIPT_OF_LANGUAGE.get(languages.split("+")[0])
+    if script is None:
+        return True
+    counts = Counter(text_quality.script_of(ch) for b in blocks for ch in b["text"])
+    counts.pop(None, None)
+    wanted = {"Han", "Japanese"} if script in ("Han", "Japanese") else {script}
+    return sum(counts[s] for s in wanted) >= MIN_SCRIPT_SHARE * max(1, sum(counts.values()))
+
+
 def ocr_page(page: pymupdf.Page, language: str = "auto", dpi: int = 300, hint: str | None = None) -> OcrResult:
     """Read one page with Tesseract (see the module docstring); OcrError when tesseract fails.
 
@@ -210,7 +230,11 @@ def ocr_page(page: pymupdf.Page, language: str = "auto", dpi: int = 300, hint: s
     read_script(detected)
     if hint and hint != detected:
         read_script(hint)
-    languages, (blocks, conf, script) = max(readings.items(), key=score)
+    agreeing = {k: v for k, v in readings.items() if _reads_its_script(k, v[0])}
+    if not agreeing:  # the script was misdetected: read the page as Latin
+        read_script(None)
+        agreeing = {k: v for k, v in readings.items() if _reads_its_script(k, v[0])} or readings
+    languages, (blocks, conf, script) = max(agreeing.items(), key=score)
     if languages in ("eng", *LATIN_STOPWORDS) and script is None:
         script = "Latin" if blocks else None
     return OcrResult(blocks, conf, languages, script, {k: v[1] or 0.0 for k, v in readings.items()})

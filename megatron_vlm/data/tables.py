@@ -9,8 +9,11 @@ Where the grid comes from:
 Either way `table_block` fills the cells with the page's words (each word goes to the cell that
 holds its centre; a cell's words are read in lines, see textlines.py), drops empty rows and
 columns, and refuses grids that are not tables: fewer than 2 rows or columns or 4 filled cells,
-under a third of the remaining cells filled, or text in under a quarter of the grid's rows x
-columns (a schematic drawn with many lines and a few labels is not a table). `header_rows` is the number
+under a third of the remaining cells filled, text in under a quarter of the grid's rows x
+columns (a schematic drawn with many lines and a few labels is not a table), or more than a
+quarter of the filled cells paragraphs (over MAX_CELL_CHARS characters: a description list, terms
+in the margin beside paragraphs, which the layout model takes for a table with the section
+headings between its entries). `header_rows` is the number
 of rows above the first horizontal rule across the table inside it (booktabs' \\midrule; a
 partial \\cmidrule counts only when no full rule does), at most MAX_HEADER_ROWS, else 1 (also
 in a grid with rules between most rows).
@@ -31,6 +34,8 @@ from megatron_vlm.data.textlines import words_text
 MIN_FILL = 1 / 3  # share of non-empty cells below which a grid is not a table
 MIN_CELLS = 4  # non-empty cells a table has at least
 MIN_GRID_USED = 1 / 4  # rows x columns holding text, as a share of the grid's (a drawing's grid holds a few labels)
+MAX_CELL_CHARS = 160  # a cell longer than this is a paragraph
+MAX_PARAGRAPH_CELLS = 1 / 4  # share of filled cells that may be paragraphs (more: prose beside labels, not a table)
 MAX_HEADER_ROWS = 3
 BODY_KINDS = ("heading", "paragraph", "list", "table", "formula", "figure")  # blocks that are page content (not furniture, captions, notes)
 
@@ -138,7 +143,8 @@ def table_block(ys: list[float], xs: list[float], words: list[tuple], horiz: lis
     rows = [[text[r][c] for c in keep_cols] for r in keep_rows]
     filled = sum(bool(t) for row in rows for t in row)
     if (len(rows) < 2 or len(keep_cols) < 2 or filled < MIN_CELLS or filled < MIN_FILL * len(rows) * len(keep_cols)
-            or len(rows) * len(keep_cols) < MIN_GRID_USED * n_rows * n_cols):
+            or len(rows) * len(keep_cols) < MIN_GRID_USED * n_rows * n_cols
+            or sum(len(t) > MAX_CELL_CHARS for row in rows for t in row) > MAX_PARAGRAPH_CELLS * filled):
         return None
     width = xs[-1] - xs[0]
     header_rows = 1

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import types
 from collections import Counter
 
 import pymupdf
 import pytest
 
-from megatron_vlm.data import furniture, ocr, textlines
+from megatron_vlm.data import furniture, layout_model, ocr, textlines
 from megatron_vlm.data.pdf import PdfSettings, process_pdf
 from tests import layout_pdfs
 
@@ -163,6 +164,41 @@ def test_scanned_chinese_page_is_ocred_with_chinese_language_data():
     assert sum((found & expected).values()) / sum(expected.values()) > 0.9, page["text"]
     assert " " not in page["text"].replace("\n", "")[:20]  # no spaces between Chinese characters
     assert page["ocr_confidence"] > ocr.LOW_CONFIDENCE
+
+
+@pytest.mark.skipif(not {"eng", "rus"} <= ocr.installed_languages(), reason="Tesseract eng/rus data not installed (apt-get install tesseract-ocr-rus)")
+def test_english_scan_detected_as_cyrillic_is_read_in_english(monkeypatch):
+    """Script detection took page 2 of a real English scan (APS sample) for Cyrillic; rus+eng read
+    it more confidently than eng (93.8 vs 93.2) with "REVTeX" as "ВЕУТЕХ", and was kept."""
+    text = ("The REVTeX class requires version 8.31 of natbib. The argument of the citation command "
+            "may be a single key or a list of keys separated by commas, and each key may contain letters.")
+    data, _ = layout_pdfs.scan(text)
+    monkeypatch.setattr(ocr, "detect_script", lambda png: "Cyrillic")
+    result = ocr.ocr_page(pymupdf.open(stream=data)[0])
+    read = " ".join(b["text"] for b in result.blocks)
+    assert result.languages == "eng" and result.script == "Latin" and "rus+eng" in result.tried, result.tried
+    assert not re.search(r"[\u0400-\u04ff]", read), read
+    expected = _words(text)
+    assert sum((_words(read) & expected).values()) / sum(expected.values()) > 0.9, read
+
+
+def test_a_description_list_the_model_calls_a_table_keeps_its_headings(monkeypatch):
+    """On biblatex's German manual (page 4) the layout model took a description list (package names
+    beside paragraphs) for one 5x2 table from the first paragraph to the last entry, with the
+    section headings between the entries inside it; the pool kept it as a table. That region, with
+    its grid (a column line after the names, a row line at each entry), is given here in place of
+    the model's answer: its cells are paragraphs, so it is no table, and its lines are read as text."""
+    data, ref = layout_pdfs.description_list()
+    page = pymupdf.open(stream=data)[0]
+    box = (40.0, 60.0, 490.0, ref["bottom"])
+    grid = types.SimpleNamespace(h_lines_norm=[(y - box[1]) / (box[3] - box[1]) for y in ref["entries"]],
+                                 v_lines_norm=[(ref["term_right"] + 4 - box[0]) / (box[2] - box[0])])
+    monkeypatch.setattr(layout_model, "page_regions", lambda p: [{"class_name": "table", "group_bbox": box, "table_grid": grid}])
+    (result,), _ = process_pdf(data, NO_OCR)
+    assert not [b for b in result["blocks"] if b["kind"] == "table"], result["blocks"]
+    assert [b["text"] for b in result["blocks"] if b["kind"] == "heading"] == ref["headings"]
+    assert _words(result["text"]) == _words(page.get_text())  # nothing lost, nothing added
+    assert all(any(b["text"].startswith(term + " ") for b in result["blocks"]) for term in ref["terms"])
 
 
 def test_hyphenation_bold_numbers_and_schematics():
