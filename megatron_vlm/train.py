@@ -6,8 +6,9 @@ Example: ``torchrun --nproc-per-node 2 -m megatron_vlm.train --config examples/r
 parallel.tp=2 train.max_steps=10``. Resumes from ``checkpoint.dir/latest`` when it exists.
 (megatron_vlm.launch is torchrun, with SIGTERM/SIGUSR1 ending the run with exit 0; see
 docs/training.md.) Exits 0 when the budget is done or after SIGTERM/SIGUSR1 (at any point) saved a
-checkpoint; 1 with a one-line reason on a bad recipe, an unloadable or unsafe checkpoint, a data
-stream of bad samples, a broken image backend, or a run stopped by repeated NaN/Inf.
+checkpoint; 1 with a one-line reason on a bad recipe, an unloadable or unsafe checkpoint, shards
+whose index.json is not a build's (or built for another model family), a data stream of bad
+samples, a broken image backend, or a run stopped by repeated NaN/Inf.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_vlm.checkpoint.safe_load import CheckpointError
     from megatron_vlm.data.image_processing import ImageBackendError
     from megatron_vlm.data.loader import BadDataError
+    from megatron_vlm.data.shard_index import ShardsError
     from megatron_vlm.parallel import LayoutError
     from megatron_vlm.training.budget import BudgetError
     from megatron_vlm.training.config import RecipeError, load_recipe
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.config, args.overrides)
         result = train(recipe, stop)
-    except (RecipeError, BudgetError, LayoutError, NonFiniteLossError, CheckpointError, FileNotFoundError) as err:
+    except (RecipeError, BudgetError, LayoutError, NonFiniteLossError, CheckpointError, ShardsError,
+            FileNotFoundError) as err:
         if rank == 0:  # the same on every rank
             print(f"megatron_vlm.train: error: {err}", file=sys.stderr, flush=True)
         return 1

@@ -56,6 +56,7 @@ import torch
 from megatron_vlm.data import tokens
 from megatron_vlm.data.image_processing import ImageBackendError, RowCountMismatch, process_images
 from megatron_vlm.data.packing import Sample, choose_best_fit, pack, padded_length
+from megatron_vlm.data.shard_index import ShardsError, read_index
 from megatron_vlm.models.family import DEFAULT_FAMILY, get_family
 from megatron_vlm.utils.paths import safe_name
 
@@ -340,10 +341,10 @@ class PackedLoader:
         self.index = read_index(shard_dir)
         built_for = shards_family(self.index)
         if built_for != family:
-            raise ValueError(f"shards in {shard_dir} were built for model family {built_for}, this run trains {family}")
+            raise ShardsError(f"shards in {shard_dir} were built for model family {built_for}, this run trains {family}")
         chat = get_family(family).chat.version
         if self.index.get("chat_format") != chat:
-            raise ValueError(f"shards use chat format {self.index.get('chat_format')}, {family} uses {chat}")
+            raise ShardsError(f"shards in {shard_dir} use chat format {self.index.get('chat_format')}, {family} uses {chat}")
         self.tokenizer_dir = str(tokenizer_dir)
         self.dp_rank, self.dp_size, self.num_workers = dp_rank, dp_size, num_workers
         self.max_length = max_length or self.index["max_seq_length"]
@@ -427,22 +428,6 @@ class PackedLoader:
             self.stream_states[int(k)] = st
             self.next_worker = (int(k) + 1) % self._workers()
             yield batch
-
-
-def read_index(shard_dir) -> dict:
-    """A build's index.json, checked where the loader joins its values to paths (shard names)."""
-    path = Path(shard_dir) / "index.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no index.json in {shard_dir} (not a finished build)")
-    try:
-        index = json.loads(path.read_text())
-        for shard in index["shards"]:
-            safe_name(shard["name"], f"{path}: shard name")
-            if not isinstance(shard["samples"], int) or shard["samples"] < 0:
-                raise ValueError(f"{path}: shard {shard['name']} has samples={shard['samples']!r}")
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a build index ({type(err).__name__}: {err})") from None
-    return index
 
 
 def ignore_stop_signals(worker_id: int) -> None:

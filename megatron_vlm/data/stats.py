@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megatron_vlm.data.shard_index import read_index
 from megatron_vlm.utils import atomic, options
 
 DOC_PAGE_BINS = [(0, 10), (10, 50), (50, 100), (100, 200), (200, 10**9)]
@@ -100,14 +101,10 @@ def _met(count: int, n: int, target: float, tolerance: float) -> bool:
 
 
 def compute(shard_dir: Path, tolerance: float = 0.01) -> dict:
-    index_path = shard_dir / "index.json"
-    if not index_path.is_file():
-        raise FileNotFoundError(f"no index.json in {shard_dir} (not a finished build)")
-    try:
-        index = json.loads(index_path.read_text())
-        targets, shards = index["targets"], index["shards"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{index_path}: not a build index ({type(e).__name__}: {e})") from None
+    index = read_index(shard_dir)
+    targets = index.get("targets")
+    if not (isinstance(targets, dict) and {"mixture", "length_bins", "length_distribution"} <= set(targets)):
+        raise ValueError(f"{shard_dir / 'index.json'}: not a build index (no targets)")
     rows = read_instances(shard_dir, index)
     if not rows:
         raise ValueError(f"{shard_dir} holds no samples")
@@ -135,7 +132,7 @@ def compute(shard_dir: Path, tolerance: float = 0.01) -> dict:
     return {
         "shards": str(shard_dir),
         "length_distribution": targets["length_distribution"],
-        "totals": {"samples": n, "tokens": sum(r["num_tokens"] for r in rows), "images": sum(r["images"] for r in rows), "shards": len(shards)},
+        "totals": {"samples": n, "tokens": sum(r["num_tokens"] for r in rows), "images": sum(r["images"] for r in rows), "shards": len(index["shards"])},
         "index_totals": index.get("totals", {}),
         "mixture": mixture_rows,
         "length": length_rows,

@@ -83,3 +83,24 @@ def test_layout_that_the_processes_cannot_form_is_one_line(tmp_path):
     errors = _errors(err)
     assert code == 1 and len(errors) == 1 and "not divisible by tp*pp*cp = 2*1*1" in errors[0], err[-3000:]
     assert "Traceback" not in err
+
+
+@pytest.mark.slow(20)
+def test_shard_index_that_is_not_a_build_index_is_one_line(qwen_tokenizer_dir, tmp_path):
+    """An index.json cut short, or naming a shard outside its directory: one line naming the file, exit 1
+    (was a ValueError traceback)."""
+    cases = {"cut": ('{"shards": [{"name": "shard-000000.tar", "sam', "not a build index (JSONDecodeError"),
+             "escaping": ('{"shards": [{"name": "../../etc/passwd", "samples": 1}]}', "shard name '../../etc/passwd' "
+                          "is not a safe file name")}
+    for case, (text, message) in cases.items():
+        shard_dir = tmp_path / case
+        shard_dir.mkdir()
+        (shard_dir / "index.json").write_text(text)
+        args = ["--config", f"{REPO}/examples/recipes/debug.yaml", "parallel.tp=1", "parallel.sequence_parallel=false",
+                f"data.shards={shard_dir}", f"data.tokenizer={qwen_tokenizer_dir}", f"checkpoint.dir={tmp_path / 'ckpt'}",
+                "logging.wandb_mode=disabled"]
+        code, out, err = run_tool("megatron_vlm.train", args)[0]
+        errors = _errors(err)
+        assert code == 1 and len(errors) == 1 and "Traceback" not in err, f"{case}: {err[-3000:]}"
+        assert f"{shard_dir / 'index.json'}: not a build index" in errors[0] and message in errors[0], errors
+    assert not (tmp_path / "ckpt").exists()

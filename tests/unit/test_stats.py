@@ -61,6 +61,14 @@ def test_unmet_target_exits_1_with_check_and_bad_input_exits_2(built, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and shard.name in err[0] and "not a readable tar" in err[0]
     assert (other / "report" / "report.md").read_bytes() == report_before
+    # An index naming a shard outside the directory: refused by name (the one index reader), nothing opened.
+    outside = tmp_path / "outside.tar"
+    outside.write_bytes((built / index["shards"][0]["name"]).read_bytes())
+    index["shards"][0]["name"] = "../outside.tar"
+    (other / "index.json").write_text(json.dumps(index))
+    assert _run(other) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "index.json: not a build index (shard name '../outside.tar' is not a safe file name" in err[0], err
     (other / "index.json").unlink()
     assert _run(other) == 2
     err = capsys.readouterr().err.strip().splitlines()
