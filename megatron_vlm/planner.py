@@ -58,10 +58,24 @@ class Shapes:
     """Spatial merge: merge*merge ViT patches become one LLM token."""
     vit_patch_dim: int = 0
     """Length of one flattened image patch (the patch embedding's input width)."""
+    kv_channels: int = 0
+    """Per-head width when it is not hidden / heads (Qwen3-VL 4B, 32B); 0: hidden / heads."""
+    qkv_bias: bool = True
+    qk_norm: bool = False
+    """An RMSNorm weight of head_dim for q and for k in every layer (Qwen3)."""
+    vit_gated: bool = True
+    """SwiGLU ViT blocks (Qwen2.5-VL); False: fc1-GELU-fc2 (Qwen3-VL)."""
+    vit_norm_bias: bool = False
+    """LayerNorm (weight and bias) in the ViT and mergers; False: RMSNorm."""
+    vit_patch_bias: bool = False
+    vit_position_embeddings: int = 0
+    """Rows of the ViT's learned position grid (Qwen3-VL)."""
+    vit_taps: int = 0
+    """DeepStack taps: one more merger each, and one [s, hidden] tensor each on the first stage."""
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.kv_channels or self.hidden_size // self.num_heads
 
 
 def shapes_for(flavor: str, family: str = DEFAULT_FAMILY) -> Shapes:
@@ -71,7 +85,9 @@ def shapes_for(flavor: str, family: str = DEFAULT_FAMILY) -> Shapes:
     return Shapes(
         t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads,
         t.num_key_value_heads, t.tie_word_embeddings, v.depth, v.hidden_size, v.intermediate_size,
-        v.num_heads, v.spatial_merge_size, v.patch_dim,
+        v.num_heads, v.spatial_merge_size, v.patch_dim, kv_channels=t.head_dim, qkv_bias=t.qkv_bias,
+        qk_norm=t.qk_norm, vit_gated=v.gated_mlp, vit_norm_bias=v.norm_bias, vit_patch_bias=v.patch_bias,
+        vit_position_embeddings=v.num_position_embeddings, vit_taps=len(v.deepstack_visual_indexes),
     )
 
 
@@ -152,34 +168,47 @@ def _bytes(precision: str) -> tuple[int, int, int]:
     raise ValueError(f"precision must be bf16, fp8 or fp32, got {precision!r}")
 
 
-def layer_params(h: int, f: int, heads: int, kv_heads: int, qkv_bias: bool = True, mlp_bias: bool = False) -> int:
-    """Parameters of one pre-norm transformer layer with GQA and a SwiGLU MLP."""
-    d = h // heads
-    qkv = h * (h + 2 * kv_heads * d) + (h + 2 * kv_heads * d if qkv_bias else 0)
-    proj = h * h
+def layer_params(h: int, f: int, heads: int, kv_heads: int, qkv_bias: bool = True, mlp_bias: bool = False,
+                 head_dim: int | None = None, qk_norm: bool = False) -> int:
+    """Parameters of one pre-norm transformer layer with GQA and a SwiGLU MLP (``head_dim``: None
+    for h / heads; ``qk_norm``: RMSNorm weights on q and k)."""
+    d = head_dim or h // heads
+    q = heads * d
+    qkv = h * (q + 2 * kv_heads * d) + (q + 2 * kv_heads * d if qkv_bias else 0)
+    proj = q * h
     mlp = 3 * h * f + ((2 * f + h) if mlp_bias else 0)
-    return qkv + proj + mlp + 2 * h  # two RMSNorm weights
+    return qkv + proj + mlp + 2 * h + (2 * d if qk_norm else 0)  # two RMSNorm weights (+ q/k norms)
+
+
+def _llm_layer_params(s: Shapes) -> int:
+    return layer_params(s.hidden_size, s.ffn_hidden_size, s.num_heads, s.num_kv_heads, s.qkv_bias,
+                        head_dim=s.head_dim, qk_norm=s.qk_norm)
 
 
 def vision_params(s: Shapes) -> int:
-    """ViT blocks (qkv and MLP biases, RMSNorm), patch embedding, and the merger MLP."""
-    hv, m = s.vit_hidden_size, s.merge
-    block = hv * 3 * hv + 3 * hv + hv * hv + hv + 3 * hv * s.vit_ffn_hidden_size + 2 * s.vit_ffn_hidden_size + hv + 2 * hv
-    patch_embed = s.vit_patch_dim * hv
+    """ViT blocks (qkv and MLP biases; RMSNorm or LayerNorm), patch embedding (+ position grid),
+    the merger MLP and one more merger per DeepStack tap."""
+    hv, m, fv = s.vit_hidden_size, s.merge, s.vit_ffn_hidden_size
+    norm = 2 if s.vit_norm_bias else 1  # parameters per normalised element
+    mlp = 3 * hv * fv + 2 * fv + hv if s.vit_gated else 2 * hv * fv + fv + hv
+    block = hv * 3 * hv + 3 * hv + hv * hv + hv + mlp + 2 * norm * hv
+    patch_embed = s.vit_patch_dim * hv + (hv if s.vit_patch_bias else 0) + s.vit_position_embeddings * hv
     merged = hv * m * m
-    merger = hv + merged * merged + merged + merged * s.hidden_size + s.hidden_size
-    return s.vit_depth * block + patch_embed + merger
+    merger_mlp = merged * merged + merged + merged * s.hidden_size + s.hidden_size
+    mergers = norm * hv + merger_mlp + s.vit_taps * (norm * merged + merger_mlp)  # taps normalise the merged vector
+    return s.vit_depth * block + patch_embed + mergers
 
 
 def total_params(s: Shapes, include_vision: bool = True) -> int:
     """All parameters of the model (LLM layers, embeddings, final norm, and the ViT with its merger)."""
-    llm = s.num_layers * layer_params(s.hidden_size, s.ffn_hidden_size, s.num_heads, s.num_kv_heads)
+    llm = s.num_layers * _llm_layer_params(s)
     llm += s.vocab_size * s.hidden_size * (1 if s.tied_embeddings else 2) + s.hidden_size
     return llm + (vision_params(s) if include_vision and s.vit_depth else 0)
 
 
 def layer_activation_elements(
-    tokens: float, h: int, f: int, heads: int, kv_heads: int, tp: int, sp: bool, kernels: str, recompute: str
+    tokens: float, h: int, f: int, heads: int, kv_heads: int, tp: int, sp: bool, kernels: str, recompute: str,
+    head_dim: int | None = None,
 ) -> tuple[float, float]:
     """(elements one layer keeps for backward, elements of its transient working set).
 
@@ -198,13 +227,14 @@ def layer_activation_elements(
     Full recompute keeps only each layer's input (h) and rebuilds one layer at a time in backward,
     so its transient is one layer's kept set.
     """
-    d = h // heads
+    d = head_dim or h // heads
+    q = heads * d  # the attention width (h, unless head_dim says otherwise)
     rep = tp if sp else 1  # the residual stream is split over TP only with sequence parallelism
     if kernels == "te":
-        kept = tokens * ((4 * h) / rep + (h + 2 * kv_heads * d + h) / tp + 3 * f / tp)
+        kept = tokens * ((4 * h) / rep + (q + 2 * kv_heads * d + q) / tp + 3 * f / tp)
         transient = 0.0
     elif kernels == "local":
-        kept = tokens * ((6 * h) / rep + 4 * h / tp + 4 * f / tp) + (heads / tp) * tokens * tokens
+        kept = tokens * ((6 * h) / rep + 4 * q / tp + 4 * f / tp) + (heads / tp) * tokens * tokens
         transient = 2 * (heads / tp) * tokens * tokens
     else:
         raise ValueError(f"kernels must be te or local, got {kernels!r}")
@@ -243,7 +273,7 @@ def _stage_memory(shapes: Shapes, layout: Layout, train: Training, first: bool, 
 
     layers_here = math.ceil(s.num_layers / pp)
     embed = s.vocab_size * s.hidden_size
-    llm = layers_here * layer_params(s.hidden_size, s.ffn_hidden_size, s.num_heads, s.num_kv_heads) / tp
+    llm = layers_here * _llm_layer_params(s) / tp
     if first:
         llm += embed / tp
     if last:
@@ -262,7 +292,7 @@ def _stage_memory(shapes: Shapes, layout: Layout, train: Training, first: bool, 
     tokens = train.seq_length / cp
     kept, transient = layer_activation_elements(
         tokens, s.hidden_size, s.ffn_hidden_size, s.num_heads, s.num_kv_heads, tp,
-        layout.sequence_parallel, train.kernels, train.recompute,
+        layout.sequence_parallel, train.kernels, train.recompute, head_dim=s.head_dim,
     )
     act_bytes = 4 if train.precision == "fp32" else 2
     rep = tp if layout.sequence_parallel else 1
@@ -291,7 +321,8 @@ def _stage_memory(shapes: Shapes, layout: Layout, train: Training, first: bool, 
             patches, s.vit_hidden_size, s.vit_ffn_hidden_size, s.vit_heads, s.vit_heads, tp,
             False, train.kernels, train.recompute if train.train_vision else "full",
         )
-        merged = train.seq_length * s.hidden_size  # the merger's output, before the CP split
+        # the merger's output, before the CP split, and each DeepStack tap's [s/cp, hidden] (models/qwen3_vl/model.py)
+        merged = train.seq_length * s.hidden_size + s.vit_taps * tokens * s.hidden_size / rep
         if train.train_vision:
             mem.vision = (in_flight * s.vit_depth * v_kept + v_transient + merged) * act_bytes
         else:  # frozen: no graph kept, only one block's working set at a time and the output

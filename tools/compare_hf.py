@@ -1,11 +1,11 @@
-"""Compare our Megatron Qwen2.5-VL with HF transformers on the same images and prompt (CPU or GPU).
+"""Compare our Megatron model (Qwen2.5-VL or Qwen3-VL, by config.json) with HF transformers on the same images and prompt.
 
     python tools/compare_hf.py --hf HF_DIR [--mcore MCORE_DIR] [--image PNG ...] [--prompt TEXT]
     torchrun --nproc-per-node 4 tools/compare_hf.py --hf HF_DIR --tp 2 --pp 2
 
 Prints max |delta logit| and top-1 agreement (float32 on both sides) and exits 1 when the
 difference is above --atol. Weights come from HF_DIR through the name map, or from a Megatron
-dist checkpoint with --mcore. The logic lives in megatron_vlm.models.qwen2_5_vl.compare.
+dist checkpoint with --mcore. The logic lives in megatron_vlm.models.common.compare.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from megatron_vlm.models.qwen2_5_vl.compare import CompareError, build_inputs, compare, hf_logits, our_logits
+    from megatron_vlm.models.common.compare import CompareError, build_inputs, compare, hf_logits, our_logits
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world % (args.tp * args.pp * args.cp):
@@ -46,18 +46,20 @@ def main(argv=None) -> int:
     import torch.distributed as dist
 
     from megatron_vlm.checkpoint.hf_io import read_config
-    from megatron_vlm.models.qwen2_5_vl.config import from_hf_config
+    from megatron_vlm.models.family import family_of_hf_config
     from megatron_vlm.parallel import ParallelLayout, destroy, initialize
 
     initialize(ParallelLayout(tp=args.tp, pp=args.pp, cp=args.cp, sequence_parallel=args.sequence_parallel))
     rank0 = dist.get_rank() == 0
     try:
-        cfg = from_hf_config(read_config(args.hf))
-        batch = build_inputs(cfg, args.tokenizer or args.hf, args.image, args.prompt)
+        raw = read_config(args.hf)
+        family = family_of_hf_config(raw)
+        cfg = family.from_hf_config(raw)
+        batch = build_inputs(cfg, family, args.tokenizer or args.hf, args.image, args.prompt)
         if rank0:
             print(f"[compare_hf] {batch['tokens'].shape[1]} tokens, {len(args.image)} image(s); "
                   f"ours at tp={args.tp} pp={args.pp} cp={args.cp} from {args.mcore or args.hf}", flush=True)
-        ours = our_logits(cfg, batch, args.hf, args.mcore)
+        ours = our_logits(cfg, family, batch, args.hf, args.mcore)
         code = 0
         if rank0:
             print("[compare_hf] running HF transformers (float32, eager attention)", flush=True)

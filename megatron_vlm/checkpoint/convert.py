@@ -1,4 +1,6 @@
-"""Convert Qwen2.5-VL checkpoints between HF directories and Megatron dist checkpoints, streaming.
+"""Convert checkpoints of a model family (Qwen2.5-VL, Qwen3-VL) between HF directories and Megatron
+dist checkpoints, streaming. The family comes from config.json's ``model_type`` (or the trainer
+recipe's ``model.kind``); its provider (training/providers.py) names its model class and name map.
 
     hf_to_mcore(hf_dir, output)      HF safetensors -> Megatron dist checkpoint (layout-free)
     mcore_to_hf(mcore_dir, output)   Megatron dist checkpoint (ours or the trainer's) -> HF directory
@@ -70,12 +72,17 @@ def _ensure_single_process_group() -> None:
     initialize(ParallelLayout())
 
 
-def _meta_sharded_state_dict(cfg, spec: str = "local") -> dict:
-    """The model's sharded state dict at the current layout, built on the meta device (no memory)."""
-    from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
+def _provider(family: str):
+    """The family's provider: its ``model_class()`` and ``name_map()`` (the one registry of both)."""
+    from megatron_vlm.training.providers import PROVIDERS
 
+    return PROVIDERS[family]
+
+
+def _meta_sharded_state_dict(cfg, family: str, spec: str = "local") -> dict:
+    """The model's sharded state dict at the current layout, built on the meta device (no memory)."""
     with torch.device("meta"):
-        model = Qwen2_5_VLModel(cfg, spec=spec)
+        model = _provider(family).model_class()(cfg, spec=spec)
     return model.sharded_state_dict()
 
 
@@ -104,26 +111,32 @@ def check_layout(cfg, tp: int, pp: int) -> None:
 
 
 def _qwen_config_from_hf(config: dict, where: str):
-    from megatron_vlm.models.qwen2_5_vl.config import from_hf_config
+    """(family name, model config) of an HF config.json dict; ConversionError naming what is wrong."""
+    from megatron_vlm.models.family import FAMILIES, family_of_hf_config
 
-    if config.get("model_type") != "qwen2_5_vl":
-        raise ConversionError(f"{where}: model_type is {config.get('model_type')!r}, expected 'qwen2_5_vl'")
     try:
-        return from_hf_config(config)
+        family = family_of_hf_config(config)
+    except ValueError:
+        raise ConversionError(f"{where}: model_type is {config.get('model_type')!r}, expected one of "
+                              f"{', '.join(repr(f) for f in FAMILIES)}") from None
+    try:
+        return family.name, family.from_hf_config(config)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConversionError(f"{where}: config.json does not describe a Qwen2.5-VL model ({exc})") from None
+        raise ConversionError(f"{where}: config.json does not describe a {family.name} model ({exc})") from None
 
 
 def _recipe_and_config(recipe_path: Path):
     """A trainer checkpoint's recipe, loaded as the trainer loads it, and the model config the
     trainer built from it (the provider's ``model_config``: one function for both)."""
+    from megatron_vlm.models.family import FAMILIES
     from megatron_vlm.training.config import RecipeError, load_recipe
     from megatron_vlm.training.providers import get_provider
 
     try:
         recipe = load_recipe(recipe_path)
-        if recipe.model.kind != "qwen2_5_vl":
-            raise ConversionError(f"{recipe_path}: model.kind={recipe.model.kind!r} is not a Qwen2.5-VL model")
+        if recipe.model.kind not in FAMILIES:
+            raise ConversionError(f"{recipe_path}: model.kind={recipe.model.kind!r} is not a model family "
+                                  f"({', '.join(FAMILIES)})")
         return recipe, get_provider(recipe).model_config(recipe)
     except RecipeError as exc:
         raise ConversionError(f"{recipe_path}: {exc}") from None
@@ -320,10 +333,10 @@ def _check_stored_shapes(ckpt: Path, entries: dict, described_by: str) -> None:
                                   f"expects {tuple(wanted[key])}")
 
 
-def _expected_hf_shapes(entries: dict, cfg, spec: str, layout: str) -> dict[str, tuple[int, ...]]:
-    """HF names and shapes our model implies, from meta tensors through the name map."""
+def _expected_hf_shapes(entries: dict, cfg, names, layout: str) -> dict[str, tuple[int, ...]]:
+    """HF names and shapes our model implies, from meta tensors through the family's name map ``names``."""
     meta = {name: torch.empty(entry.data.shape, device="meta") for name, entry in entries.items()}
-    return {n: tuple(t.shape) for n, t in hf_names.mcore_to_hf(meta, cfg, "local" if spec == "local" else spec, layout).items()}
+    return {n: tuple(t.shape) for n, t in names.mcore_to_hf(meta, cfg, "local", layout).items()}
 
 
 # ---------------------------------------------------------------- the two directions
@@ -344,16 +357,19 @@ def hf_to_mcore(
     hf_dir, output = Path(hf_dir), Path(output)
     refuse_overlap(output, [hf_dir])
     config = read_config(hf_dir)
-    cfg = _qwen_config_from_hf(config, str(hf_dir))
+    family, cfg = _qwen_config_from_hf(config, str(hf_dir))
+    names = _provider(family).name_map()
     check_layout(cfg, tp, pp)
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     reader = HFReader(hf_dir)
     layout = hf_names.detect_layout(reader.names())
+    if layout not in names.LAYOUTS:
+        raise ConversionError(f"{hf_dir}: tensor names in the {layout!r} layout, which {family} never had")
     _ensure_single_process_group()
-    sharded = _meta_sharded_state_dict(cfg)
+    sharded = _meta_sharded_state_dict(cfg, family)
     entries = _tensor_entries(sharded)
-    expected = _expected_hf_shapes(entries, cfg, "local", layout)
+    expected = _expected_hf_shapes(entries, cfg, names, layout)
     found = tensor_shapes(hf_dir)
     if cfg.text.tie_word_embeddings and "lm_head.weight" not in found:
         expected.pop("lm_head.weight", None)
@@ -361,7 +377,7 @@ def hf_to_mcore(
 
     progress(f"[hf-to-mcore] {hf_dir} ({len(found)} tensors, naming layout '{layout}') -> {output}")
     with atomic_output_dir(output, overwrite=overwrite) as scratch:
-        full = hf_names.hf_to_mcore(_LazyHF(reader, DTYPES.get(dtype)), cfg, "local")
+        full = names.hf_to_mcore(_LazyHF(reader, DTYPES.get(dtype)), cfg, "local")
         for name, entry in entries.items():
             tensor = full.pop(name)
             if tuple(tensor.shape) != tuple(entry.data.shape):
@@ -381,17 +397,19 @@ def hf_to_mcore(
     return meta
 
 
-def _export_config(cfg, template: dict | None, max_positions: int | None, dtype) -> dict:
-    """config.json for an export: our model fields (flat layout, read by every transformers version)
-    over the template's other fields (architectures, token ids, ...). The template's nested
-    text/vision/rope sections are dropped so no stale rope_theta can contradict the trained one."""
-    from megatron_vlm.models.qwen2_5_vl.config import to_hf_config
+def _export_config(cfg, family: str, template: dict | None, max_positions: int | None, dtype) -> dict:
+    """config.json for an export: our model fields (the family's ``to_hf_config``: Qwen2.5-VL's flat
+    layout, read by every transformers version; Qwen3-VL's text_config/vision_config) over the
+    template's other fields (architectures, token ids, ...). The template's nested text/vision/rope
+    sections are dropped so no stale rope_theta can contradict the trained one."""
+    from megatron_vlm.models.family import get_family
 
     nested = ("text_config", "vision_config", "rope_parameters", "rope_scaling")
     config = {k: v for k, v in (template or {}).items() if k not in nested}
-    config.update(to_hf_config(cfg))
+    config.update(get_family(family).module("config").to_hf_config(cfg))
     if max_positions is not None:
-        config["max_position_embeddings"] = max(int(config.get("max_position_embeddings", 0)), int(max_positions))
+        section = config.get("text_config", config)  # where the family keeps the text model's fields
+        section["max_position_embeddings"] = max(int(section.get("max_position_embeddings", 0)), int(max_positions))
     # transformers 5 reads "dtype", older versions "torch_dtype": write both, so no stale one wins.
     config["dtype"] = config["torch_dtype"] = str(dtype).replace("torch.", "")
     return config
@@ -412,8 +430,6 @@ def mcore_to_hf(
     output = Path(output)
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    if layout not in hf_names.LAYOUTS:
-        raise ConversionError(f"unknown HF naming layout {layout!r}; use one of {', '.join(hf_names.LAYOUTS)}")
     template_dir = Path(hf_template) if hf_template else ckpt / HF_SUBDIR
     template = read_config(template_dir) if (template_dir / "config.json").is_file() else None
     if hf_template and template is None:
@@ -423,23 +439,27 @@ def mcore_to_hf(
     max_positions = None
     if recipe.is_file():
         loaded, cfg = _recipe_and_config(recipe)
+        family = loaded.model.kind
         max_positions = loaded.data.max_seq_length
         if template is None:
             tok = Path(loaded.data.tokenizer)
             template_dir = tok if loaded.data.tokenizer and tok.is_dir() else template_dir
             refuse_overlap(output, [template_dir])
     elif template is not None:
-        cfg = _qwen_config_from_hf(template, str(template_dir))
+        family, cfg = _qwen_config_from_hf(template, str(template_dir))
     else:
         raise ConversionError(f"{ckpt}: no recipe.yaml or hf/config.json to describe the model; pass --hf-template")
+    names = _provider(family).name_map()
+    if layout not in names.LAYOUTS:
+        raise ConversionError(f"unknown HF naming layout {layout!r} for {family}; use one of {', '.join(names.LAYOUTS)}")
 
     _ensure_single_process_group()
-    entries = _tensor_entries(_meta_sharded_state_dict(cfg))
+    entries = _tensor_entries(_meta_sharded_state_dict(cfg, family))
     _check_stored_shapes(ckpt, entries, "the model described by " + ("recipe.yaml" if recipe.is_file() else str(template_dir)))
     progress(f"[mcore-to-hf] {ckpt} -> {output} (naming layout '{layout}')")
     with atomic_output_dir(output, overwrite=overwrite) as scratch:
         lazy = _LazyMcore(ckpt, entries, DTYPES.get(dtype), lambda msg: progress(f"[mcore-to-hf] {msg}"))
-        hf_state = hf_names.mcore_to_hf(lazy, cfg, "local", layout)
+        hf_state = names.mcore_to_hf(lazy, cfg, "local", layout)
         if cfg.text.tie_word_embeddings:
             hf_state.pop("lm_head.weight", None)  # tied: HF stores the embedding only
         out_dtype = next(iter(hf_state.values())).dtype
@@ -447,7 +467,7 @@ def mcore_to_hf(
         for name in sorted(hf_state):
             writer.add(name, hf_state.pop(name))
         writer.close()
-        config = _export_config(cfg, template, max_positions, out_dtype)
+        config = _export_config(cfg, family, template, max_positions, out_dtype)
         (scratch / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         carried = copy_processor_files(template_dir, scratch) if template_dir.is_dir() else []
     progress(f"[mcore-to-hf] wrote {output}: {writer.total_bytes / 1e9:.2f} GB, processor files: {', '.join(carried) or 'none'}")

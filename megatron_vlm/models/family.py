@@ -26,7 +26,7 @@ from typing import Literal
 
 from megatron_vlm.data.image_rule import ImageRule
 
-FAMILIES = ("qwen2_5_vl",)
+FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 """Known families, by the name recipes use as ``model.kind``."""
 FamilyName = Literal[FAMILIES]  # noqa: F821 - a choice checked where options and recipes load
 """A family's name as an option type (utils/options.py checks it)."""

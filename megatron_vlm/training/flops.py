@@ -72,7 +72,11 @@ class LlmShape:
 
 @dataclass(frozen=True)
 class VitShape:
-    """The Qwen2.5-VL vision tower's matmul shapes and attention grouping: a view of its config (``of``)."""
+    """A vision tower's matmul shapes and attention grouping: a view of its config (``of``).
+
+    Qwen2.5-VL: SwiGLU blocks, window attention but in the full blocks, one merger. Qwen3-VL: plain
+    GELU MLP blocks, full attention everywhere, and one more merger per DeepStack tap (its learned
+    position grid is resampled by a weighted sum of rows: elementwise, 0 FLOPs)."""
 
     depth: int
     hidden_size: int
@@ -83,25 +87,33 @@ class VitShape:
     """Window side in merged tokens (window_size / merge / patch: 112 px -> 4)."""
     num_full_blocks: int
     out_hidden_size: int
+    gated_mlp: bool = True
+    """SwiGLU (gate, up, down) blocks; False: fc1, fc2."""
+    mergers: int = 1
+    """The merger plus one per DeepStack tap, all of the same shape."""
 
     @classmethod
     def of(cls, v) -> VitShape:
-        """From models.qwen2_5_vl.config.VisionConfig."""
+        """From a family's VisionConfig (models/qwen2_5_vl/config.py, models/qwen3_vl/config.py)."""
         return cls(v.depth, v.hidden_size, v.intermediate_size, v.patch_dim, v.spatial_merge_size,
-                   v.window_size // v.spatial_merge_size // v.patch_size, len(v.fullatt_block_indexes), v.out_hidden_size)
+                   v.window_size // v.spatial_merge_size // v.patch_size, len(v.fullatt_block_indexes), v.out_hidden_size,
+                   v.gated_mlp, 1 + len(v.deepstack_visual_indexes))
 
     def block_weights_per_patch(self) -> int:
         h = self.hidden_size
-        return self.depth * (4 * h * h + 3 * h * self.intermediate_size)  # qkv + proj, SwiGLU gate/up/down
+        mlp = (3 if self.gated_mlp else 2) * h * self.intermediate_size
+        return self.depth * (4 * h * h + mlp)  # qkv + proj, MLP
 
     def merger_weights_per_token(self) -> int:
         merged = self.hidden_size * self.spatial_merge_size**2
-        return merged * merged + merged * self.out_hidden_size
+        return self.mergers * (merged * merged + merged * self.out_hidden_size)
 
     def attention_pairs(self, grid_thw: Sequence[int]) -> tuple[int, int]:
         """(pairs in one full-attention block, pairs in one window block) for one image or video."""
         t, h, w = (int(x) for x in grid_thw)
         m = self.spatial_merge_size
+        if not self.window:  # no window blocks
+            return t * (h * w) ** 2, 0
         rows, cols = _tiles(h // m, self.window), _tiles(w // m, self.window)
         window = m**4 * sum(r * r for r in rows) * sum(c * c for c in cols)
         return t * (h * w) ** 2, t * window
@@ -165,13 +177,13 @@ class FlopsModel:
 
     @classmethod
     def from_qwen(cls, cfg, freeze_vision: bool = False, freeze_merger: bool = False) -> FlopsModel:
-        """From a :class:`megatron_vlm.models.qwen2_5_vl.config.Qwen2_5_VLConfig`."""
+        """From a family's model config (Qwen2_5_VLConfig, Qwen3VLConfig)."""
         return cls(LlmShape.of(cfg.text), VitShape.of(cfg.vision), vit_trained=not freeze_vision,
                    merger_trained=not freeze_merger)
 
 
 def flops_model_for(recipe, provider) -> FlopsModel:
-    """The FLOPs model of the recipe's model (``gpt``: text only; ``qwen2_5_vl``: LLM + ViT)."""
+    """The FLOPs model of the recipe's model (``gpt``: text only; a VLM family: LLM + ViT)."""
     if recipe.model.kind == "gpt":
         return FlopsModel(LlmShape.of(provider.model_config(recipe)))
     return FlopsModel.from_qwen(provider.model_config(recipe), recipe.model.freeze_vision, recipe.model.freeze_merger)

@@ -8,7 +8,8 @@ A provider has three methods; the loop knows nothing else about the model:
 - ``load_hf(chunks, path)`` -> load an HF checkpoint directory into the chunks (conversion on the fly)
 
 ``gpt`` is Megatron's GPTModel with mRoPE on packed text (tests and trainer development);
-``qwen2_5_vl`` is the real model. ``parallel_and_precision_kwargs(recipe)`` turns the recipe's precision,
+``qwen2_5_vl`` and ``qwen3_vl`` are the real models (one provider class; the family says which
+model class and HF name map). ``parallel_and_precision_kwargs(recipe)`` turns the recipe's precision,
 layout and recompute options into TransformerConfig arguments for either.
 """
 
@@ -86,6 +87,12 @@ def check_virtual_pipeline(recipe: Recipe, num_layers: int, dp: int | None = Non
         raise RecipeError(f"model.first_stage_layers={first} does not fit {num_layers} LLM layers at parallel.pp={par.pp} "
                           f"x parallel.vpp={par.vpp}: it and the other {rest} layers split over {others} rank(s) "
                           f"must give each virtual chunk a whole number (>= 1) of layers")
+
+
+def is_merger_parameter(name: str) -> bool:
+    """A vision parameter that ``model.freeze_merger`` (not ``freeze_vision``) decides: the merger's,
+    and Qwen3-VL's DeepStack mergers' (``vision.deepstack_mergers.<k>.``)."""
+    return name.startswith("vision.") and (".merger." in name or ".deepstack_mergers." in name)
 
 
 def block_causal_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor:
@@ -205,6 +212,19 @@ class Qwen25VLProvider:
 
     family = get_family("qwen2_5_vl")
 
+    @staticmethod
+    def model_class():
+        from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
+
+        return Qwen2_5_VLModel
+
+    @staticmethod
+    def name_map():
+        """The family's HF <-> Megatron name map module (``hf_to_mcore``, ``mcore_to_hf``)."""
+        from megatron_vlm.checkpoint import hf_names
+
+        return hf_names
+
     def model_config(self, recipe: Recipe):
         try:
             cfg = self.family.flavor(recipe.model.flavor)
@@ -216,19 +236,17 @@ class Qwen25VLProvider:
         return self.model_config(recipe).text.vocab_size
 
     def build(self, recipe: Recipe, pre_process: bool, post_process: bool, vp_stage: int | None):
-        from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
-
         cfg = self.model_config(recipe)
         check_virtual_pipeline(recipe, cfg.text.num_hidden_layers, _data_parallel_size())
         overrides = parallel_and_precision_kwargs(recipe)  # the layout too: passed, not read from globals
         spec = "te" if te_layers() else "local"  # attention: by dtype (models.common.attention.resolve_backend)
-        model = Qwen2_5_VLModel(cfg, spec=spec, attention_backend=recipe.model.attention_backend,
+        model = self.model_class()(cfg, spec=spec, attention_backend=recipe.model.attention_backend,
                                 pre_process=pre_process, post_process=post_process,
                                 vp_stage=vp_stage, **overrides)
         for name, param in model.named_parameters():
             if not name.startswith("vision."):
                 continue
-            in_merger = ".merger." in f".{name}"
+            in_merger = is_merger_parameter(name)
             if (in_merger and recipe.model.freeze_merger) or (not in_merger and recipe.model.freeze_vision):
                 param.requires_grad_(False)
         return model
@@ -243,16 +261,14 @@ class Qwen25VLProvider:
         return forward_batch(model, batch)
 
     def load_hf(self, chunks, path: str) -> None:
-        """Read the HF safetensors, map names (checkpoint.hf_names) and copy each rank's shard in."""
+        """Read the HF safetensors, map names (the family's name map) and copy each rank's shard in."""
         from megatron_vlm.checkpoint.hf_io import HFReader
-        from megatron_vlm.checkpoint.hf_names import hf_to_mcore
-        from megatron_vlm.models.qwen2_5_vl.config import from_hf_config
         from megatron_vlm.models.qwen2_5_vl.weights import load_full_state_dict
 
         inner = [_unwrap(c) for c in chunks]
-        cfg = from_hf_config(str(Path(path) / "config.json"))
+        cfg = self.family.from_hf_config(str(Path(path) / "config.json"))
         hf_state = dict(HFReader(path).iter_by_file())
-        full = hf_to_mcore(hf_state, cfg, spec=inner[0].spec)
+        full = self.name_map().hf_to_mcore(hf_state, cfg, spec=inner[0].spec)
         with torch.no_grad():
             for model in inner:
                 load_full_state_dict(model, full)
@@ -270,7 +286,25 @@ def _unwrap(module):
     return module
 
 
-PROVIDERS = {"gpt": GptProvider(), "qwen2_5_vl": Qwen25VLProvider()}
+class Qwen3VLProvider(Qwen25VLProvider):
+    """Qwen3-VL on Megatron-Core (megatron_vlm.models.qwen3_vl): the same seam, its own model and name map."""
+
+    family = get_family("qwen3_vl")
+
+    @staticmethod
+    def model_class():
+        from megatron_vlm.models.qwen3_vl.model import Qwen3VLModel
+
+        return Qwen3VLModel
+
+    @staticmethod
+    def name_map():
+        from megatron_vlm.checkpoint import hf_names_qwen3_vl
+
+        return hf_names_qwen3_vl
+
+
+PROVIDERS = {"gpt": GptProvider(), "qwen2_5_vl": Qwen25VLProvider(), "qwen3_vl": Qwen3VLProvider()}
 
 
 def get_provider(recipe: Recipe):

@@ -66,6 +66,27 @@ def make_hf_dir(path: Path, tied: bool, layout: str, reference: Path) -> Path:
     return path
 
 
+def make_qwen3_hf_dir(path: Path, tied: bool, processor_dir: Path) -> Path:
+    """A random bf16 tiny Qwen3-VL saved by transformers (its own, new naming layout), with the built
+    Qwen3-VL tokenizer and the published processor files beside it. Two DeepStack taps, so that at
+    PP=2 (2 + 2 LLM layers) the layers they feed are on the first stage."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from megatron_vlm.checkpoint.hf_io import copy_processor_files
+    from megatron_vlm.models.qwen3_vl.config import flavor, to_hf_config
+
+    cfg = flavor("debug").replace(text=dict(tie_word_embeddings=tied, max_position_embeddings=4096),
+                                  vision=dict(deepstack_visual_indexes=[0, 2]))
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**to_hf_config(cfg))).to(torch.bfloat16)
+    with torch.no_grad():  # HF's init leaves norms at 1 and biases at 0: make every tensor distinct
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(path, max_shard_size="8MB")
+    copy_processor_files(processor_dir, path)
+    return path
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     """tools/convert_checkpoint.py as a user runs it: a new interpreter (imports ~10 s of CPU)."""
     env = {**os.environ, "PYTHONPATH": REPO}
@@ -97,12 +118,15 @@ def _reshard_and_save(src: str, dst: str, hf_dir: str, tp: int, pp: int) -> None
     """Load a dist checkpoint into our model at tp x pp, then save it the way the trainer does."""
     from megatron.core import dist_checkpointing
 
-    from megatron_vlm.models.qwen2_5_vl.config import from_hf_config
-    from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
+    from megatron_vlm.checkpoint.hf_io import read_config
+    from megatron_vlm.models.family import family_of_hf_config
     from megatron_vlm.parallel import ParallelLayout, destroy, initialize
+    from megatron_vlm.training.providers import PROVIDERS
 
     initialize(ParallelLayout(tp=tp, pp=pp))
-    model = Qwen2_5_VLModel(from_hf_config(hf_dir), params_dtype=torch.bfloat16, bf16=True, pipeline_dtype=torch.bfloat16)
+    family = family_of_hf_config(read_config(Path(hf_dir)))
+    model = PROVIDERS[family.name].model_class()(family.from_hf_config(hf_dir), params_dtype=torch.bfloat16, bf16=True,
+                                                 pipeline_dtype=torch.bfloat16)
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, src)
     model.load_state_dict(loaded["model"])
     dist_checkpointing.save({"model": model.sharded_state_dict()}, dst)
@@ -236,10 +260,9 @@ def _refusals(hf_dir: str, tmp: str) -> dict:
 # ---------------------------------------------------------------- tests
 
 
-@pytest.mark.slow(60)
-@pytest.mark.parametrize("tied,layout", [(True, "new"), (False, "old")], ids=["tied-new", "untied-old"])
-def test_round_trip_through_tp2_pp2_is_bit_identical(tmp_path, reference_dir, tied, layout):
-    hf = make_hf_dir(tmp_path / "hf", tied, layout, reference_dir)
+def _round_trip_tp2_pp2(tmp_path: Path, hf: Path, *export_args: str) -> tuple[Path, Path]:
+    """HF -> Megatron (the CLI, --tp 2 --pp 2) -> loaded and resaved by a TP=2 x PP=2 model -> HF;
+    asserts the export is the source bit for bit. Returns (the converted checkpoint, the export)."""
     mc = tmp_path / "mcore"
     r = _cli("hf-to-mcore", "--hf", str(hf), "--output", str(mc), "--tp", "2", "--pp", "2")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -247,20 +270,53 @@ def test_round_trip_through_tp2_pp2_is_bit_identical(tmp_path, reference_dir, ti
     resaved.mkdir()
     run_distributed(_reshard_and_save, 4, str(mc), str(resaved), str(hf), 2, 2, timeout_s=400)
     out = tmp_path / "hf-out"
-    r = _convert("mcore-to-hf", "--mcore", str(resaved), "--output", str(out), "--hf-template", str(hf), "--layout", layout)
+    r = _convert("mcore-to-hf", "--mcore", str(resaved), "--output", str(out), "--hf-template", str(hf), *export_args)
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_bit_identical(hf, out)
+    return mc, out
+
+
+@pytest.mark.slow(60)
+@pytest.mark.parametrize("tied,layout", [(True, "new"), (False, "old")], ids=["tied-new", "untied-old"])
+def test_round_trip_through_tp2_pp2_is_bit_identical(tmp_path, reference_dir, tied, layout):
+    hf = make_hf_dir(tmp_path / "hf", tied, layout, reference_dir)
+    _, out = _round_trip_tp2_pp2(tmp_path, hf, "--layout", layout)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qwen2_5_vl" and config["tie_word_embeddings"] == tied
     for name in ("tokenizer.json", "chat_template.json", "preprocessor_config.json", "generation_config.json"):
         assert (out / name).is_file(), name
 
 
-def _multi_image_inputs(processor):
+@pytest.mark.slow(60)
+def test_qwen3_round_trip_through_tp2_pp2_is_bit_identical_and_exports_equal_logits(tmp_path, qwen3_processor_dir):
+    """Qwen3-VL: HF -> Megatron -> TP=2 x PP=2 resave -> HF gives every tensor bit for bit; the export
+    loads in transformers with AutoProcessor and gives the source's logits exactly (float32 export)."""
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    hf = make_qwen3_hf_dir(tmp_path / "hf", tied=True, processor_dir=qwen3_processor_dir)
+    mc, out = _round_trip_tp2_pp2(tmp_path, hf)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen3_vl" and config["tie_word_embeddings"]
+    assert config["text_config"]["rope_scaling"]["mrope_interleaved"]
+
+    f32 = tmp_path / "hf-out-f32"
+    assert _convert("mcore-to-hf", "--mcore", str(mc), "--output", str(f32), "--dtype", "float32").returncode == 0
+    processor = AutoProcessor.from_pretrained(f32)
+    inputs = _multi_image_inputs(processor, sizes=((96, 160), (128, 64)))
+    assert int((inputs["input_ids"] == TOKEN["image"]).sum()) > 0 and inputs["image_grid_thw"].shape[0] == 2
+    src = Qwen3VLForConditionalGeneration.from_pretrained(hf, dtype=torch.float32).eval()
+    exp = Qwen3VLForConditionalGeneration.from_pretrained(f32).eval()
+    assert exp.dtype == torch.float32
+    with torch.no_grad():
+        a, b = src(**inputs).logits, exp(**inputs).logits
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def _multi_image_inputs(processor, sizes=((84, 140), (112, 56))):
     from PIL import Image
 
     g = torch.Generator().manual_seed(3)
-    images = [Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy()) for h, w in ((84, 140), (112, 56))]
+    images = [Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy()) for h, w in sizes]
     content = [{"type": "image"}, {"type": "text", "text": "Compare"}, {"type": "image"}, {"type": "text", "text": "now."}]
     text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
     return processor(text=[text], images=images, return_tensors="pt")

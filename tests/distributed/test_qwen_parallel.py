@@ -1,5 +1,6 @@
 """Qwen2.5-VL at TP=2 (+SP), PP=2 (first stage with fewer LLM layers), TP2xPP2, CP=2, TP2xCP2 on gloo CPU ranks:
-logits, loss and gathered gradients equal HF's on a packed batch of multi-image samples.
+logits, loss and gathered gradients equal HF's on a packed batch of multi-image samples. Qwen3-VL
+(DeepStack active, 3 taps) at TP=2+SP, PP=2, CP=2 and TP2xPP2 in the same spawn, against its HF model.
 
 Each rank loads its shard of one HF state dict mapped by the name map (no re-seeding), runs
 Megatron's pipeline schedule forward-only (logits) and forward-backward (loss, grads); the
@@ -20,20 +21,18 @@ from tests.dist_utils import run_distributed
 LLM_LAYERS = 4
 
 
-def _config(tied: bool = False):
-    from tests.qwen_utils import tiny_config
+def _config(tied: bool = False, family: str = "qwen2_5_vl"):
+    if family == "qwen3_vl":
+        from tests.qwen3_utils import tiny_config
+    else:
+        from tests.qwen_utils import tiny_config
 
     return tiny_config(tied=tied, num_hidden_layers=LLM_LAYERS)
 
 
-def _batch():
-    """Three samples (images in two, one image spanning several windows) packed as the loader does:
-    a padding tail as the last sub-sequence, T a multiple of 8, labels -100 off the loss."""
-    from megatron_vlm.models.qwen2_5_vl.position_ids import packed_mrope_position_ids
-    from tests.qwen_utils import IMAGE, VIDEO
-    from tests.unit.test_qwen_model import sample
-
-    samples = [sample([[1, 4, 6], [1, 10, 18]], seed=11), sample([], seed=12, text=7), sample([[1, 6, 4]], seed=13)]
+def _pack(samples: list, positions: list[torch.Tensor]) -> dict:
+    """Samples packed as the loader does: a padding tail as the last sub-sequence, T a multiple of 8,
+    labels -100 off the loss. ``positions``: each sample's mRoPE ids [3, len]."""
     ids = torch.cat([s[0] for s in samples])
     lengths = [len(s[0]) for s in samples]
     tail = -len(ids) % 8 or 8
@@ -42,38 +41,63 @@ def _batch():
     cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
     labels = torch.roll(ids, -1)
     loss_mask = torch.zeros(len(ids))
-    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()[:3]):
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()[: len(samples)]):
         loss_mask[start : end - 1] = (ids[start + 1 : end] < 240).float()  # text targets inside each sample
     labels[loss_mask == 0] = -100
     grids = torch.cat([s[1] for s in samples if s[1] is not None])
     pixels = torch.cat([s[2] for s in samples if s[2] is not None])
-    pos = packed_mrope_position_ids(ids, cu, grids, image_token_id=IMAGE, video_token_id=VIDEO)
-    batch = dict(
+    pos = torch.cat([*positions, torch.arange(tail).expand(3, -1)], dim=1)
+    return dict(
         tokens=ids[None], labels=labels[None], loss_mask=loss_mask[None], position_ids=pos[:, None],
         cu_seqlens=cu, pixel_values=pixels, image_grid_thw=grids,
     )
+
+
+def _batch():
+    """Three samples (images in two, one image spanning several windows), packed (:func:`_pack`)."""
+    from megatron_vlm.models.qwen2_5_vl.position_ids import packed_mrope_position_ids
+    from tests.qwen_utils import IMAGE, VIDEO
+    from tests.unit.test_qwen_model import sample
+
+    samples = [sample([[1, 4, 6], [1, 10, 18]], seed=11), sample([], seed=12, text=7), sample([[1, 6, 4]], seed=13)]
+    batch = _pack(samples, [torch.zeros(3, len(s[0]), dtype=torch.long) for s in samples])
+    batch["position_ids"] = packed_mrope_position_ids(
+        batch["tokens"][0], batch["cu_seqlens"], batch["image_grid_thw"], image_token_id=IMAGE, video_token_id=VIDEO,
+    )[:, None]
     return samples, batch
 
 
-def _rank_main(layouts: list, full_numpy: dict) -> list[dict]:
-    """Run every layout in turn on these 4 ranks (one spawn: importing Megatron dominates the cost)."""
+def _qwen3_batch(hf):
+    """Qwen3-VL's batch: the same plan with 32-px tokens; mRoPE ids from HF's get_rope_index per sample."""
+    from tests.qwen3_utils import hf_positions, sample
+
+    samples = [sample([[1, 4, 6], [1, 10, 18]], seed=11), sample([], seed=12, text=7), sample([[1, 6, 4]], seed=13)]
+    return samples, _pack(samples, [hf_positions(hf, ids, grid) for ids, grid, _ in samples])
+
+
+def _rank_main(layouts: list, full_numpy: dict, batches: dict) -> list[dict]:
+    """Run every layout in turn on these 4 ranks (one spawn: importing Megatron dominates the cost).
+    ``full_numpy`` by (family, tied), ``batches`` by family: the parent's HF weights and packed batch."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     out = []
-    for layout in layouts:
-        out.append(_one_layout(*layout, full_numpy[layout[-1]]))
+    for *layout, tied, family in layouts:
+        batch = {k: torch.from_numpy(v) for k, v in batches[family].items()}
+        out.append(_one_layout(*layout, tied, family, full_numpy[family, tied], batch))
         parallel_state.destroy_model_parallel()
         dist.barrier()
     return out
 
 
-def _one_layout(tp: int, pp: int, cp: int, sp: bool, first_stage_layers, tied: bool, full_numpy: dict) -> dict:
+def _one_layout(tp: int, pp: int, cp: int, sp: bool, first_stage_layers, tied: bool, family: str, full_numpy: dict,
+                batch: dict) -> dict:
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel, forward_batch
     from megatron_vlm.models.qwen2_5_vl.weights import load_full_state_dict, local_to_full
+    from megatron_vlm.models.qwen3_vl.model import Qwen3VLModel
     from megatron_vlm.parallel import ParallelLayout, initialize
     from megatron_vlm.parallel.context_parallel import split_batch_for_cp
     from tests.qwen_utils import IMAGE, VIDEO
@@ -82,9 +106,9 @@ def _one_layout(tp: int, pp: int, cp: int, sp: bool, first_stage_layers, tied: b
     overrides = dict(sequence_parallel=sp, pipeline_dtype=torch.float32)
     if first_stage_layers is not None:
         overrides["num_layers_in_first_pipeline_stage"] = first_stage_layers
-    model = Qwen2_5_VLModel(_config(tied), attention_backend="torch", **overrides)
+    model_class = Qwen3VLModel if family == "qwen3_vl" else Qwen2_5_VLModel
+    model = model_class(_config(tied, family), attention_backend="torch", **overrides)
     load_full_state_dict(model, {n: torch.from_numpy(a) for n, a in full_numpy.items()})
-    _, batch = _batch()
     targets = batch["loss_mask"].sum()  # of the whole batch: CP ranks' losses then simply add up
     source = torch.arange(batch["tokens"].shape[1])
     if cp > 1:
@@ -113,13 +137,16 @@ def _one_layout(tp: int, pp: int, cp: int, sp: bool, first_stage_layers, tied: b
         logits = run(**common, forward_only=True, collect_non_loss_data=True)
     mode["logits"] = False
     losses = run(**common, forward_only=False)
-    # What finalize_model_grads does: sum norm grads over TP under SP, all grads over CP, and the
-    # tied embedding's grads over the first and last stage.
+    # What finalize_model_grads does: sum norm grads over TP under SP and QK-norm grads over TP (each
+    # rank holds some heads), all grads over CP, and the tied embedding's grads over the first and last stage.
     if tied and pp > 1 and parallel_state.is_rank_in_embedding_group():
         weight = model.shared_embedding_or_output_weight()
         torch.distributed.all_reduce(weight.grad, group=parallel_state.get_embedding_group())
-    for p in model.parameters():
-        if sp and getattr(p, "sequence_parallel", False) and p.grad is not None:
+    qk_norm = model.config.qk_layernorm and tp > 1
+    for n, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        if (sp and getattr(p, "sequence_parallel", False)) or (qk_norm and ("q_layernorm" in n or "k_layernorm" in n)):
             torch.distributed.all_reduce(p.grad, group=parallel_state.get_tensor_model_parallel_group())
         if cp > 1 and p.grad is not None:
             torch.distributed.all_reduce(p.grad, group=parallel_state.get_context_parallel_group())
@@ -140,14 +167,21 @@ def _one_layout(tp: int, pp: int, cp: int, sp: bool, first_stage_layers, tied: b
     }
 
 
-def _hf_reference(tied: bool = False):
-    """HF logits per sample, the masked mean loss over the packed batch, and HF grads in Megatron names."""
-    from megatron_vlm.checkpoint.hf_names import hf_to_mcore
-    from tests.qwen_utils import IMAGE, VIDEO, hf_model
+def _hf_reference(tied: bool = False, family: str = "qwen2_5_vl"):
+    """HF logits per sample, the masked mean loss over the packed batch, HF grads and weights in
+    Megatron names, and the packed batch."""
+    from tests.qwen_utils import IMAGE, VIDEO
 
-    cfg = _config(tied)
+    if family == "qwen3_vl":
+        from megatron_vlm.checkpoint.hf_names_qwen3_vl import hf_to_mcore
+        from tests.qwen3_utils import hf_model
+    else:
+        from megatron_vlm.checkpoint.hf_names import hf_to_mcore
+        from tests.qwen_utils import hf_model
+
+    cfg = _config(tied, family)
     hf = hf_model(cfg)
-    samples, b = _batch()
+    samples, b = _qwen3_batch(hf) if family == "qwen3_vl" else _batch()
     labels, mask = b["labels"][0].clamp(min=0), b["loss_mask"][0]
     logits, total = [], 0.0
     for (ids, grid, pixels), start in zip(samples, b["cu_seqlens"].tolist()):
@@ -165,7 +199,7 @@ def _hf_reference(tied: bool = False):
     full = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in hf.state_dict(keep_vars=True).items()}
     grads = hf_to_mcore(full, cfg)
     weights = {n: t.detach().numpy() for n, t in hf_to_mcore(hf.state_dict(), cfg).items()}
-    return torch.cat(logits), loss.detach(), grads, weights
+    return torch.cat(logits), loss.detach(), grads, weights, b
 
 
 LAYOUTS = {  # tp, pp, cp, sequence parallel, LLM layers on the first stage
@@ -178,21 +212,35 @@ LAYOUTS = {  # tp, pp, cp, sequence parallel, LLM layers on the first stage
     "tp2xpp2-sp-tied": (2, 2, 1, True, None),
 }
 TIED = {"tp2xpp2-sp-tied"}
+# Qwen3-VL: its 3 DeepStack taps go to LLM layers 0-2, which must be on the first stage (with the ViT).
+QWEN3_LAYOUTS = {
+    "qwen3-tp2-sp": (2, 1, 1, True, None),
+    "qwen3-pp2": (1, 2, 1, False, 3),
+    "qwen3-cp2": (1, 1, 2, False, None),
+    "qwen3-tp2xpp2-sp": (2, 2, 1, True, 3),
+}
 WORLD = 4
+
+
+def _family(layout: str) -> str:
+    return "qwen3_vl" if layout in QWEN3_LAYOUTS else "qwen2_5_vl"
 
 
 @pytest.fixture(scope="module")
 def reference():
-    return {False: _hf_reference(False), True: _hf_reference(True)}
+    return {(family, tied): _hf_reference(tied, family)
+            for family, tied in (("qwen2_5_vl", False), ("qwen2_5_vl", True), ("qwen3_vl", False))}
 
 
 @pytest.fixture(scope="module")
 def parallel_results(reference):
-    weights = {tied: ref[3] for tied, ref in reference.items()}
-    layouts = [(*layout, name in TIED) for name, layout in LAYOUTS.items()]
-    per_rank = run_distributed(_rank_main, WORLD, layouts, weights, timeout_s=900)
+    weights = {key: ref[3] for key, ref in reference.items()}
+    batches = {family: {k: v.numpy() for k, v in ref[4].items()} for (family, _), ref in reference.items()}
+    everything = {**LAYOUTS, **QWEN3_LAYOUTS}
+    layouts = [(*layout, name in TIED, _family(name)) for name, layout in everything.items()]
+    per_rank = run_distributed(_rank_main, WORLD, layouts, weights, batches, timeout_s=900)
     out = {}
-    for i, name in enumerate(LAYOUTS):
+    for i, name in enumerate(everything):
         out[name] = [_from_numpy(rank[i]) for rank in per_rank]
     return out
 
@@ -204,11 +252,12 @@ def _from_numpy(r: dict) -> dict:
     }
 
 
-def test_an_image_straddles_a_cp_chunk_edge():
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_an_image_straddles_a_cp_chunk_edge(reference, family):
     from megatron_vlm.parallel.context_parallel import cp_partition
     from tests.qwen_utils import IMAGE
 
-    _, batch = _batch()
+    batch = reference[family, False][4]
     owner = torch.full((batch["tokens"].shape[1],), -1)
     for rank, index in enumerate(cp_partition(batch["cu_seqlens"], 2, trim_last=True).source_index):
         owner[index[index >= 0]] = rank
@@ -217,10 +266,10 @@ def test_an_image_straddles_a_cp_chunk_edge():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("layout", [*LAYOUTS, *QWEN3_LAYOUTS])
 def test_parallel_layout_equals_hf(reference, parallel_results, layout):
-    logits, loss, grads, _ = reference[layout in TIED]
-    tp, pp, cp, sp, first = LAYOUTS[layout]
+    logits, loss, grads, *_ = reference[_family(layout), layout in TIED]
+    tp, pp, cp, sp, first = {**LAYOUTS, **QWEN3_LAYOUTS}[layout]
     results = parallel_results[layout]
     n = len(logits)
     last = [r for r in results if r["loss"] is not None]

@@ -39,5 +39,5 @@ def test_export_reads_the_recipe_as_the_trainer_does(tmp_path):
     with pytest.raises(ConversionError, match=r"recipe.yaml: unknown key\(s\) model.rope_thetaa"):
         convert._recipe_and_config(tmp_path / "recipe.yaml")
     (tmp_path / "recipe.yaml").write_text(recipe_to_yaml(load_recipe(None, ["model.kind=gpt"])))
-    with pytest.raises(ConversionError, match="model.kind='gpt' is not a Qwen2.5-VL model"):
+    with pytest.raises(ConversionError, match="model.kind='gpt' is not a model family"):
         convert._recipe_and_config(tmp_path / "recipe.yaml")

@@ -39,6 +39,19 @@ def test_param_count_matches_hf_model_on_meta(reference_dir, name):
     assert total_params(shapes_for(flavor)) == hf_total
 
 
+@pytest.mark.parametrize("name", ["2B", "4B", "8B", "32B"])
+def test_qwen3_param_count_matches_hf_model_on_meta(reference_dir, name):
+    """Qwen3-VL: head_dim 128 != hidden / heads (4B, 32B), QK-norm, no QKV bias, LayerNorm + GELU ViT
+    with a position grid and DeepStack mergers; the shapes come from the family's flavor."""
+    import torch
+    from transformers import AutoConfig, Qwen3VLForConditionalGeneration
+
+    cfg = AutoConfig.from_pretrained(reference_dir / "qwen3_vl" / f"Qwen3-VL-{name}-Instruct")
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(cfg)
+    assert total_params(shapes_for(name, "qwen3_vl")) == sum(p.numel() for p in model.parameters())
+
+
 def test_flavor_table_matches_published_configs(reference_dir):
     for flavor in ("3B", "7B"):
         raw = json.loads((reference_dir / "hf_configs" / f"Qwen2.5-VL-{flavor}-Instruct" / "config.json").read_text())

@@ -1,5 +1,7 @@
 """tools/compare_hf.py on CPU: a tiny random HF checkpoint with one non-square image and a real
-prompt gives HF's logits (and exit 0); --atol below the difference exits 1; bad input exits 2."""
+prompt gives HF's logits (and exit 0); --atol below the difference exits 1; bad input exits 2.
+Both families: Qwen2.5-VL and Qwen3-VL (its debug flavor with two DeepStack taps, so that at PP=2 the
+layers they feed are on the first stage)."""
 
 from __future__ import annotations
 
@@ -12,17 +14,35 @@ import pytest
 import torch
 
 from tests.dist_utils import REPO, free_port, run_tool
-from tests.qwen_utils import hf_model
+
+FAMILIES = ["qwen2_5_vl", "qwen3_vl"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    from megatron_vlm.models.qwen2_5_vl.config import flavor
+def hf_dir(tmp_path_factory, family):
+    if family == "qwen3_vl":
+        from megatron_vlm.models.qwen3_vl.config import flavor
+        from tests.qwen3_utils import hf_model
 
-    cfg = flavor("debug").replace(text=dict(tie_word_embeddings=True))  # real vocabulary, for the real tokenizer
+        cfg = flavor("debug").replace(vision=dict(deepstack_visual_indexes=[0, 2]))
+    else:
+        from megatron_vlm.models.qwen2_5_vl.config import flavor
+        from tests.qwen_utils import hf_model
+
+        cfg = flavor("debug").replace(text=dict(tie_word_embeddings=True))  # real vocabulary, for the real tokenizer
     path = tmp_path_factory.mktemp("hf")
     hf_model(cfg).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(request, family):
+    return request.getfixturevalue("qwen3_tokenizer_dir" if family == "qwen3_vl" else "qwen_tokenizer_dir")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +65,8 @@ def _run(args):
 
 
 @pytest.mark.slow(15)
-def test_compare_passes_and_fails_by_tolerance(hf_dir, image, qwen_tokenizer_dir):
-    args = ["--hf", str(hf_dir), "--tokenizer", str(qwen_tokenizer_dir), "--image", str(image), "--prompt", "What is on this page?"]
+def test_compare_passes_and_fails_by_tolerance(hf_dir, image, tokenizer_dir):
+    args = ["--hf", str(hf_dir), "--tokenizer", str(tokenizer_dir), "--image", str(image), "--prompt", "What is on this page?"]
     ok = _run(args + ["--atol", "1e-4"])
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "top-1 agreement 100.00%" in ok.stdout
@@ -60,8 +80,8 @@ def test_bad_input_is_one_line(tmp_path):
     assert bad.stderr.strip().count("\n") == 0 and "config.json" in bad.stderr
 
 
-def test_compare_at_tp2_pp2(hf_dir, image, qwen_tokenizer_dir):
-    args = ["--hf", str(hf_dir), "--tokenizer", str(qwen_tokenizer_dir), "--image", str(image), "--tp", "2", "--pp", "2",
+def test_compare_at_tp2_pp2(hf_dir, image, tokenizer_dir):
+    args = ["--hf", str(hf_dir), "--tokenizer", str(tokenizer_dir), "--image", str(image), "--tp", "2", "--pp", "2",
             "--sequence-parallel", "--atol", "1e-4"]
     # main() on 4 ranks with torchrun's environment (tests/dist_utils.run_tool); rank 0 prints the report
     (code, out, err), *others = run_tool("tools/compare_hf.py", args, world_size=4, timeout_s=400)

@@ -63,6 +63,12 @@ FAMILIES = {
         theta_and_dim=lambda m: (m.cfg.text.rope_theta, m.cfg.text.head_dim),
         vision_angles=_qwen2_5_vl_vision,
     ),
+    "qwen3_vl": Family(  # interleaved mRoPE: for text ids (t = h = w) the same angles as plain rope
+        overrides=("model.kind=qwen3_vl",),
+        text_angles=lambda m, pos: m.language_model.rotary_pos_emb(_text_ids(pos))[:, 0, 0],
+        theta_and_dim=lambda m: (m.cfg.text.rope_theta, m.cfg.text.head_dim),
+        vision_angles=_qwen2_5_vl_vision,  # the same 2D rope (models/qwen3_vl/vision.py reuses it)
+    ),
     "gpt": Family(
         overrides=("model.kind=gpt",),
         text_angles=lambda m, pos: m.rotary_pos_emb(_text_ids(pos), m.config.mrope_section)[:, 0, 0],

@@ -92,23 +92,33 @@ def megatron_one_rank():
     yield from single_rank_fixture()
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("freeze_vision,freeze_merger", [(False, False), (True, False), (False, True), (True, True)])
-def test_matmul_flops_equal_torch_flop_counter_on_our_model(megatron_one_rank, freeze_vision, freeze_merger):
-    """What autograd really runs: a frozen tower costs its forward only, a trained one all three matmuls."""
+def test_matmul_flops_equal_torch_flop_counter_on_our_model(megatron_one_rank, family, freeze_vision, freeze_merger):
+    """What autograd really runs: a frozen tower costs its forward only, a trained one all three matmuls.
+    Qwen3-VL: plain-MLP blocks, no windows, and the DeepStack mergers (frozen with the merger)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from megatron_vlm.models.common.attention import packed_seq_params
-    from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
-    from megatron_vlm.models.qwen2_5_vl.position_ids import packed_mrope_position_ids
-    from tests.qwen_utils import IMAGE, VIDEO, tiny_config
-    from tests.unit.test_qwen_model import sample
+    from megatron_vlm.training.providers import is_merger_parameter
+    from tests.qwen_utils import IMAGE, VIDEO
+
+    if family == "qwen3_vl":
+        from megatron_vlm.models.qwen3_vl.model import Qwen3VLModel as Model
+        from megatron_vlm.models.qwen3_vl.position_ids import packed_mrope_position_ids
+        from tests.qwen3_utils import sample, tiny_config
+    else:
+        from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel as Model
+        from megatron_vlm.models.qwen2_5_vl.position_ids import packed_mrope_position_ids
+        from tests.qwen_utils import tiny_config
+        from tests.unit.test_qwen_model import sample
 
     cfg = tiny_config()
-    model = Qwen2_5_VLModel(cfg, spec="local", attention_backend="torch").train()
+    model = Model(cfg, spec="local", attention_backend="torch").train()
     for name, param in model.named_parameters():  # as the trainer's provider freezes them
         if name.startswith("vision."):
-            param.requires_grad_(not (freeze_merger if ".merger." in name else freeze_vision))
+            param.requires_grad_(not (freeze_merger if is_merger_parameter(name) else freeze_vision))
     samples = [sample([[1, 4, 6]], seed=4), sample([], seed=5, text=9), sample([[1, 6, 8], [1, 10, 18]], seed=6)]
     ids = torch.cat([s[0] for s in samples])
     lengths = [len(s[0]) for s in samples]

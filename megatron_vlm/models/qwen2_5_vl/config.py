@@ -62,6 +62,18 @@ class VisionConfig:
         """Length of one flattened patch: channels x temporal patch x patch x patch (1176)."""
         return self.in_channels * self.temporal_patch_size * self.patch_size**2
 
+    # Architecture facts the planner and the FLOPs model read for every family (Qwen3-VL's differ).
+    gated_mlp = True
+    """SwiGLU blocks (gate, up, down)."""
+    norm_bias = False
+    """RMSNorm: weight only."""
+    patch_bias = False
+    """The patch embedding has no bias."""
+    num_position_embeddings = 0
+    """No learned position grid."""
+    deepstack_visual_indexes = ()
+    """No DeepStack taps."""
+
 
 @dataclass
 class TextConfig:
@@ -87,6 +99,12 @@ class TextConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    # Architecture facts the model, the planner and the FLOPs model read (Qwen3-VL's differ).
+    qkv_bias = True
+    """Q, K and V projections have a bias."""
+    qk_norm = False
+    """No RMSNorm on each head's q and k."""
 
 
 @dataclass

@@ -58,26 +58,31 @@ def text_transformer_config(cfg: Qwen2_5_VLConfig, **overrides) -> TransformerCo
         num_layers=t.num_hidden_layers, hidden_size=t.hidden_size, num_attention_heads=t.num_attention_heads,
         num_query_groups=t.num_key_value_heads, ffn_hidden_size=t.intermediate_size, kv_channels=t.head_dim,
         gated_linear_unit=True, activation_func=F.silu, layernorm_epsilon=t.rms_norm_eps,
-        add_bias_linear=False, add_qkv_bias=True, mrope_section=list(t.mrope_section),
+        add_bias_linear=False, add_qkv_bias=t.qkv_bias, mrope_section=list(t.mrope_section),
         softmax_scale=None if rope.attention_factor == 1.0 else scale,
     )
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
 
 
-def vision_transformer_configs(cfg: Qwen2_5_VLConfig, **overrides) -> tuple[TransformerConfig, TransformerConfig]:
-    """Configs of the ViT blocks and of the merger MLP (TP like the LLM; no SP, PP or CP)."""
+def vision_transformer_configs(
+    cfg, eps: float | None = None, normalization: str = "RMSNorm", gated: bool = True, activation=F.silu, **overrides,
+) -> tuple[TransformerConfig, TransformerConfig]:
+    """Configs of the ViT blocks and of the merger MLP (TP like the LLM; no SP, PP or CP).
+
+    Qwen2.5-VL's blocks (the defaults): RMSNorm, SwiGLU; Qwen3-VL passes LayerNorm and GELU-tanh."""
     v = cfg.vision
     sizes = dict(tensor_model_parallel_size=overrides.get("tensor_model_parallel_size", layout().tp),
                  pipeline_model_parallel_size=1, virtual_pipeline_model_parallel_size=None, context_parallel_size=1)
-    base = dict(_COMMON, **sizes, add_bias_linear=True, layernorm_epsilon=v.rms_norm_eps)
+    eps = v.rms_norm_eps if eps is None else eps
+    base = dict(_COMMON, **sizes, add_bias_linear=True, layernorm_epsilon=eps, normalization=normalization)
     for key in ("params_dtype", "bf16", "fp16", "recompute_granularity", "recompute_method", "recompute_num_layers",
                 "use_cpu_initialization"):
         if key in overrides:
             base[key] = overrides[key]
     blocks = TransformerConfig(
         **base, num_layers=v.depth, hidden_size=v.hidden_size, num_attention_heads=v.num_heads,
-        ffn_hidden_size=v.intermediate_size, kv_channels=v.head_dim, gated_linear_unit=True, activation_func=F.silu,
+        ffn_hidden_size=v.intermediate_size, kv_channels=v.head_dim, gated_linear_unit=gated, activation_func=activation,
     )
     merger = TransformerConfig(
         **base, num_layers=1, hidden_size=v.out_hidden_size, num_attention_heads=v.num_heads,
@@ -104,7 +109,7 @@ class Qwen2_5_VLModel(MegatronModule):
         ``vp_stage``: this chunk's virtual pipeline stage (interleaved schedule; required when the
         layout has a virtual pipeline size). ``pre_process``/``post_process`` default to whether
         this (rank, vp_stage) is the first / last stage of the whole pipeline."""
-        text_config = text_transformer_config(cfg, **config_overrides)
+        text_config = self.llm_config(cfg, **config_overrides)
         super().__init__(config=text_config)
         vpp = text_config.virtual_pipeline_model_parallel_size
         if (vp_stage is None) != (vpp is None) or (vp_stage is not None and not 0 <= vp_stage < vpp):
@@ -120,12 +125,12 @@ class Qwen2_5_VLModel(MegatronModule):
         self.pre_process, self.post_process = pre_process, post_process
         self.vision = None
         if pre_process:
-            blocks, merger = vision_transformer_configs(cfg, **config_overrides)
-            self.vision = VisionTransformer(cfg.vision, blocks, merger, spec, attention_backend)
+            self.vision = self.build_vision(cfg, spec, attention_backend, **config_overrides)
         t = cfg.text
         self.language_model = GPTModel(
             config=text_config,
-            transformer_layer_spec=block_spec(text_config, spec, attention_backend, vp_stage=vp_stage),
+            transformer_layer_spec=block_spec(text_config, spec, attention_backend, vp_stage=vp_stage,
+                                              qk_norm=text_config.qk_layernorm),
             vocab_size=t.vocab_size,
             max_sequence_length=t.max_position_embeddings,
             pre_process=pre_process,
@@ -138,8 +143,23 @@ class Qwen2_5_VLModel(MegatronModule):
             vp_stage=vp_stage,
         )
         # Angles per token from the given ids, never Megatron's per-CP-rank slicing (see rope.py).
-        self.language_model.rotary_pos_emb = MRopeEmbedding(t.head_dim, t.rope_theta, t.mrope_section, t.rope_scaling)
+        self.language_model.rotary_pos_emb = self.mrope(cfg)
         self.share_embeddings_and_output_weights = t.tie_word_embeddings
+
+    # The family's parts; Qwen3VLModel (models/qwen3_vl/model.py) overrides these three.
+    @staticmethod
+    def llm_config(cfg, **overrides) -> TransformerConfig:
+        return text_transformer_config(cfg, **overrides)
+
+    @staticmethod
+    def build_vision(cfg, spec: str, attention_backend: str, **overrides):
+        blocks, merger = vision_transformer_configs(cfg, **overrides)
+        return VisionTransformer(cfg.vision, blocks, merger, spec, attention_backend)
+
+    @staticmethod
+    def mrope(cfg) -> MRopeEmbedding:
+        t = cfg.text
+        return MRopeEmbedding(t.head_dim, t.rope_theta, t.mrope_section, t.rope_scaling)
 
     def set_input_tensor(self, input_tensor) -> None:
         self.language_model.set_input_tensor(input_tensor)
@@ -187,7 +207,7 @@ class Qwen2_5_VLModel(MegatronModule):
                 cu_seqlens = torch.tensor([0, input_ids.shape[1] * self.config.context_parallel_size])
             rows = local_token_rows(input_ids[0], token, cu_seqlens, group)
         full = encode_images_cp(
-            self.vision, pixels, grids, self.cfg.vision.out_hidden_size, dtype=emb.dtype, group=group,
+            self.vision, pixels, grids, emb.shape[-1], dtype=emb.dtype, group=group,
             spatial_merge_size=self.cfg.vision.spatial_merge_size, encoder_params=list(self.vision.parameters()),
         )
         return place_embeddings(emb[0], input_ids[0], token, full, rows).unsqueeze(0)

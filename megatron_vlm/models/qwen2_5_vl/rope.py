@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from megatron_vlm.models.qwen2_5_vl.config import RopeScaling
+from megatron_vlm.models.common.rope_scaling import RopeScaling
 
 
 def default_inv_freq(dim: int, theta: float) -> torch.Tensor:
@@ -70,7 +70,12 @@ class MRopeEmbedding(nn.Module):
     ``attention_factor`` (YaRN, else 1.0) must be folded into the softmax scale by the caller.
     """
 
-    def __init__(self, head_dim: int, theta: float, mrope_section: list[int], scaling: RopeScaling | None = None):
+    def __init__(
+        self, head_dim: int, theta: float, mrope_section: list[int], scaling: RopeScaling | None = None,
+        interleaved: bool = False,
+    ):
+        """``interleaved`` (Qwen3-VL): frequency pair j takes h for j % 3 == 1 and w for j % 3 == 2
+        while j < 3 * section, t otherwise; else (Qwen2.5-VL) contiguous t | h | w blocks."""
         super().__init__()
         if sum(mrope_section) * 2 != head_dim:
             raise ValueError(f"mrope_section {mrope_section} must sum to head_dim/2 = {head_dim // 2}")
@@ -84,6 +89,7 @@ class MRopeEmbedding(nn.Module):
         # A plain attribute, not a buffer, so that module casts (Float16Module's .bfloat16()) leave it float32.
         self.inv_freq = inv.float()
         self.mrope_section = list(mrope_section)
+        self.axis = mrope_axes(mrope_section, interleaved)
 
     def forward(self, position_ids: torch.Tensor, mrope_section: list[int] | None = None, cp_group=None) -> torch.Tensor:
         """Angles [S, B, 1, head_dim] (float32) for ids [3, B, S].
@@ -98,10 +104,21 @@ class MRopeEmbedding(nn.Module):
         if self.inv_freq.device != position_ids.device:
             self.inv_freq = self.inv_freq.to(position_ids.device)  # moved once, stays float32
         angles = position_ids.float()[..., None] * self.inv_freq  # [3, B, S, d/2], float32
-        axis = torch.cat([torch.full((n,), i % 3) for i, n in enumerate(self.mrope_section)]).to(angles.device)
+        axis = self.axis.to(angles.device)
         picked = angles.gather(0, axis.view(1, 1, 1, -1).expand(1, *angles.shape[1:])).squeeze(0)  # [B, S, d/2]
         emb = torch.cat([picked, picked], dim=-1)
         return emb.transpose(0, 1).unsqueeze(2).contiguous()
+
+
+def mrope_axes(mrope_section: list[int], interleaved: bool = False) -> torch.Tensor:
+    """Which id (0 t, 1 h, 2 w) each of the head_dim / 2 frequency pairs takes its angle from."""
+    if not interleaved:
+        return torch.cat([torch.full((n,), i % 3) for i, n in enumerate(mrope_section)])
+    j = torch.arange(sum(mrope_section))
+    axis = torch.zeros_like(j)
+    for a in (1, 2):
+        axis[(j % 3 == a) & (j < 3 * mrope_section[a])] = a
+    return axis
 
 
 def vision_position_ids(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:

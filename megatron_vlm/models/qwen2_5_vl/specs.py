@@ -27,8 +27,13 @@ from megatron_vlm.models.common.attention import CoreAttention
 SPECS = ("local", "te")
 
 
-def local_norm():
-    """The RMSNorm of the local spec (HF's arithmetic; works under sequence parallelism)."""
+def local_norm(normalization: str = "RMSNorm"):
+    """The local spec's norm: our RMSNorm (HF's arithmetic; works under sequence parallelism), or
+    our LayerNorm (Qwen3-VL's ViT and mergers, which never run with SP)."""
+    if normalization == "LayerNorm":
+        from megatron_vlm.models.common.layernorm import LayerNorm
+
+        return LayerNorm
     from megatron_vlm.models.common.rmsnorm import RMSNorm
 
     return RMSNorm
@@ -43,7 +48,8 @@ def final_norm(kind: str = "local"):
     return local_norm()
 
 
-def block_spec(config, kind: str = "local", attention_backend: str = "auto", vp_stage: int | None = None):
+def block_spec(config, kind: str = "local", attention_backend: str = "auto", vp_stage: int | None = None,
+               qk_norm: bool = False):
     """The LLM's TransformerBlock spec for this pipeline stage: its layers and the final norm.
 
     (Given only a layer spec, GPTModel would build Megatron's default final norm, which refuses
@@ -51,17 +57,25 @@ def block_spec(config, kind: str = "local", attention_backend: str = "auto", vp_
     """
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
-    layer = layer_spec(kind, vision=False, attention_backend=attention_backend)
+    layer = layer_spec(kind, vision=False, attention_backend=attention_backend, qk_norm=qk_norm)
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=final_norm(kind))
 
 
-def layer_spec(kind: str = "local", vision: bool = False, attention_backend: str = "auto") -> ModuleSpec:
-    """A TransformerLayer spec for the LLM (causal) or the ViT (``vision=True``, bidirectional)."""
+def layer_spec(
+    kind: str = "local", vision: bool = False, attention_backend: str = "auto", qk_norm: bool = False,
+    normalization: str = "RMSNorm",
+) -> ModuleSpec:
+    """A TransformerLayer spec for the LLM (causal) or the ViT (``vision=True``, bidirectional).
+
+    ``qk_norm``: an RMSNorm over each head's q and k before rope (Qwen3); ``normalization``: the
+    local spec's pre-norms (the ``te`` spec follows the config's ``normalization``)."""
     mask = AttnMaskType.no_mask if vision else AttnMaskType.causal
+    qk = IdentityOp
     if kind == "local":
-        norm, qkv, fc1, row = local_norm(), ColumnParallelLinear, ColumnParallelLinear, RowParallelLinear
+        norm, qkv, fc1, row = local_norm(normalization), ColumnParallelLinear, ColumnParallelLinear, RowParallelLinear
         pre_attn = pre_mlp = norm
+        qk = local_norm() if qk_norm else IdentityOp
         backend = attention_backend  # an explicit "te" gives local linears with TE core attention
     elif kind == "te":
         from megatron.core.extensions.transformer_engine import (
@@ -71,6 +85,7 @@ def layer_spec(kind: str = "local", vision: bool = False, attention_backend: str
 
         qkv = fc1 = TELayerNormColumnParallelLinear
         row = TERowParallelLinear
+        qk = final_norm("te") if qk_norm else IdentityOp
         pre_attn = pre_mlp = IdentityOp
         backend = "te" if attention_backend == "auto" else attention_backend
     else:
@@ -86,8 +101,8 @@ def layer_spec(kind: str = "local", vision: bool = False, attention_backend: str
                     linear_qkv=qkv,
                     core_attention=ModuleSpec(module=CoreAttention, params={"backend": backend}),
                     linear_proj=row,
-                    q_layernorm=IdentityOp,
-                    k_layernorm=IdentityOp,
+                    q_layernorm=qk,
+                    k_layernorm=qk,
                 ),
             ),
             self_attn_bda=get_bias_dropout_add,

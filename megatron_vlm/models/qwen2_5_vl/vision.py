@@ -57,18 +57,27 @@ def window_order(grid_thw: torch.Tensor, merge: int, window_merged: int) -> tupl
 
 
 class PatchMerger(MegatronModule):
-    """RMSNorm per patch, concatenate merge x merge neighbours, then Linear-GELU-Linear."""
+    """Norm per patch, concatenate merge x merge neighbours, then Linear-GELU-Linear.
 
-    def __init__(self, config: TransformerConfig, vision_hidden: int, merge: int, spec: str = "local"):
+    The norm is the config's ``normalization`` (RMSNorm for Qwen2.5-VL, LayerNorm for Qwen3-VL);
+    ``postshuffle`` (Qwen3-VL's DeepStack mergers) normalises the concatenated vector instead."""
+
+    def __init__(self, config: TransformerConfig, vision_hidden: int, merge: int, spec: str = "local",
+                 postshuffle: bool = False):
         super().__init__(config=config)
         self.merged = vision_hidden * merge * merge
-        norm_config = _norm_config(config, vision_hidden)
-        self.norm = build_module(local_norm() if spec == "local" else _te_norm(), config=norm_config,
-                                 hidden_size=vision_hidden, eps=1e-6)
+        self.postshuffle = postshuffle
+        width = self.merged if postshuffle else vision_hidden
+        norm_config = _norm_config(config, width)
+        self.norm = build_module(local_norm(config.normalization) if spec == "local" else _te_norm(), config=norm_config,
+                                 hidden_size=width, eps=1e-6)
         self.mlp = build_module(merger_mlp_spec(spec), config=config, input_size=self.merged)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x).reshape(-1, 1, self.merged)
+        if self.postshuffle:
+            x = self.norm(x.reshape(-1, 1, self.merged))
+        else:
+            x = self.norm(x).reshape(-1, 1, self.merged)
         out, bias = self.mlp(x)
         if bias is not None:
             out = out + bias
@@ -97,11 +106,14 @@ class VisionTransformer(MegatronModule):
         merger_config: TransformerConfig,
         spec: str = "local",
         attention_backend: str = "auto",
+        patch_bias: bool = False,
     ):
+        """``patch_bias``: the patch embedding has a bias (Qwen3-VL's tower, which subclasses this one;
+        its blocks' norm is ``config.normalization``)."""
         super().__init__(config=config)
         self.vision = vision
-        self.patch_embed = nn.Linear(vision.patch_dim, vision.hidden_size, bias=False, dtype=config.params_dtype)
-        layer = layer_spec(spec, vision=True, attention_backend=attention_backend)
+        self.patch_embed = nn.Linear(vision.patch_dim, vision.hidden_size, bias=patch_bias, dtype=config.params_dtype)
+        layer = layer_spec(spec, vision=True, attention_backend=attention_backend, normalization=config.normalization)
         self.decoder = nn.Module()
         self.decoder.layers = nn.ModuleList(
             [build_module(layer, config=config, layer_number=i + 1) for i in range(vision.depth)]
@@ -110,7 +122,8 @@ class VisionTransformer(MegatronModule):
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None) -> dict:
         """Each ViT layer's own sharded state dict (TP axes, fused-GLU factories), under
-        ``decoder.layers.<i>.``; the plain container modules would otherwise save every tensor as
+        ``decoder.layers.<i>.``, and each module of a list (Qwen3-VL's DeepStack mergers) under
+        ``<list>.<i>.``; the plain container modules would otherwise save every tensor as
         replicated, which is wrong at TP > 1."""
         from megatron.core import parallel_state
         from megatron.core.transformer.utils import sharded_state_dict_default
@@ -121,6 +134,9 @@ class VisionTransformer(MegatronModule):
             if name == "decoder":
                 for i, layer in enumerate(self.decoder.layers):
                     out.update(layer.sharded_state_dict(f"{prefix}decoder.layers.{i}.", sharded_offsets, metadata))
+            elif isinstance(child, nn.ModuleList):
+                for i, item in enumerate(child):
+                    out.update(sharded_state_dict_default(item, f"{prefix}{name}.{i}.", sharded_offsets, metadata, tp_group))
             else:
                 out.update(sharded_state_dict_default(child, f"{prefix}{name}.", sharded_offsets, metadata, tp_group))
         return out

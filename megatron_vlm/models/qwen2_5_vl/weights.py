@@ -37,17 +37,21 @@ def full_name(model, local_name: str) -> str:
     return local_name
 
 
-def _is_gated_fc1(name: str) -> bool:
-    return name.endswith(("mlp.linear_fc1.weight", "mlp.linear_fc1.bias")) and ".merger." not in name
+def _is_gated_fc1(model, name: str) -> bool:
+    """Whether local parameter ``name`` is a gated MLP's fc1 ([gate; up]): asks the MLP's config
+    (Qwen2.5-VL's ViT blocks are gated, Qwen3-VL's are not, no merger is)."""
+    if not name.endswith(("mlp.linear_fc1.weight", "mlp.linear_fc1.bias")):
+        return False
+    return bool(model.get_submodule(name.rsplit(".", 2)[0]).config.gated_linear_unit)
 
 
-def shard(name: str, full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """This TP rank's piece of ``full`` for ``param`` (named ``name``)."""
+def shard(name: str, full: torch.Tensor, param: torch.Tensor, gated: bool = False) -> torch.Tensor:
+    """This TP rank's piece of ``full`` for ``param`` (named ``name``; ``gated``: a gated MLP's fc1)."""
     rank, size = _tp()
     if size == 1 or not getattr(param, "tensor_model_parallel", False):
         return full
     dim = param.partition_dim
-    if _is_gated_fc1(name):
+    if gated:
         gate, up = full.chunk(2, dim=0)
         return torch.cat([gate.chunk(size, dim)[rank], up.chunk(size, dim)[rank]], dim=0)
     return full.chunk(size, dim)[rank]
@@ -60,7 +64,7 @@ def load_full_state_dict(model, full: dict[str, torch.Tensor]) -> None:
         key = full_name(model, name)
         if key not in full:
             raise KeyError(f"full state dict has no {key!r} (for local parameter {name!r})")
-        piece = shard(name, full[key], param)
+        piece = shard(name, full[key], param, _is_gated_fc1(model, name))
         if piece.shape != param.shape:
             raise ValueError(f"{name}: shard shape {tuple(piece.shape)} != parameter shape {tuple(param.shape)}")
         param.copy_(piece.to(param.dtype))
@@ -83,7 +87,7 @@ def local_to_full(model, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
         parts = [torch.empty_like(local) for _ in range(size)]
         dist.all_gather(parts, local.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
         dim = param.partition_dim
-        if _is_gated_fc1(name):
+        if _is_gated_fc1(model, name):
             halves = [p.chunk(2, dim=0) for p in parts]
             out[key] = torch.cat([torch.cat([h[0] for h in halves], dim), torch.cat([h[1] for h in halves], dim)], 0)
         else:

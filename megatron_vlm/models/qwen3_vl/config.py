@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 from megatron_vlm.models.common.hf_config import load_hf_config
 from megatron_vlm.models.common.rope_scaling import RopeScaling, rope_dict, rope_scaling_from_hf, rope_scaling_to_hf
+from megatron_vlm.models.qwen3_vl.family import FAMILY
 
-# The published config.json's defaults (all Qwen3-VL sizes share them); the family's data side
-# (family.py) holds the same ids for the tokenizer and the image rule.
-_IMAGE_TOKEN, _VIDEO_TOKEN, _VISION_START, _VISION_END = 151655, 151656, 151652, 151653
+_TOKENS, _IMAGE = FAMILY.tokens, FAMILY.image
 
 
 @dataclass
@@ -40,13 +39,13 @@ class VisionConfig:
     """MLP width (fc1 -> GELU-tanh -> fc2, with bias)."""
     num_heads: int = 16
     """Attention heads (no GQA in the ViT)."""
-    in_channels: int = 3
+    in_channels: int = _IMAGE.in_channels
     """Image channels."""
-    patch_size: int = 16
+    patch_size: int = _IMAGE.patch_size
     """Spatial patch size in pixels."""
-    temporal_patch_size: int = 2
+    temporal_patch_size: int = _IMAGE.temporal_patch_size
     """Frames per patch (a still image is repeated to fill it)."""
-    spatial_merge_size: int = 2
+    spatial_merge_size: int = _IMAGE.merge_size
     """The merger joins merge x merge patches into one LLM token."""
     out_hidden_size: int = 4096
     """Merger output width; equals the LLM hidden size."""
@@ -68,6 +67,21 @@ class VisionConfig:
     def patch_dim(self) -> int:
         """Length of one flattened patch: channels x temporal patch x patch x patch (1536)."""
         return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    # Architecture facts the planner and the FLOPs model read (Qwen2.5-VL's VisionConfig has the same names).
+    gated_mlp = False
+    """Plain MLP blocks (fc1, GELU-tanh, fc2)."""
+    norm_bias = True
+    """LayerNorm: weight and bias."""
+    patch_bias = True
+    """The patch embedding has a bias."""
+    window_size = 0
+    """No window attention."""
+
+    @property
+    def fullatt_block_indexes(self) -> list[int]:
+        """Every block attends over the whole frame."""
+        return list(range(self.depth))
 
     @property
     def position_grid_side(self) -> int:
@@ -100,6 +114,11 @@ class TextConfig:
     tie_word_embeddings: bool = False
     """2B and 4B tie the output layer to the input embedding; 8B and 32B do not."""
 
+    qkv_bias = False
+    """No bias on Q, K, V (``attention_bias`` false in every published config)."""
+    qk_norm = True
+    """RMSNorm over each head's q and k before rope."""
+
 
 @dataclass
 class Qwen3VLConfig:
@@ -107,10 +126,10 @@ class Qwen3VLConfig:
 
     text: TextConfig = field(default_factory=TextConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
-    image_token_id: int = _IMAGE_TOKEN
-    video_token_id: int = _VIDEO_TOKEN
-    vision_start_token_id: int = _VISION_START
-    vision_end_token_id: int = _VISION_END
+    image_token_id: int = _TOKENS.image_pad
+    video_token_id: int = _TOKENS.video_pad
+    vision_start_token_id: int = _TOKENS.vision_start
+    vision_end_token_id: int = _TOKENS.vision_end
 
     def replace(self, **text_or_vision) -> Qwen3VLConfig:
         """A copy with ``text=dict(...)`` / ``vision=dict(...)`` fields changed."""
@@ -218,10 +237,10 @@ def from_hf_config(source) -> Qwen3VLConfig:
     return Qwen3VLConfig(
         text=text,
         vision=vision,
-        image_token_id=int(raw.get("image_token_id", _IMAGE_TOKEN)),
-        video_token_id=int(raw.get("video_token_id", _VIDEO_TOKEN)),
-        vision_start_token_id=int(raw.get("vision_start_token_id", _VISION_START)),
-        vision_end_token_id=int(raw.get("vision_end_token_id", _VISION_END)),
+        image_token_id=int(raw.get("image_token_id", _TOKENS.image_pad)),
+        video_token_id=int(raw.get("video_token_id", _TOKENS.video_pad)),
+        vision_start_token_id=int(raw.get("vision_start_token_id", _TOKENS.vision_start)),
+        vision_end_token_id=int(raw.get("vision_end_token_id", _TOKENS.vision_end)),
     )
 
 

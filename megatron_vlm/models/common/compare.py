@@ -1,10 +1,12 @@
-"""Run HF transformers and our Megatron Qwen2.5-VL on the same images and prompt; compare logits.
+"""Run HF transformers and our Megatron model of a family (Qwen2.5-VL, Qwen3-VL) on the same images
+and prompt; compare logits.
 
 Used by ``tools/compare_hf.py`` (see it for the command line). Every rank builds the same inputs;
 our model runs at the current parallel layout (TP/PP/CP from ``megatron_vlm.parallel``) through
 Megatron's pipeline schedule, with weights from the HF directory (through the name map) or from
 a Megatron dist checkpoint; rank 0 gathers our logits, runs HF in float32 and reports
-max |delta logit| and top-1 agreement.
+max |delta logit| and top-1 agreement. The family (``models/family.py``) gives the image rule and
+mRoPE ids; its provider (``training/providers.py``) the model class and HF name map.
 """
 
 from __future__ import annotations
@@ -34,12 +36,16 @@ class Comparison:
         )
 
 
-def build_inputs(cfg, tokenizer_dir: Path, images: list[Path], prompt: str) -> dict:
+def _provider(family):
+    from megatron_vlm.training.providers import PROVIDERS
+
+    return PROVIDERS[family.name]
+
+
+def build_inputs(cfg, family, tokenizer_dir: Path, images: list[Path], prompt: str) -> dict:
     """A loader-style micro-batch (docs/formats.md section 4) for one sample: images then the prompt."""
     from megatron_vlm.data.image_processing import process_images
     from megatron_vlm.data.tokens import load_tokenizer
-    from megatron_vlm.models.qwen2_5_vl.family import FAMILY
-    from megatron_vlm.models.qwen2_5_vl.position_ids import mrope_position_ids
 
     try:
         tokenizer = load_tokenizer(tokenizer_dir)
@@ -50,7 +56,7 @@ def build_inputs(cfg, tokenizer_dir: Path, images: list[Path], prompt: str) -> d
         if not Path(path).is_file():
             raise CompareError(f"image not found: {path}")
         datas.append(Path(path).read_bytes())
-    pixel_values, grids = process_images(datas, FAMILY.image) if datas else (None, None)
+    pixel_values, grids = process_images(datas, family.image) if datas else (None, None)
     ids: list[int] = []
     merge = cfg.vision.spatial_merge_size**2
     for t, h, w in grids.tolist() if grids is not None else []:
@@ -59,10 +65,7 @@ def build_inputs(cfg, tokenizer_dir: Path, images: list[Path], prompt: str) -> d
     if max(ids) >= cfg.text.vocab_size:
         raise CompareError(f"token id {max(ids)} is outside the model's vocabulary ({cfg.text.vocab_size})")
     tokens = torch.tensor(ids)
-    pos, _ = mrope_position_ids(
-        tokens, grids, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
-        spatial_merge_size=cfg.vision.spatial_merge_size,
-    )
+    pos = family.position_ids(tokens, image_grid_thw=grids)
     T = len(ids)
     return dict(
         tokens=tokens[None], labels=torch.full((1, T), -100), loss_mask=torch.zeros(1, T),
@@ -86,18 +89,18 @@ def pad_for_layout(batch: dict, multiple: int) -> dict:
     return out
 
 
-def our_logits(cfg, batch: dict, hf_dir: Path, mcore_dir: Path | None) -> torch.Tensor | None:
+def our_logits(cfg, family, batch: dict, hf_dir: Path, mcore_dir: Path | None) -> torch.Tensor | None:
     """Our logits [T, V] for ``batch`` on rank 0 (None elsewhere), at the layout ``initialize()`` set up
     (sequence parallelism included)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel, forward_batch
+    from megatron_vlm.models.qwen2_5_vl.model import forward_batch
 
     tp, cp = layout().tp, layout().cp
-    model = Qwen2_5_VLModel(cfg, attention_backend="torch", pipeline_dtype=torch.float32).eval()
-    load_weights(model, cfg, hf_dir, mcore_dir)
+    model = _provider(family).model_class()(cfg, attention_backend="torch", pipeline_dtype=torch.float32).eval()
+    load_weights(model, cfg, family, hf_dir, mcore_dir)
     full = pad_for_layout(batch, 2 * cp * tp)
     local = full
     if cp > 1:
@@ -136,7 +139,7 @@ def our_logits(cfg, batch: dict, hf_dir: Path, mcore_dir: Path | None) -> torch.
     return logits[:T] if dist.get_rank() == 0 else None
 
 
-def load_weights(model, cfg, hf_dir: Path, mcore_dir: Path | None) -> None:
+def load_weights(model, cfg, family, hf_dir: Path, mcore_dir: Path | None) -> None:
     """From a Megatron dist checkpoint if given, else from the HF safetensors through the name map."""
     if mcore_dir is not None:
         from megatron_vlm.checkpoint import safe_load
@@ -151,19 +154,18 @@ def load_weights(model, cfg, hf_dir: Path, mcore_dir: Path | None) -> None:
             raise CompareError(f"Megatron checkpoint {mcore_dir} lacks {len(missing)} tensors, e.g. {missing[0]}")
         return
     from megatron_vlm.checkpoint.hf_io import HFReader
-    from megatron_vlm.checkpoint.hf_names import hf_to_mcore
     from megatron_vlm.models.qwen2_5_vl.weights import load_full_state_dict
 
     reader = HFReader(hf_dir)
     hf_state = {name: reader.get(name).float() for name in reader.names()}
-    load_full_state_dict(model, hf_to_mcore(hf_state, cfg, model.spec))
+    load_full_state_dict(model, _provider(family).name_map().hf_to_mcore(hf_state, cfg, model.spec))
 
 
 def hf_logits(hf_dir: Path, batch: dict) -> torch.Tensor:
     """HF transformers' float32 logits [T, V] (eager attention) for the unpadded batch."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText  # the config's architecture, any family
 
-    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    hf = AutoModelForImageTextToText.from_pretrained(
         str(hf_dir), dtype=torch.float32, attn_implementation="eager"
     ).eval()
     tokens = batch["tokens"]
