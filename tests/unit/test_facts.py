@@ -76,3 +76,54 @@ def test_reasoning_over_a_table_named_by_its_columns_passes_validation():
             record = {**qa, "task": "reasoning", "segment": [0, 1], "doc_id": "d", "id": "r"}
             assert 'the table with the columns "Animal", "Weight", "Price"' in qa["question"]
             assert problems(record, doc) == [], qa["question"]
+
+
+def test_a_table_whose_first_row_is_data_gives_no_cells():
+    """biblatex's German manual lists an option's values and what each does as a two-column table
+    without a header (true | Aktiviert Katalogisierung für alles. / false | ... / bib | ...); its
+    first row was taken for column names ('the value in the column "Aktiviert Katalogisierung für
+    alles." for the row "bib"'). Column names that are sentences, numbers, code or run long are no
+    header; years and short names are."""
+    def table(rows):
+        return {"kind": "table", "text": "\n".join(" | ".join(r) for r in rows), "cells": rows, "header_rows": 1,
+                "continued_from": None, "header_copied": False, "bbox": [50, 300, 500, 400]}
+
+    options = [["true", "Aktiviert Katalogisierung für alles."], ["false", "Deaktiviert Katalogisierung für alles."],
+               ["cite", "Aktiviert Katalogisierung nur für Literaturverweise."], ["bib", "Aktiviert Katalogisierung nur für die Bibliografie."]]
+    history = [["v2.0 (2014/03/06)", "将章节标题设置功能提取到可以独立使用的宏包"], ["v2.1 (2015/06/20)", "增加对 upTeX 的支持"],
+               ["v2.2 (2015/07/03)", "修正已知问题"]]
+    code = [["1821", r"{\FootAnnexeTxtFont \MakeUppercase{\StringCorriges}}"], [r"\ps@annexe", "des pages suivantes"],
+            [r"\ps@firstannexe", "des premières pages"]]
+    revenue = [["Region", "2022", "2023"], ["North", "4,312", "4,870"], ["South", "3,905", "4,118"]]
+    doc = _doc([[("heading", "3 Optionen")], [("heading", "4 Versionen")], [("heading", "5 Styles")], [("heading", "6 Revenue")]])
+    for page, rows in enumerate((options, history, code, revenue)):
+        doc["pages"][page]["blocks"].append(table(rows))
+    cells = [f for f in document_facts(doc) if f.kind == "cell"]
+    assert {(f.page, f.row, f.column, f.value) for f in cells} == {
+        (3, "North", "2022", "4,312"), (3, "North", "2023", "4,870"), (3, "South", "2022", "3,905"), (3, "South", "2023", "4,118")}
+
+
+def test_a_table_caption_the_layout_calls_text_names_its_table():
+    """siunitx's manual, page 68: 'Table 42: Tables where numbers have different units.' above a
+    table came out as a paragraph, and the caption below it ('Table 43: Header row in a table.',
+    of the next table) named its cells ('In Table 43 (...), what is the value ... "µ/mm−1"')."""
+    rows = [["", "One", "Two"], ["a/pm", "123.4(2)", "567.8(4)"], ["µ/mm−1", "0.532", "0.894"]]
+    doc = _doc([[("paragraph", "Table 42: Tables where numbers have different units."), ("caption", "Table 43: Header row in a table."),
+                 ("paragraph", "123.456 23.45 123.4 3.456")]])
+    doc["pages"][0]["blocks"].insert(1, {"kind": "table", "text": "\n".join(" | ".join(r) for r in rows), "cells": rows,
+                                         "header_rows": 1, "continued_from": None, "header_copied": False, "bbox": [50, 150, 500, 200]})
+    cells = [f for f in document_facts(doc) if f.kind == "cell"]
+    assert cells and {f.table for f in cells} == {'Table 42 ("Tables where numbers have different units")'}
+
+
+def test_a_quantity_whose_clause_recurs_with_another_number_is_ambiguous():
+    """AMC's manual: 'If the first is ticked, the student will get 0 point. If the second is ticked,
+    the student will get 1 point. If the third is ticked, the student will get 2 points.' asked
+    'the student will get how many points?' -> 2 (the singular '0 point' and '1 point' are no facts,
+    so the key check saw one value)."""
+    text = ("In this example the teacher will get three boxes. If the first box is ticked, the student will get 0 point. "
+            "If the second box is ticked, the student will get 1 point. If the third box is ticked, the student will get 2 points.")
+    once = "The committee of this school recruited 24 participants for the trial of the new method."
+    doc = _doc([[("heading", "5.4 Open questions"), ("paragraph", text), ("paragraph", once)]])
+    facts = {f.value: f for f in document_facts(doc) if f.kind == "quantity"}
+    assert facts["2"].problem is not None and facts["24"].problem is None

@@ -9,9 +9,12 @@ Three kinds, all from text a reader would cite:
 
 Where facts come from: body blocks (paragraph, list, table) of pages whose text is good
 (`page_problem`); never headings (except as section titles), captions, running headers, footers,
-page numbers, or a block whose text (digits masked) recurs on three or more pages. A fact is
+page numbers, or a block whose text (digits masked) recurs on three or more pages. A table gives
+cells only when its header cells read as column names (`is_column_name`): a two-column list of
+options and what they do, set without a header, has a data row where its header would be. A fact is
 `usable` only when it picks out one fact in the WHOLE document: no other fact, on any page, has
-the same key (what the question names) with a different value, and a text answer occurs nowhere
+the same key (what the question names) with a different value (for a quantity: no other number
+follows its clause anywhere), and a text answer occurs nowhere
 else in the document's text (occurrences that follow the same label the question names, such as a
 section number in the table of contents, are the same fact). `problem` says why a fact is not usable.
 """
@@ -28,6 +31,9 @@ BODY_KINDS = ("paragraph", "list", "table")
 MIN_OCR_CONFIDENCE = 70.0  # mean character confidence (0-100) an OCRed page needs to give facts
 REPEATED_PAGES = 3  # text on this many pages is a running header, footer or boilerplate, not a fact
 MAX_CLAUSE_WORDS = 30
+MAX_CAPTION_CHARS = 300  # a text block that starts "Table 3:" and is no longer than this is a caption
+MAX_NAME_CHARS = 40  # a column name is at most this long ...
+MAX_NAME_CJK = 12  # ... and has at most this many CJK characters
 
 # Units a number can carry; the phrase a question asks with.
 UNITS = {
@@ -204,6 +210,22 @@ def column_names(header_rows: list[list[str]]) -> list[str]:
     return names
 
 
+def is_caption(block: dict) -> bool:
+    """A caption block, or a short text block that reads like one ("Table 42: ...", which the
+    layout model sometimes calls text)."""
+    return block["kind"] == "caption" or (block["kind"] == "paragraph" and len(block["text"]) <= MAX_CAPTION_CHARS
+                                           and CAPTION_RE.match(block["text"].strip()) is not None)
+
+
+def is_column_name(text: str) -> bool:
+    """Whether a header cell reads as a column's name: not a number (a year is a name: "2023"), a
+    sentence (ends in . or 。), code (backslash, braces) or longer than a name (MAX_NAME_CHARS, or
+    MAX_NAME_CJK CJK characters)."""
+    text = text.strip()
+    return not ((parse_number(text) is not None and not YEAR_RE.match(text)) or text.endswith((".", "。", "!", "?")) or re.search(r"[\\{}]", text)
+                or len(text) > MAX_NAME_CHARS or len(CJK.findall(text)) > MAX_NAME_CJK)
+
+
 def _is_title(text: str) -> bool:
     words = text.split()
     return 1 <= len(words) <= 15 and bool(re.search(r"[^\W\d_]{3}", text)) and not re.search(r"\.\s?\.\s?\.", text)
@@ -220,7 +242,7 @@ class _Walk:
         labels = Counter()
         for page in doc["pages"]:
             for block in page["blocks"]:
-                if block["kind"] == "caption" and (m := LABEL_RE.match(block["text"].strip())):
+                if is_caption(block) and (m := LABEL_RE.match(block["text"].strip())):
                     labels[f"{m[1]} {m[2]}"] += 1
         self.unique_labels = {label for label, n in labels.items() if n == 1}
         self.last_table: tuple | None = None  # (column names, table id, caption) of the previous page's last table
@@ -266,7 +288,7 @@ class _Walk:
     def _caption(blocks: list[dict], i: int) -> str:
         """The table caption next to block i (the nearest caption above, else the one just below)."""
         for j in list(range(i - 1, max(i - 4, -1), -1)) + [i + 1]:
-            if 0 <= j < len(blocks) and blocks[j]["kind"] == "caption" and LABEL_RE.match(blocks[j]["text"].strip()):
+            if 0 <= j < len(blocks) and is_caption(blocks[j]) and LABEL_RE.match(blocks[j]["text"].strip()):
                 return " ".join(blocks[j]["text"].split())
         return ""
 
@@ -288,6 +310,8 @@ class _Walk:
             return
         if any(LEADERS.search(h) or "__" in h for h in header):
             return  # an index or table of contents set as a table, not a table of facts
+        if not all(is_column_name(h) for h in header if h):
+            return  # its first row is data (a list of options and what they do) or code, not column names
         name, anchor = self._table_name(caption, header)
         labels = Counter(row[0] for row in body if row)
         for row in body:
@@ -389,12 +413,19 @@ def document_facts(doc: dict) -> list[Fact]:
         problem = None
         if SPACING_ACCENT.search(f.value) or any(SPACING_ACCENT.search(a) for a in f.anchors):
             problem = "broken text (a spacing accent where a letter belongs)"
-        elif len(values_of[f.key]) > 1:
+        elif len(values_of[f.key]) > 1 or (f.kind == "quantity" and len(clause_numbers(f.anchors[1], text)) > 1):
             problem = "another fact in the document has the same name and a different value"
         elif parse_number(f.value) is None and not occurs_once(f.value, text, f.anchors):
             problem = "the answer text occurs elsewhere in the document"
         facts.append(replace(f, problem=problem))
     return facts
+
+
+def clause_numbers(clause: str, text: str) -> set[str]:
+    """The numbers that follow `clause` anywhere in the normalised document text: "the student will
+    get" 0 point, 1 point, 2 points (a singular unit is no quantity fact, yet makes "how many
+    points" ambiguous)."""
+    return {m[1] for m in re.finditer(word_pattern(normalize(clause)) + r"\s*(\d+(?:\.\d+)?)", text)}
 
 
 def doc_text(doc: dict) -> str:
