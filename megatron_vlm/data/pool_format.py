@@ -54,11 +54,26 @@ class PoolDocument:
 
 
 def read_manifest(pool_dir: str | Path) -> list[dict]:
-    """The merged manifest rows; ValueError when the pool is incomplete."""
+    """The merged manifest rows; ValueError when the pool is incomplete, or "FILE:LINE: why" for a
+    row that is not JSON, not an object, without a status, or an ok row whose id is not a plain name
+    (ids become file names downstream)."""
     path = Path(pool_dir) / "manifest.jsonl"
     if not path.exists():
         raise ValueError(f"{path} missing: the pool run has not finished (all shards)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("status"), str):
+                raise ValueError("not a manifest row (an object with a status)")
+            if row["status"] == "ok":
+                paths.safe_name(row.get("id"), "id")
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: {getattr(e, 'msg', e)}") from None
+        rows.append(row)
+    return rows
 
 
 def read_settings(pool_dir: str | Path) -> dict:

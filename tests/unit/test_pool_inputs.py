@@ -80,3 +80,22 @@ def test_a_manifest_row_cannot_point_outside_the_pool(tmp_path):
         (pool / "manifest.jsonl").write_text(json.dumps(row) + "\n")
         with pytest.raises(ValueError, match="outside"):
             list(pool_format.documents(pool))
+
+
+@pytest.mark.parametrize("row, message", [
+    ('{"id": "0123456789abcdef", "status": "ok"', "Expecting ',' delimiter"),  # a line cut short
+    ('["not", "a", "row"]', "not a manifest row"),
+    ('{"id": "../../escaped", "status": "ok", "shard": "shards/pool-00000-00000.tar"}', "id '../../escaped' is not a safe file name"),
+])
+def test_a_bad_manifest_row_is_named_by_file_and_line(tmp_path, capsys, row, message):
+    """synth (and every reader of the pool) refuses a manifest row it cannot trust, by file and line, before writing."""
+    from tools.preprocess_data import main as cli
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    good = {"id": "0123456789abcdef", "source": "a.pdf", "status": "error", "reason": "not a PDF", "shard": None}
+    (pool / "manifest.jsonl").write_text(json.dumps(good) + "\n" + row + "\n")
+    rc = cli(["synth", "--pool", str(pool), "--output", str(tmp_path / "qa"), "--teacher", "template"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{pool / 'manifest.jsonl'}:2: {message}" in err[0], err
+    assert not (tmp_path / "qa").exists()
