@@ -176,7 +176,7 @@ def load_checkpoint(path: Path, chunks: list, optimizer, loader, dp_rank: int, r
                 raise
             raise safe_load.CheckpointError(
                 f"{path} was saved for another model ({'; '.join(differ)}): a resume needs the same model; use a new "
-                f"checkpoint.dir, or checkpoint.resume=false ({err})") from None
+                f"checkpoint.dir ({err})") from None
         _load_model(chunks, loaded)
         with torch.no_grad():  # fp32 master shards are views of the (grad-requiring) params
             optimizer.load_state_dict(loaded["optimizer"])

@@ -139,7 +139,9 @@ class CheckpointConfig:
     save_interval: int = 500
     """Save every N steps (and always at the end and on SIGTERM/SIGUSR1); 0 saves only then."""
     resume: bool = True
-    """Resume from dir/latest when it exists (model, optimizer, schedule, loader, RNG)."""
+    """Resume from dir/latest when it exists (model, optimizer, schedule, loader, RNG). false starts
+    afresh in the same directory: its saves replace the iter_ directories of the same steps and
+    `latest`, so a previous run there is overwritten (use a new dir to keep it)."""
     init_from: str = ""
     """Start weights when not resuming: an HF model dir (converted on the fly) or a Megatron checkpoint dir."""
     keep_last: int = 0
