@@ -90,6 +90,7 @@ def test_example_recipes_load(recipe):
         (["data.length_distribution=long"], r"data.length_distribution: 'long' is not one of pool-native"),
         (["data.image_backend=cv2"], r"data.image_backend: 'cv2' is not one of pil, dali"),
         (["train.lr=[1, 2]"], r"train.lr: cannot use \[1, 2\] as float"),
+        (["parallel.tp=[2]"], r"parallel.tp: cannot use \[2\] as int"),  # issue 18: a list where a number belongs
         (["train.tokens=.inf"], r"train.tokens: cannot use inf as int"),
         (["train.lr=.nan"], r"train.lr: cannot use nan as float"),
         (["data.pages_range=[32, x]"], r"data.pages_range\[1\]: cannot use 'x' as int"),
