@@ -151,7 +151,10 @@ def model_differences(path: Path, recipe: Recipe) -> list[str]:
         saved = load_recipe(path / "recipe.yaml").model
     except (RecipeError, OSError):
         return []
-    return [f"model.{name}: {getattr(saved, name)} there, {getattr(recipe.model, name)} now"
+    def shown(value):
+        return "unset (the flavor's)" if value is None else value
+
+    return [f"model.{name}: {shown(getattr(saved, name))} there, {shown(getattr(recipe.model, name))} now"
             for name in MODEL_SHAPE_FIELDS if getattr(saved, name) != getattr(recipe.model, name)]
 
 
