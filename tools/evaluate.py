@@ -2,7 +2,7 @@
 """Long-document VQA evaluation at fixed context lengths (formats: docs/eval_format.md).
 
     python tools/evaluate.py build   --pool POOL_DIR --qa QA_DIR --output EVAL_DIR [--exclude SHARD_DIR|IDS]
-                                     [--lengths 32768,65536,131072] [--depths 0,0.5,1] [--tokenizer DIR]
+                                     [--lengths 32768,65536,131072] [--depths 0,0.5,1] [--tokenizer DIR] [--family qwen3_vl]
     python tools/evaluate.py build   --from-jsonl BENCH.jsonl [--image-root DIR] --output EVAL_DIR ...
     python tools/evaluate.py import  mmlongbench --input MMLB_DATA/documentQA --image-root MMLB_IMAGE --output EVAL_DIR
     python tools/evaluate.py import  mmlongbench-doc|longdocurl|slidevqa --input QUESTIONS [--image-root DIR | --documents PDF_DIR] --output EVAL_DIR
@@ -60,6 +60,13 @@ def _backend_args(p):
     p.add_argument("--name", help="model name written into the predictions (default: --model or --served-model)")
 
 
+def _family_arg(p):
+    from megatron_vlm.models.family import FAMILIES
+
+    p.add_argument("--family", choices=FAMILIES,
+                   help="model family to cost pages for: its image rule sets each context's tokens (default: the pool's)")
+
+
 def parser():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -76,6 +83,7 @@ def parser():
     b.add_argument("--tokenizer", help="tokenizer dir: count prompt tokens exactly (else a 96-token reserve)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--max-questions", type=int)
+    _family_arg(b)
 
     r = sub.add_parser("run", help="answer an eval set with a model")
     r.add_argument("--eval-set", required=True, help="EVAL_DIR or an eval .jsonl")
@@ -127,6 +135,7 @@ def parser():
     nb.add_argument("--exclude")
     nb.add_argument("--tokenizer")
     nb.add_argument("--seed", type=int, default=0)
+    _family_arg(nb)
     npl = nsub.add_parser("plot")
     npl.add_argument("--predictions", required=True, help="scored (or raw) needle predictions .jsonl")
     npl.add_argument("--output", required=True, help="heatmap .png")
@@ -152,6 +161,7 @@ def main(argv=None) -> int:
                 args.seed,
                 args.max_questions,
                 args.image_root,
+                family=args.family,
             )
         elif args.command == "import":
             commands.import_benchmark(
@@ -209,6 +219,7 @@ def main(argv=None) -> int:
                 args.exclude,
                 args.tokenizer,
                 args.seed,
+                family=args.family,
             )
         else:
             commands.needle_plot(args.predictions, args.output, args.title)

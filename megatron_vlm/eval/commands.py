@@ -12,6 +12,7 @@ from pathlib import Path
 from megatron_vlm.eval import contexts, evalset, needle, report, scoring
 from megatron_vlm.eval.files import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from megatron_vlm.eval.runner import run_eval
+from megatron_vlm.models.family import DEFAULT_FAMILY
 from megatron_vlm.utils import atomic
 
 
@@ -40,17 +41,22 @@ def build(
     max_questions=None,
     image_root=None,
     log=print,
+    family=None,
 ) -> dict:
     """Build an eval set from POOL + QA records, or re-pad the documents of an eval JSONL file
-    (its image paths relative to ``image_root``, default the file's directory)."""
+    (its image paths relative to ``image_root``, default the file's directory). Pages are costed
+    with ``family``'s image rule (the model to evaluate; default: the pool's family, or Qwen2.5-VL's)."""
     if from_jsonl:
-        docs, questions = contexts.read_document_jsonl(from_jsonl, image_root)
+        family = family or DEFAULT_FAMILY
+        docs, questions = contexts.read_document_jsonl(from_jsonl, image_root, family)
         sources = {"jsonl": str(from_jsonl)}
     elif pool and qa:
-        docs, questions = contexts.read_pool(pool), contexts.read_qa_records(qa)
+        family = family or contexts.pool_family(pool)
+        docs, questions = contexts.read_pool(pool, family), contexts.read_qa_records(qa)
         sources = {"pool": str(pool), "qa": str(qa)}
     else:
         raise ValueError("give --pool and --qa, or --from-jsonl")
+    sources["family"] = family  # whose image rule costed the pages
     excluded = contexts.read_exclusions(exclude) if exclude else set()
     sources["exclude"] = str(exclude) if exclude else None
     log(f"read {len(docs)} documents and {len(questions)} questions; excluding {len(excluded)} training documents")
@@ -305,11 +311,14 @@ def compare(base, trained, output_dir, log=print) -> dict:
     return comparison
 
 
-def needle_build(pool, output, lengths, depths, trials=1, dpi=144, exclude=None, tokenizer=None, seed=0, log=print):
-    docs = contexts.read_pool(pool)
+def needle_build(pool, output, lengths, depths, trials=1, dpi=144, exclude=None, tokenizer=None, seed=0, log=print,
+                 family=None):
+    """A needle eval set; pages (haystack and needles) costed with ``family``'s rule (default: the pool's)."""
+    family = family or contexts.pool_family(pool)
+    docs = contexts.read_pool(pool, family)
     excluded = contexts.read_exclusions(exclude) if exclude else set()
     summary = needle.build_needle_set(
-        docs, output, lengths, depths, trials, dpi, excluded, seed, _prompt_counter(tokenizer), log
+        docs, output, lengths, depths, trials, dpi, excluded, seed, _prompt_counter(tokenizer), log, family
     )
     log(
         f"wrote {summary['items']} needle items ({len(lengths)} lengths x {len(depths)} depths x {trials} trials, "

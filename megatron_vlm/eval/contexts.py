@@ -102,6 +102,11 @@ def _file_reader(path: Path) -> Callable[[], bytes]:
     return path.read_bytes
 
 
+def pool_family(pool_dir: str | Path) -> str:
+    """The family whose image rule a pool counted its pages with (pools from before families: Qwen2.5-VL's)."""
+    return pool_format.read_settings(Path(pool_dir)).get("family", DEFAULT_FAMILY)
+
+
 def read_pool(pool_dir: str | Path, family: str | None = None) -> dict[str, Document]:
     """Every ``ok`` document of a pool (docs/formats.md section 1), pages costed with ``family``'s image
     rule (default: the pool's family, with the pool's pixel limits; another family with its own).
@@ -111,9 +116,9 @@ def read_pool(pool_dir: str | Path, family: str | None = None) -> dict[str, Docu
     """
     pool_dir = Path(pool_dir)
     settings = pool_format.read_settings(pool_dir)
-    pool_family = settings.get("family", DEFAULT_FAMILY)
-    rule = get_family(family or pool_family).image
-    if (family or pool_family) == pool_family:
+    native = pool_family(pool_dir)
+    rule = get_family(family or native).image
+    if (family or native) == native:
         rule = rule.with_pixels(settings.get("min_pixels"), settings.get("max_pixels"))
     docs: dict[str, Document] = {}
     for doc in pool_format.documents(pool_dir):

@@ -84,9 +84,11 @@ def build_needle_set(
     seed: int = 0,
     count_prompt_tokens=None,
     log=print,
+    family: str = DEFAULT_FAMILY,
 ) -> dict:
-    """Write an eval set (docs/eval_format.md) of needle questions, one per grid point and trial."""
-    needles, jobs = needle_documents(lengths, depths, trials, dpi, seed)
+    """Write an eval set (docs/eval_format.md) of needle questions, one per grid point and trial;
+    needle pages costed with ``family``'s image rule (the haystack's pages come costed)."""
+    needles, jobs = needle_documents(lengths, depths, trials, dpi, seed, family)
     haystack = [d for k, d in haystack.items() if k not in exclude]
     summary = {
         "task": "needle",
@@ -95,6 +97,7 @@ def build_needle_set(
         "trials": trials,
         "dpi": dpi,
         "excluded_docs": len(exclude),
+        "family": family,
     }
     return write_eval_set(output, jobs, needles, haystack, seed, count_prompt_tokens, summary, log)
 

@@ -14,8 +14,8 @@ from tests.unit.eval_pool import write_pool
 from tools import evaluate
 
 
-def test_build_from_minimal_jsonl(tmp_path):
-    # three "benchmark" documents of 4 pages, 280x364 px each = 10 x 13 = 130 tokens + 2 per page
+def _write_bench(tmp_path):
+    """Three "benchmark" documents of 4 pages of 280x364 px; b0's page 2 is its evidence."""
     lines = []
     for d in range(3):
         pages = []
@@ -27,6 +27,12 @@ def test_build_from_minimal_jsonl(tmp_path):
         lines.append({"id": f"b{d}", "question": f"q{d}?", "answer": "x", "answer_format": "Str", "pages": pages})
     bench = tmp_path / "bench.jsonl"
     bench.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return bench
+
+
+def test_build_from_minimal_jsonl(tmp_path):
+    # Qwen2.5-VL's rule (the default): 280x364 px = 10 x 13 = 130 tokens + 2 per page
+    bench = _write_bench(tmp_path)
     out = tmp_path / "padded"
     assert (
         evaluate.main(
@@ -197,3 +203,44 @@ def test_openai_backend_retries_and_bounds(tmp_path):
     rows = read_jsonl(tmp_path / "pred.jsonl")
     assert [r["prediction"] for r in rows] == [f"Answer: q{i}" for i in range(6)]
     assert not any("error" in r for r in rows)
+
+
+def test_build_costs_pages_with_the_models_family(tmp_path):
+    """--family qwen3_vl: 280x364 px pages cost 11 x 9 = 99 tokens (32 px each: 352x288), not Qwen2.5-VL's
+    13 x 10 = 130 (28 px: 364x280); 1300 - 96 reserved = 1204 holds 11 pages of 99 + 2."""
+    bench = _write_bench(tmp_path)
+    out = tmp_path / "padded"
+    argv = ["build", "--from-jsonl", str(bench), "--output", str(out), "--lengths", "1300", "--depths", "0", "--family"]
+    assert evaluate.main([*argv, "qwen3_vl"]) == 0
+    items = read_eval_set(out)
+    assert {p["tokens"] for it in items for p in it["pages"]} == {99}
+    assert {tuple(p["grid_thw"]) for it in items for p in it["pages"]} == {(1, 22, 18)}
+    assert all(it["context_tokens"] == 11 * 101 for it in items)
+    assert json.loads((out / "eval.json").read_text())["sources"]["family"] == "qwen3_vl"
+
+
+def test_needle_build_costs_needles_and_haystack_with_the_family(tmp_path):
+    """Every page of a needle item (haystack and needle) costs what HF's smart_resize gives with the
+    chosen family's factor and pixel limits (28 px / 3,136.. for Qwen2.5-VL, 32 px / 65,536.. for Qwen3-VL)."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    from megatron_vlm.models.family import get_family
+
+    pool = write_pool(tmp_path)
+    costs = {}
+    for family in ("qwen2_5_vl", "qwen3_vl"):
+        rule = get_family(family).image
+        out = tmp_path / f"needle_{family}"
+        argv = ["needle", "build", "--pool", str(pool), "--output", str(out), "--lengths", "2400", "--depths", "0.5",
+                "--dpi", "36", "--family", family]
+        assert evaluate.main(argv) == 0
+        (item,) = read_eval_set(out)
+        for p in item["pages"]:
+            with Image.open(p["image"]) as im:
+                w, h = im.size
+            rh, rw = smart_resize(h, w, factor=rule.factor, min_pixels=rule.min_pixels, max_pixels=rule.max_pixels)
+            assert p["grid_thw"] == [1, rh // rule.patch_size, rw // rule.patch_size]
+            assert p["tokens"] == (rh // rule.factor) * (rw // rule.factor)
+            costs.setdefault(p["image"].rsplit("/", 1)[-1], []).append(p["tokens"])
+        assert json.loads((out / "eval.json").read_text())["family"] == family
+    assert any(a != b for a, b in (c for c in costs.values() if len(c) == 2))  # the families differ on some page

@@ -111,7 +111,8 @@ def test_task_rows_train_one_task_and_length_row_is_long_biased():
 
 
 # GPU counts the flavor recipes are written for (their comments say the same).
-FLAVOR_RECIPES = {"mmprolong_7b.yaml": 64, "mmprolong_3b.yaml": 32, "mmprolong_72b.yaml": 256}
+FLAVOR_RECIPES = {"mmprolong_7b.yaml": 64, "mmprolong_3b.yaml": 32, "mmprolong_72b.yaml": 256,
+                  "mmprolong_qwen3vl_8b.yaml": 64}
 
 
 @pytest.mark.parametrize("name, gpus", sorted(FLAVOR_RECIPES.items()))
@@ -127,7 +128,7 @@ def test_flavor_recipe_layout_fits_h100_by_the_planner(name, gpus):
     dp = gpus // (tp * pp * cp)
     seqs = t["global_batch_tokens"] // r["data"]["max_seq_length"]
     assert seqs % dp == 0
-    shapes = shapes_for(m["flavor"])
+    shapes = shapes_for(m["flavor"], m["kind"])
     assert shapes.num_kv_heads % tp == 0 and shapes.num_heads % tp == 0
     mem = estimate_memory(
         shapes, Layout(tp=tp, pp=pp, cp=cp, dp=dp, sequence_parallel=p.get("sequence_parallel", False)),
@@ -142,7 +143,7 @@ def test_flavor_recipe_layout_is_the_planners_suggestion(name, gpus):
     from megatron_vlm.planner import PlanRequest, plan
 
     r = read_recipe_tree(RECIPES / name)
-    best = plan(PlanRequest(flavor=r["model"]["flavor"], seq_length=r["data"]["max_seq_length"], num_gpus=gpus,
+    best = plan(PlanRequest(flavor=r["model"]["flavor"], family=r["model"]["kind"], seq_length=r["data"]["max_seq_length"], num_gpus=gpus,
                             recompute=r["model"]["recompute"], global_batch_tokens=r["train"]["global_batch_tokens"],
                             token_budget=r["train"]["tokens"], train_vision=not r["model"]["freeze_vision"]))[0]
     p = r["parallel"]
@@ -154,6 +155,26 @@ def test_flavor_recipes_differ_from_7b_only_in_model_and_layout():
                "checkpoint.init_from", "data.tokenizer", "data.pad_multiple"}
     for name in ("mmprolong_3b.yaml", "mmprolong_72b.yaml"):
         assert diff_paths(read_recipe_tree(RECIPES / name), read_recipe_tree(BASE, name=Path(name).stem)) <= allowed
+    # The transfer experiment: another family, with its own RoPE choice (next test); the same data recipe.
+    name = "mmprolong_qwen3vl_8b.yaml"
+    diff = diff_paths(read_recipe_tree(RECIPES / name), read_recipe_tree(BASE, name=Path(name).stem))
+    assert diff <= allowed | {"model.kind", "model.rope_theta"} and "model.kind" in diff
+
+
+def test_qwen3vl_transfer_keeps_its_native_rope():
+    """128K is inside Qwen3-VL's native window, so the Dynamic-NTK rule (s = target / native) leaves the
+    base alone: the recipe's rope_theta is the published 8B config's, and 2 x 128K is the window."""
+    import json
+
+    from tests.conftest import REFERENCE
+
+    r = read_recipe_tree(RECIPES / "mmprolong_qwen3vl_8b.yaml")
+    published = REFERENCE / "qwen3_vl" / "Qwen3-VL-8B-Instruct" / "config.json"
+    if not published.is_file():
+        pytest.skip(f"reference config not found at {published}")
+    text = json.loads(published.read_text())["text_config"]
+    assert r["model"]["rope_theta"] == text["rope_theta"] == 5e6
+    assert r["data"]["max_seq_length"] / text["max_position_embeddings"] == 0.5
 
 
 # The include mechanism itself.

@@ -72,7 +72,7 @@ def test_every_field_has_a_docstring():
 @pytest.mark.parametrize("recipe", sorted((REPO / "examples" / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_recipes_load(recipe):
     loaded = load_recipe(recipe)
-    assert loaded.model.kind in ("qwen2_5_vl", "gpt")
+    assert loaded.model.kind in ("qwen2_5_vl", "qwen3_vl", "gpt")
     assert loaded.train.tokens > 0 and loaded.data.max_seq_length > 0
     assert abs(sum(loaded.data.mixture.values()) - 1.0) < 1e-6
 
@@ -96,6 +96,8 @@ def test_example_recipes_load(recipe):
         (["data.pages_range=[32, x]"], r"data.pages_range\[1\]: cannot use 'x' as int"),
         (["data.mixture={reasoning: many}"], r"data.mixture.reasoning: cannot use 'many' as float"),
         (["data.short_share=0.1"], r"data.short_source='': needed when short_share > 0"),
+        (["model.kind=qwen3_vl", "model.flavor=7B"],
+         r"model.flavor='7B': is not a flavor of model.kind; known: qwen2_5_vl: .*7B.*; qwen3_vl: debug, 2B, 4B, 8B, 32B"),
         (["model.flavor=8B"], r"model.flavor='8B': is not a flavor of model.kind"),  # the default kind, qwen2_5_vl
     ],
 )
