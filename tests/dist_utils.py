@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import random
 import socket
 import sys
 import traceback
@@ -31,10 +32,24 @@ class RankFailed(AssertionError):
     pass
 
 
+# Listening ports come from below Linux's ephemeral range (32768-60999): a port the kernel handed
+# out with bind(0) is one it may hand the next outgoing connection too (gloo opens many), and the
+# store then fails with EADDRINUSE before it listens (seen in CI: test_init_from, 1 run in ~900).
+PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that was free a moment ago, drawn at random below the ephemeral range."""
+    rng = random.Random(os.urandom(8))
+    for _ in range(200):
+        port = rng.randrange(*PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORT_RANGE} after 200 tries")
 
 
 def _worker(fn, args, rank, world_size, port, queue, env, cwd):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dist_utils import process_tree
+from tests.dist_utils import free_port, process_tree
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "examples" / "slurm"
@@ -85,13 +84,9 @@ def _executable(path: Path, text: str) -> Path:
 
 def _free_port() -> int:
     """A free port in [20000, 40000), the range common.sh derives ports from."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if 20000 <= port < 40000:
-            return port
-    pytest.skip("no free port in 20000-39999")
+    port = free_port()
+    assert 20000 <= port < 40000, port
+    return port
 
 
 @pytest.fixture
