@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_env.sh
-# shellcheck disable=SC1091
-source "${VENV:-.venv}/bin/activate"
+# shellcheck source=tools/activate.sh
+source tools/activate.sh
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONWARNINGS=ignore OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 RUN=runs/quickstart
 RECIPE=examples/recipes/debug.yaml

@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_env.sh
-# shellcheck disable=SC1091
-source "${VENV:-.venv}/bin/activate"
+# shellcheck source=tools/activate.sh
+source tools/activate.sh
 ruff check .
 # Two workers (pytest-xdist), one test handed out at a time, longest first (tests/conftest.py): many
 # tests spend most of their time in one single-threaded subprocess, so two run side by side.

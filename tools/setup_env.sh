@@ -17,7 +17,8 @@ echo "[setup] creating $VENV with $($PY --version)"
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-# --no-compile: byte-compiling all of torch/transformers costs minutes of CPU; Python compiles what it imports.
+# --no-compile: byte-compiling all of torch/transformers costs minutes of CPU; Python compiles what it
+# imports and caches it (tools/activate.sh makes sure it may).
 # torch first and pinned. torch 2.14.1 + torchvision 0.29.1 lie on this machine's local disk (a CUDA
 # build that runs on CPU too). torchvision is needed because transformers' AutoProcessor for Qwen2.5-VL
 # loads a video processor that imports it, and PyPI's torchvision does not import beside the CPU-only
