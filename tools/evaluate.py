@@ -60,11 +60,11 @@ def _backend_args(p):
     p.add_argument("--name", help="model name written into the predictions (default: --model or --served-model)")
 
 
-def _family_arg(p):
+def _family_arg(p, default="the pool's"):
     from megatron_vlm.models.family import FAMILIES
 
     p.add_argument("--family", choices=FAMILIES,
-                   help="model family to cost pages for: its image rule sets each context's tokens (default: the pool's)")
+                   help=f"model family to cost pages for: its image rule sets each page's tokens (default: {default})")
 
 
 def parser():
@@ -102,6 +102,7 @@ def parser():
     im.add_argument("--seed", type=int, help="sampling seed (default 42)")
     im.add_argument("--lengths", type=_ints, help="mmlongbench: only files of these lengths (e.g. 65536,131072)")
     im.add_argument("--dpi", type=int, default=144, help="mmlongbench-doc: page render resolution")
+    _family_arg(im, default="qwen2_5_vl")
 
     s = sub.add_parser("score", help="score a predictions JSONL and write per-line scores and a report")
     s.add_argument("--predictions", required=True)
@@ -174,6 +175,7 @@ def main(argv=None) -> int:
                 args.seed,
                 args.lengths,
                 args.dpi,
+                family=args.family,
             )
         elif args.command == "run":
             items = commands.prepare_run(args.eval_set, args.output, args.image_root, args.limit)

@@ -84,16 +84,21 @@ IMPORT_KINDS = ("mmlongbench", "mmlongbench-doc", "longdocurl", "slidevqa")
 
 
 def import_benchmark(
-    kind, inputs, output, image_root=None, documents=None, samples=None, seed=None, lengths=None, dpi=144, log=print
+    kind, inputs, output, image_root=None, documents=None, samples=None, seed=None, lengths=None, dpi=144, log=print,
+    family=None,
 ) -> dict:
     """Import a public benchmark (``IMPORT_KINDS``) into EVAL_DIR (docs/eval_format.md, "Importing").
 
     ``inputs``: MMLongBench's doc-QA files (or their directory), or the dataset's question file.
     Images stay under ``image_root`` (recorded in eval.json; ``run`` and ``build --from-jsonl`` then
     need ``--image-root``), except MMLongBench-Doc's, rendered from ``documents`` into EVAL_DIR/images.
+    Pages are costed (``tokens``, ``grid_thw``) with ``family``'s image rule (default Qwen2.5-VL's).
     The directory is assembled aside and renamed into place (utils.atomic).
     """
     from megatron_vlm.eval import importers
+    from megatron_vlm.models.family import DEFAULT_FAMILY, get_family
+
+    family = get_family(family or DEFAULT_FAMILY).name
 
     samples = importers.SAMPLES if samples is None else samples
     seed = importers.SEED if seed is None else seed
@@ -119,13 +124,13 @@ def import_benchmark(
     log(f"importing {kind} from {len(files)} file(s)")
     with atomic.atomic_dir(output, inputs=files) as tmp:
         if kind == "mmlongbench":
-            items = importers.import_mmlongbench(files, image_root, samples, seed, lengths, log)
+            items = importers.import_mmlongbench(files, image_root, samples, seed, lengths, log, family)
         elif kind == "mmlongbench-doc":
-            items = importers.import_mmlongbench_doc(files[0], documents, tmp, dpi, samples, seed, log)
+            items = importers.import_mmlongbench_doc(files[0], documents, tmp, dpi, samples, seed, log, family)
         elif kind == "longdocurl":
-            items = importers.import_longdocurl(files[0], image_root, samples, seed, log)
+            items = importers.import_longdocurl(files[0], image_root, samples, seed, log, family)
         elif kind == "slidevqa":
-            items = importers.import_slidevqa(files[0], image_root, samples, seed, log)
+            items = importers.import_slidevqa(files[0], image_root, samples, seed, log, family)
         else:
             raise ValueError(f"unknown benchmark {kind!r} ({' | '.join(IMPORT_KINDS)})")
         if not items:
@@ -137,6 +142,7 @@ def import_benchmark(
             "sources": [str(f) for f in files],
             "samples_per_file": samples,
             "seed": seed,
+            "family": family,
             "items": len(items),
             "image_root": None if kind == "mmlongbench-doc" else str(Path(image_root).resolve()),
         }

@@ -156,7 +156,7 @@ def _page_number(dataset: str, relative: str, label: str, position: int) -> int:
 
 
 def import_mmlongbench(
-    files, image_root, samples: int = SAMPLES, seed: int = SEED, lengths=None, log=print
+    files, image_root, samples: int = SAMPLES, seed: int = SEED, lengths=None, log=print, family: str = DEFAULT_FAMILY
 ) -> list[dict]:
     """Items from MMLongBench's doc-QA files (``<dataset>_K<n>.jsonl``: id, doc_name, question,
     answer, answer_format, page_list, ans_page_list), ``target_tokens`` n x 1024 from the file name.
@@ -164,7 +164,7 @@ def import_mmlongbench(
     ``lengths`` (token counts) keeps only those files. ``ans_page_list`` holds 0-based pages of the
     question's document, marked as evidence on its pages.
     """
-    images = ImageIndex(image_root)
+    images = ImageIndex(image_root, family)
     items = []
     for path in sorted(Path(f) for f in files):
         m = _MMLB_FILE.match(path.name)
@@ -204,7 +204,8 @@ def import_mmlongbench(
 
 
 def import_mmlongbench_doc(
-    samples_json, documents, output, dpi: int = 144, samples: int = SAMPLES, seed: int = SEED, log=print
+    samples_json, documents, output, dpi: int = 144, samples: int = SAMPLES, seed: int = SEED, log=print,
+    family: str = DEFAULT_FAMILY,
 ) -> list[dict]:
     """Items from MMLongBench-Doc's samples.json (doc_id = PDF file name, evidence_pages "[5, 6]"
     1-based, answer_format Int/Float/Str/List/None, List answers as Python literals), each PDF in
@@ -229,7 +230,7 @@ def import_mmlongbench_doc(
                 doc = open_pdf(inside(documents, pdf_name, "document").read_bytes())
             except PdfError as e:
                 raise ValueError(f"{where}: {pdf_name}: {e}") from None
-            index = ImageIndex(output)
+            index = ImageIndex(output, family)
             pages = []
             for n, page in enumerate(doc):
                 rel = f"images/{doc_id}/{doc_id}_page{n}.png"
@@ -248,13 +249,14 @@ def import_mmlongbench_doc(
     return items
 
 
-def import_longdocurl(jsonl, image_root, samples: int = SAMPLES, seed: int = SEED, log=print) -> list[dict]:
+def import_longdocurl(jsonl, image_root, samples: int = SAMPLES, seed: int = SEED, log=print,
+                      family: str = DEFAULT_FAMILY) -> list[dict]:
     """Items from LongDocURL's jsonl (question_id, doc_no, question, answer, answer_format, evidence_pages
     1-based, images: the pages its main experiments show, ``<doc_no>_<i>.png`` 0-based). Image paths
     are taken relative to ``image_root`` (the pdf_pngs directory) from the part after "pdf_pngs/",
     else their last three components."""
     path = Path(jsonl)
-    images = ImageIndex(image_root)
+    images = ImageIndex(image_root, family)
     items = []
     for _, row, where in _sampled(path, read_jsonl(path), samples, seed, log):
         _need(row, ("question_id", "doc_no", "question", "answer", "answer_format", "images"), where)
@@ -274,13 +276,14 @@ def import_longdocurl(jsonl, image_root, samples: int = SAMPLES, seed: int = SEE
     return items
 
 
-def import_slidevqa(jsonl, image_root, samples: int = SAMPLES, seed: int = SEED, log=print) -> list[dict]:
+def import_slidevqa(jsonl, image_root, samples: int = SAMPLES, seed: int = SEED, log=print,
+                    family: str = DEFAULT_FAMILY) -> list[dict]:
     """Items from SlideVQA's annotations/qa/<split>.jsonl (qa_id, deck_name, image_urls, question,
     answer, evidence_pages 1-20); images at ``image_root``/<deck_name>/<file name of the URL>
     (``images/<split>`` of its download script). SlideVQA has no answer formats: a list answer is
     List, else the label is what MMLongBench's scorer infers from the text (Integer, Float, String)."""
     path = Path(jsonl)
-    images = ImageIndex(image_root)
+    images = ImageIndex(image_root, family)
     items = []
     for _, row, where in _sampled(path, read_jsonl(path), samples, seed, log):
         _need(row, ("qa_id", "deck_name", "image_urls", "question", "answer"), where)

@@ -66,6 +66,36 @@ def test_import_mmlongbench(tmp_path):
     assert again[1]["pages"][0]["image"] == str(images / counted["pages"][0]["image"])
 
 
+def test_import_costs_pages_with_the_chosen_family(tmp_path, qwen3_processor_dir):
+    """--family qwen3_vl: every page's grid_thw is what HF's Qwen3-VL image processor makes of that
+    image, its tokens the grid over merge 2x2; eval.json records the family."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    data, images = bench.write_mmlongbench(tmp_path)
+    out = tmp_path / "mmlb3"
+    assert evaluate.main(["import", "mmlongbench", "--input", str(data), "--image-root", str(images),
+                          "--output", str(out), "--family", "qwen3_vl"]) == 0
+    assert json.loads((out / "eval.json").read_text())["family"] == "qwen3_vl"
+    processor = AutoImageProcessor.from_pretrained(qwen3_processor_dir)
+    pages = {p["image"]: p for it in read_jsonl(out / "eval.jsonl") for p in it["pages"]}
+    assert len(pages) >= 5
+    for relative, page in pages.items():
+        grid = processor(images=[Image.open(images / relative).convert("RGB")], return_tensors="pt")["image_grid_thw"]
+        assert page["grid_thw"] == grid[0].tolist(), relative
+        assert page["tokens"] == int(grid[0].prod()) // 4
+    # the default stays Qwen2.5-VL's rule (28 px per token side): other grids for the same images
+    default = read_jsonl(_import_default(tmp_path, data, images))
+    assert {p["image"]: p["grid_thw"] for it in default for p in it["pages"]} != {k: p["grid_thw"] for k, p in pages.items()}
+
+
+def _import_default(tmp_path, data, images):
+    out = tmp_path / "mmlb-default"
+    evaluate.main(["import", "mmlongbench", "--input", str(data), "--image-root", str(images), "--output", str(out)])
+    assert json.loads((out / "eval.json").read_text())["family"] == "qwen2_5_vl"
+    return out / "eval.jsonl"
+
+
 def test_import_mmlongbench_refuses_bad_input(tmp_path, capsys):
     data, images = bench.write_mmlongbench(tmp_path)
     bad = tmp_path / "mmlongdoc_K16.jsonl"
