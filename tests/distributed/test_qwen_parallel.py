@@ -8,7 +8,8 @@ parent compares with HF run sample by sample. Tolerance as in tests/unit/test_qw
 plus 1e-5 relative on gradients (sums over ~100 tokens in a different order).
 
 The second part (not slow, 2 ranks) checks the interleaved pipeline (PP=2 x VPP=2) against PP=1
-over several packed micro-batches, and dist checkpoints and the HF export across those layouts.
+over several packed micro-batches, and dist checkpoints and the HF export across those layouts; for
+Qwen3-VL too, with its DeepStack layers in the first chunk.
 """
 
 from __future__ import annotations
@@ -304,7 +305,9 @@ def test_parallel_layout_equals_hf(reference, parallel_results, layout):
 #   3. PP=2 x VPP=2 with first_stage_layers=2 (1 layer per chunk on rank 0, 3 on rank 1) loads the
 #      PP=1 checkpoint and runs;
 #   4., 5. the same as 1. and 2. with tied embeddings (the 3B flavor's), the output layer on the
-#      last chunk of rank 1 sharing the embedding of chunk 0 on rank 0.
+#      last chunk of rank 1 sharing the embedding of chunk 0 on rank 0;
+#   6., 7. Qwen3-VL (3 DeepStack taps, which must all be in chunk 0 of rank 0: 6 layers on the first
+#      stage, 3 per chunk): PP=2 x VPP=2 from the HF weights, saved; PP=1 loads that and runs.
 # Losses (per micro-batch) and gathered gradients must agree with the PP=1 run of the same weights;
 # every load must give the HF weights bit for bit, and so must the export.
 
@@ -315,14 +318,26 @@ VPP_PHASES = (  # name, pp, vpp, first-stage layers, tied, checkpoint to load (N
     ("pp2xvpp2-first-stage-2", 2, 2, 2, False, "pp1", None),
     ("pp2xvpp2-tied", 2, 2, None, True, None, "vpp-tied"),
     ("pp1-tied", 1, None, None, True, "vpp-tied", None),
+    ("qwen3-pp2xvpp2", 2, 2, 6, False, None, "qwen3-vpp"),
+    ("qwen3-pp1", 1, None, None, False, "qwen3-vpp", None),
 )
 
 
-def _vpp_micro_batches() -> list[dict]:
+def _vpp_family(name: str) -> str:
+    return "qwen3_vl" if name.startswith("qwen3-") else "qwen2_5_vl"
+
+
+def _vpp_micro_batches(family: str) -> list[dict]:
     """Packed micro-batches of VPP_SEQ tokens in the loader's format (docs/formats.md section 4)."""
-    from megatron_vlm.models.qwen2_5_vl.position_ids import packed_mrope_position_ids
+    from megatron_vlm.models.family import get_family
     from tests.qwen_utils import IMAGE, VIDEO
-    from tests.unit.test_qwen_model import sample
+
+    if family == "qwen3_vl":
+        from tests.qwen3_utils import sample
+    else:
+        from tests.unit.test_qwen_model import sample
+    packed_mrope_position_ids = get_family(family).module("position_ids").packed_mrope_position_ids
+    patch_dim = _vpp_config(family, False).vision.patch_dim
 
     plans = (
         [([[1, 4, 6], [1, 6, 8]], 4), ([], 7), ([[1, 6, 4]], 4)],
@@ -346,7 +361,7 @@ def _vpp_micro_batches() -> list[dict]:
         labels[loss_mask == 0] = -100
         grids = [s[1] for s in samples if s[1] is not None]
         grid = torch.cat(grids) if grids else torch.zeros(0, 3, dtype=torch.long)
-        pixels = torch.cat([s[2] for s in samples if s[2] is not None]) if grids else torch.zeros(0, 1176)
+        pixels = torch.cat([s[2] for s in samples if s[2] is not None]) if grids else torch.zeros(0, patch_dim)
         pos = packed_mrope_position_ids(ids, cu, grid if grids else None, image_token_id=IMAGE, video_token_id=VIDEO)
         batches.append(dict(
             tokens=ids[None], labels=labels[None], loss_mask=loss_mask[None], position_ids=pos[:, None],
@@ -358,14 +373,24 @@ def _vpp_micro_batches() -> list[dict]:
     return batches
 
 
+def _vpp_config(family: str, tied: bool):
+    if family == "qwen3_vl":
+        from tests.qwen3_utils import tiny_config
+    else:
+        from tests.qwen_utils import tiny_config
+    return tiny_config(tied=tied, num_hidden_layers=VPP_LAYERS)
+
+
 def _vpp_rank_main(full_numpy: dict, root: str, hf_template: str) -> list[dict]:
-    """``full_numpy``: the HF weights in Megatron names, untied (False) and tied (True)."""
+    """``full_numpy``: the HF weights in Megatron names by (family, tied)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     out = []
     for name, pp, vpp, first, tied, load, save in VPP_PHASES:
-        out.append(_vpp_phase(pp, vpp, first, tied, full_numpy[tied] if load is None else f"{root}/{load}",
+        family = _vpp_family(name)
+        out.append(_vpp_phase(family, pp, vpp, first, tied,
+                              full_numpy[family, tied] if load is None else f"{root}/{load}",
                               f"{root}/{save}" if save else None))
         if name == "pp1" and dist.get_rank() == 0:  # the HF export of a checkpoint saved with vpp
             from megatron_vlm.checkpoint.convert import mcore_to_hf
@@ -376,24 +401,22 @@ def _vpp_rank_main(full_numpy: dict, root: str, hf_template: str) -> list[dict]:
     return out
 
 
-def _vpp_phase(pp: int, vpp, first, tied: bool, source, save_to) -> dict:
+def _vpp_phase(family: str, pp: int, vpp, first, tied: bool, source, save_to) -> dict:
     from megatron.core import dist_checkpointing, parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_vlm.models.qwen2_5_vl.model import Qwen2_5_VLModel
     from megatron_vlm.models.qwen2_5_vl.weights import load_full_state_dict, local_to_full
     from megatron_vlm.parallel import ParallelLayout, initialize
     from megatron_vlm.training.forward_step import ForwardStep, reduce_report
     from megatron_vlm.training.loop import chunk_iterators
-    from megatron_vlm.training.providers import Qwen25VLProvider
-    from tests.qwen_utils import tiny_config
+    from megatron_vlm.training.providers import PROVIDERS
 
     initialize(ParallelLayout(pp=pp, vpp=vpp), seed=17)  # a different random init in every phase
     overrides = dict(pipeline_dtype=torch.float32, calculate_per_token_loss=True)
     if first is not None:
         overrides["num_layers_in_first_pipeline_stage"] = first
-    cfg = tiny_config(tied=tied, num_hidden_layers=VPP_LAYERS)
-    chunks = [Qwen2_5_VLModel(cfg, attention_backend="torch", vp_stage=v, **overrides)
+    cfg, provider = _vpp_config(family, tied), PROVIDERS[family]
+    chunks = [provider.model_class()(cfg, attention_backend="torch", vp_stage=v, **overrides)
               for v in (range(vpp) if vpp else [None])]
     if isinstance(source, dict):
         for chunk in chunks:  # what Qwen25VLProvider.load_hf does
@@ -412,9 +435,9 @@ def _vpp_phase(pp: int, vpp, first, tied: bool, source, save_to) -> dict:
             {"model": chunks[0].sharded_state_dict()}
         dist_checkpointing.save(state, save_to)
 
-    batches = _vpp_micro_batches()
+    batches = _vpp_micro_batches(family)
     data = chunk_iterators(iter(batches), len(chunks)) if vpp else iter(batches)
-    step = ForwardStep(Qwen25VLProvider(), 1, 0, torch.device("cpu"))
+    step = ForwardStep(provider, 1, 0, torch.device("cpu"))
     losses = get_forward_backward_func()(
         forward_step_func=step, data_iterator=data, model=chunks, num_microbatches=len(batches),
         seq_length=VPP_SEQ, micro_batch_size=1, forward_only=False,
@@ -446,9 +469,9 @@ def _vpp_phase(pp: int, vpp, first, tied: bool, source, save_to) -> dict:
 def vpp_results(tmp_path_factory):
     import json
 
-    from megatron_vlm.checkpoint.hf_names import hf_to_mcore
     from megatron_vlm.models.qwen2_5_vl.config import to_hf_config
-    from tests.qwen_utils import hf_model, tiny_config
+    from megatron_vlm.training.providers import PROVIDERS
+    from tests import qwen3_utils, qwen_utils
 
     root = tmp_path_factory.mktemp("vpp")
     for *_, save in VPP_PHASES:
@@ -457,14 +480,16 @@ def vpp_results(tmp_path_factory):
     template = root / "hf-template"
     template.mkdir()
     full, hf_state = {}, {}
-    for tied in (False, True):
-        cfg = tiny_config(tied=tied, num_hidden_layers=VPP_LAYERS)
-        hf_state[tied] = {n: t.detach() for n, t in hf_model(cfg, seed=3).state_dict().items()}
-        full[tied] = {n: t.numpy() for n, t in hf_to_mcore(hf_state[tied], cfg).items()}
-    (template / "config.json").write_text(json.dumps(to_hf_config(tiny_config(num_hidden_layers=VPP_LAYERS))))
+    for family, tied, utils in (("qwen2_5_vl", False, qwen_utils), ("qwen2_5_vl", True, qwen_utils),
+                                ("qwen3_vl", False, qwen3_utils)):
+        cfg = _vpp_config(family, tied)
+        hf_state[family, tied] = {n: t.detach() for n, t in utils.hf_model(cfg, seed=3).state_dict().items()}
+        mcore = PROVIDERS[family].name_map().hf_to_mcore(hf_state[family, tied], cfg)
+        full[family, tied] = {n: t.numpy() for n, t in mcore.items()}
+    (template / "config.json").write_text(json.dumps(to_hf_config(_vpp_config("qwen2_5_vl", False))))
     per_rank = run_distributed(_vpp_rank_main, 2, full, str(root), str(template), timeout_s=300)
     phases = {name: [rank[i] for rank in per_rank] for i, (name, *_) in enumerate(VPP_PHASES)}
-    return phases, full, hf_state[False], root
+    return phases, full, hf_state["qwen2_5_vl", False], root
 
 
 def _merged(results: list[dict], key: str) -> dict:
@@ -489,14 +514,17 @@ def test_vpp_chunks_hold_megatron_interleaved_layer_ranges(vpp_results):
     # first_stage_layers=2 over 2 chunks: 1 layer per chunk on rank 0, the other 6 as 3 per chunk on rank 1.
     assert [r["layers"] for r in phases["pp2xvpp2-first-stage-2"]] == [[[0], [4]], [[1, 2, 3], [5, 6, 7]]]
     assert [r["layers"] for r in phases["pp1"]] == [[list(range(VPP_LAYERS))]] * 2
+    # Qwen3-VL, 6 layers on the first stage: its chunk 0 holds the DeepStack layers 0-2 with the ViT.
+    assert [r["layers"] for r in phases["qwen3-pp2xvpp2"]] == [[[0, 1, 2], [4, 5, 6]], [[3], [7]]]
+    assert [r["has_vision"] for r in phases["qwen3-pp2xvpp2"]] == [[True, False], [False, False]]
 
 
 def test_vpp_dist_checkpoints_load_across_pp1_and_pp2xvpp2_bit_identical(vpp_results):
     phases, full, _, _ = vpp_results
     for name, *_, tied, _, _ in VPP_PHASES:
-        weights = _merged(phases[name], "weights")
-        assert weights.keys() == full[tied].keys(), name
-        for key, value in full[tied].items():
+        weights, source = _merged(phases[name], "weights"), full[_vpp_family(name), tied]
+        assert weights.keys() == source.keys(), name
+        for key, value in source.items():
             assert _np_equal(weights[key], value), f"{name}: {key} is not the HF weight"
 
 
@@ -514,12 +542,13 @@ def test_vpp_checkpoint_exports_to_the_hf_weights(vpp_results):
 
 @pytest.mark.parametrize("name,reference", [
     ("pp2xvpp2", "pp1"), ("pp2xvpp2-first-stage-2", "pp1"), ("pp2xvpp2-tied", "pp1-tied"),
+    ("qwen3-pp2xvpp2", "qwen3-pp1"),
 ])
 def test_vpp_loss_and_grads_equal_pp1_over_several_micro_batches(vpp_results, name, reference):
     phases, full, _, _ = vpp_results
     ref, results = phases[reference], phases[name]
     ref_grads = {n: torch.from_numpy(g) for n, g in _merged(ref, "grads").items()}
-    assert ref_grads.keys() == full[name.endswith("tied")].keys()  # vision grads despite a text-only micro-batch
+    assert ref_grads.keys() == full[_vpp_family(name), name.endswith("tied")].keys()  # vision grads despite a text-only micro-batch
     assert ref[0]["sample_ids"] == ref[1]["sample_ids"] and len(ref[0]["sample_ids"]) == 9  # each once
     assert [r["loss"] is not None for r in results] == [False, True]
     loss, ref_loss = torch.from_numpy(results[1]["loss"]), torch.from_numpy(ref[0]["loss"])
