@@ -116,6 +116,21 @@ def test_a_table_caption_the_layout_calls_text_names_its_table():
     assert cells and {f.table for f in cells} == {'Table 42 ("Tables where numbers have different units")'}
 
 
+
+def test_a_chinese_table_caption_names_its_table():
+    """zh_texproposal's '表1: 顶级学术期刊出版社TEX 支持情况' above its table (and ctex's bare '表1'):
+    the cells are named by the label as the document writes it, not by the column names."""
+    rows = [["出版社", "模板", "年份"], ["Elsevier", "elsarticle", "2019"], ["Springer", "svjour3", "2020"]]
+    for caption, name in (("表1: 顶级学术期刊出版社TEX 支持情况", '表1 ("顶级学术期刊出版社TEX 支持情况")'),
+                          ("表 2：期刊", '表2 ("期刊")'), ("表3", "表3")):
+        doc = _doc([[("caption", caption), ("paragraph", "正文。")]])
+        doc["pages"][0]["blocks"].insert(1, {"kind": "table", "text": "\n".join(" | ".join(r) for r in rows), "cells": rows,
+                                             "header_rows": 1, "continued_from": None, "header_copied": False,
+                                             "bbox": [50, 150, 500, 200]})
+        cells = [f for f in document_facts(doc) if f.kind == "cell"]
+        assert cells and {f.table for f in cells} == {name}, caption
+
+
 def test_a_quantity_whose_clause_recurs_with_another_number_is_ambiguous():
     """AMC's manual: 'If the first is ticked, the student will get 0 point. If the second is ticked,
     the student will get 1 point. If the third is ticked, the student will get 2 points.' asked

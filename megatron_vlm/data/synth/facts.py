@@ -60,8 +60,8 @@ CLAUSE_ENDS = set("but and or which that while where when because although so if
 VERBS_AFTER = set("is are was were be been has have had can will may must should would could do does did".split())
 LOWER_FIRST = STOPWORDS | set("we our this each all every some most about only over after before during when while".split())
 LEADERS = re.compile(r"\.\s?\.\s?\.")  # dot leaders of an index or a table of contents
-LABEL_RE = re.compile(r"^(Table|Tab\.|Tabelle|Tableau|Tabla)\s*(\d+(?:\.\d+)*)\s*[:.\-–—]?\s*(.*)$", re.S)
-CAPTION_RE = re.compile(r"^(Table|Tab\.|Tabelle|Tableau|Tabla|Figure|Fig\.|Abbildung|Abb\.|Listing)\s*\d", re.I)
+LABEL_RE = re.compile(r"^(Table|Tab\.|Tabelle|Tableau|Tabla|表)\s*(\d+(?:\.\d+)*)\s*[:.\-–—：]?\s*(.*)$", re.S)
+CAPTION_RE = re.compile(r"^(Table|Tab\.|Tabelle|Tableau|Tabla|表|Figure|Fig\.|Abbildung|Abb\.|图|圖|Listing)\s*\d", re.I)
 SECTION_RE = re.compile(r"^(?:(?:Section|Chapter|Part|Kapitel|Abschnitt|Chapitre)\s+)?(\d{1,2}(?:\.\d{1,2}){0,3})\.?(?::\s*|\s+)(\S.*)$")
 REFERENCE_WORDS = re.compile(
     r"(?:\b(?:table|tab|figure|fig|section|sec|chapter|eq|equation|page|pages|p|pp|appendix|version|v|no|ref|step|item|line|lines|vol|volume|seite|kapitel|abschnitt|abb|tabelle)\.?|[§#\[(])\s*$",
@@ -226,6 +226,11 @@ def is_column_name(text: str) -> bool:
                 or len(text) > MAX_NAME_CHARS or len(CJK.findall(text)) > MAX_NAME_CJK)
 
 
+def _label(m: re.Match) -> str:
+    """A caption's label as the document writes it: "Table 3", "表3" (no space before a CJK label's number)."""
+    return f"{m[1]}{m[2]}" if CJK.match(m[1]) else f"{m[1]} {m[2]}"
+
+
 def _is_title(text: str) -> bool:
     words = text.split()
     return 1 <= len(words) <= 15 and bool(re.search(r"[^\W\d_]{3}", text)) and not re.search(r"\.\s?\.\s?\.", text)
@@ -243,7 +248,7 @@ class _Walk:
         for page in doc["pages"]:
             for block in page["blocks"]:
                 if is_caption(block) and (m := LABEL_RE.match(block["text"].strip())):
-                    labels[f"{m[1]} {m[2]}"] += 1
+                    labels[_label(m)] += 1
         self.unique_labels = {label for label, n in labels.items() if n == 1}
         self.last_table: tuple | None = None  # (column names, table id, caption) of the previous page's last table
 
@@ -295,8 +300,8 @@ class _Walk:
     def _table_name(self, caption: str, header: list[str]) -> tuple[str, str]:
         """(how a question names the table, the anchor that identifies it in the key)."""
         m = LABEL_RE.match(caption)
-        if m and f"{m[1]} {m[2]}" in self.unique_labels:
-            label, title = f"{m[1]} {m[2]}", m[3].strip().rstrip(".")
+        if m and _label(m) in self.unique_labels:
+            label, title = _label(m), m[3].strip().rstrip(".")
             return (f'{label} ("{title}")' if title else label), label
         shown = [h for h in header if h]
         cols = ", ".join(f'"{h}"' for h in shown[:4]) + (", …" if len(shown) > 4 else "")
