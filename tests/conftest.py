@@ -97,12 +97,24 @@ def _expected_seconds(item) -> float:
     return float(mark.args[0]) if mark.args else 30.0
 
 
+def _module_fixture_user(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values())
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     import torch
 
     # Longest first, so that with pytest-xdist (tests/run.sh runs two workers) a long test never
     # starts last and leaves one core idle; the order within equal estimates is pytest's own.
     items.sort(key=lambda item: -_expected_seconds(item))
+    # The tests of a module that share a module-scoped fixture (often a multi-process run) go to one
+    # worker, one after the other (tests/run.sh: --dist loadgroup): handed out one by one, each
+    # worker would build the fixture, and build it again each time another module's test came between.
+    for item in items:
+        if _module_fixture_user(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
