@@ -4,7 +4,7 @@ step as slurmstepd sends them, end the job with exit 0, no traceback, and a comp
 `latest`. (Before: torchrun exited 1 with a traceback; a signal to every process killed the
 spawned helper of Megatron's checkpoint writer, so the save after the signal failed.)
 
-Each save is slowed to 8 s and torch elastic's shutdown timeout set to 3 s: plain torchrun would
+Each save is slowed to 5 s and torch elastic's shutdown timeout set to 3 s: plain torchrun would
 SIGKILL the ranks in the middle of the save (and exit 1 with a traceback); the launcher must not.
 """
 
@@ -22,7 +22,7 @@ import pytest
 
 from tests.dist_utils import REPO, free_port, process_tree
 
-SLOW_SAVE_S = 8
+SLOW_SAVE_S = 5  # longer than the shutdown timeouts (3 s) below
 # Loaded at start-up by every process (sitecustomize): in the ranks, each checkpoint save sleeps first.
 SITECUSTOMIZE = f"""
 import os

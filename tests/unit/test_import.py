@@ -10,6 +10,7 @@ every attempt to import them together with the file that asked.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,10 +66,13 @@ print(json.dumps({
 
 
 def _probe(mode: str) -> dict:
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "", "HOME": "/tmp"}
+    # the suite's bytecode cache (tools/activate.sh), else every module is compiled again here
+    env.update({k: os.environ[k] for k in ("PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE") if k in os.environ})
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, mode],
         cwd=REPO,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "", "HOME": "/tmp"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
