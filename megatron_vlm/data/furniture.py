@@ -147,7 +147,7 @@ def mark_furniture(pages: list[dict]) -> None:
     # happens to open page 2 near the top margin does not repeat its position on enough pages.
     for page, block in numbered_lines:
         band = _band(block, page["height_pt"])
-        same_place = sum(1 for other_page, other in numbered_lines
-                         if _band(other, other_page["height_pt"]) == band and abs(other["bbox"][1] - block["bbox"][1]) <= SAME_PLACE_PT)
+        same_place = len({other_page["index"] for other_page, other in numbered_lines  # pages, not lines
+                          if _band(other, other_page["height_pt"]) == band and abs(other["bbox"][1] - block["bbox"][1]) <= SAME_PLACE_PT})
         if same_place >= weak_needed:
             block["kind"] = "header" if band == "top" else "footer"

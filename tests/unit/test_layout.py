@@ -72,6 +72,15 @@ def test_numbered_headings_that_match_the_page_numbers_stay_headings():
     assert [b["text"] for p in pages for b in p["blocks"] if b["kind"] == "heading"] == [
         "1 Introduction", "2 Methods", "2.1 Sampling", "3 Results", "4 Discussion"]
     assert [p["page_label"] for p in pages] == ["1", "2", "3", "4", "5", "6"]
+    # Two such lines on one page (a heading and a margin note at its height) are one page where a
+    # numbered line sits there, not two (counted twice, they made three with page 1 and turned
+    # both headings into running headers).
+    pages = [page(0, "1 Introduction"), page(1, "2 Methods"), page(2, "2.1 Sampling"), page(3, None), page(4, "3 Results"), page(5, "4 Discussion")]
+    pages[1]["blocks"].insert(2, {"kind": "paragraph", "bbox": [320, 79, 500, 93], "text": "2 Reading notes"})
+    furniture.mark_furniture(pages)
+    assert [b["text"] for p in pages for b in p["blocks"] if b["kind"] == "heading"] == [
+        "1 Introduction", "2 Methods", "2.1 Sampling", "3 Results", "4 Discussion"]
+    assert pages[1]["blocks"][2]["kind"] == "paragraph"
 
 
 def test_page_labels_follow_the_printed_numbers_roman_then_arabic():
