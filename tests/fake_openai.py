@@ -77,7 +77,16 @@ class FakeOpenAI:
             def log_message(self, *args):  # quiet
                 pass
 
+            def _release(self) -> None:
+                """This request stops counting as in flight (once): before its reply goes out, since
+                the client may send its next request the moment the reply arrives."""
+                with fake._lock:
+                    if getattr(self, "_counted", False):
+                        fake.in_flight -= 1
+                        self._counted = False
+
             def _send(self, status: int, payload: bytes, headers: dict | None = None) -> None:
+                self._release()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -96,11 +105,11 @@ class FakeOpenAI:
                     fake.auth_headers.append(self.headers.get("Authorization"))
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                    self._counted = True
                 try:
                     self._respond(entry, body)
                 finally:
-                    with fake._lock:
-                        fake.in_flight -= 1
+                    self._release()
 
             def _respond(self, entry: dict, body: dict) -> None:
                 fault = entry["fault"]
