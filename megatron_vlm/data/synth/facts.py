@@ -17,6 +17,8 @@ the same key (what the question names) with a different value (for a quantity: n
 follows its clause anywhere), and a text answer occurs nowhere
 else in the document's text (occurrences that follow the same label the question names, such as a
 section number in the table of contents, are the same fact). `problem` says why a fact is not usable.
+A section title that another page also prints after its number (a table of contents) is `listed`
+there: a question about it can be answered from the contents page without finding the section.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class Fact:
     unit: str = ""  # quantity: unit or counted noun; cell: "%" or ""
     clause: str = ""  # quantity: the clause with the number replaced by the question phrase
     problem: str | None = field(default=None, compare=False)  # why no question may ask for it
+    listed: tuple[int, ...] = field(default=(), compare=False)  # section: other pages printing "number title" (contents)
 
     @property
     def key(self) -> tuple:
@@ -413,6 +416,7 @@ def document_facts(doc: dict) -> list[Fact]:
     for f in raw:
         values_of[f.key].add(normalize(f.value))
     text = doc_text(doc)
+    page_texts = {p["index"]: normalize(p["text"]) for p in doc["pages"]}
     facts = []
     for f in raw:
         problem = None
@@ -422,8 +426,17 @@ def document_facts(doc: dict) -> list[Fact]:
             problem = "another fact in the document has the same name and a different value"
         elif parse_number(f.value) is None and not occurs_once(f.value, text, f.anchors):
             problem = "the answer text occurs elsewhere in the document"
+        if f.kind == "section" and problem is None:
+            f = replace(f, listed=listed_pages(f, page_texts))
         facts.append(replace(f, problem=problem))
     return facts
+
+
+def listed_pages(f: Fact, page_texts: dict[int, str]) -> tuple[int, ...]:
+    """Pages other than the section's own that print its number and title together (a table of
+    contents, a cross-reference list), from normalised page texts by page index."""
+    pattern = re.compile(word_pattern(normalize(f"{f.anchors[0]} {f.value}")))
+    return tuple(i for i, t in sorted(page_texts.items()) if i != f.page and pattern.search(t))
 
 
 def clause_numbers(clause: str, text: str) -> set[str]:

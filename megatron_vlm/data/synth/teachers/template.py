@@ -5,9 +5,10 @@ only the usable facts on the segment's pages are asked about. No question names 
 instance shows the whole document and the model must find where the answer is.
 
 - extract-single: one fact (a table cell by its table, row and column; a quantity by its section
-  and clause; a numbered section's title by its number).
+  and clause; a numbered section's title by its number; a title a contents page also lists only
+  when the segment has nothing else left to ask).
 - extract-multi: 2-4 facts of one kind (cells of one column header, quantities of one unit,
-  section titles) from different pages, answered as a list in the order asked.
+  section titles no contents page lists) from different pages, answered as a list in the order asked.
 - reasoning: comparable values only (one column of one table, or quantities with one unit in
   near-identical clauses), with the operation in the question: a difference, a sum, which row
   is largest/smallest, or how many rows exceed a threshold; or a count over the document's
@@ -79,12 +80,19 @@ class TemplateTeacher:
         return {"facts": dict(sorted(self._facts.items()))}
 
 
-def single(facts: list[Fact], rng: random.Random, k: int = 0) -> dict | None:
-    """The k-th fact of a seeded order that takes the kinds in turn (cell, quantity, section)."""
+def _in_turn(facts: list[Fact], rng: random.Random) -> list[Fact]:
+    """A seeded order that takes the kinds in turn (cell, quantity, section)."""
     kinds = sorted({f.kind for f in facts})
     rng.shuffle(kinds)
     queues = {kind: rng.sample([f for f in facts if f.kind == kind], sum(f.kind == kind for f in facts)) for kind in kinds}
-    order = [q[i] for i in range(max((len(q) for q in queues.values()), default=0)) for q in queues.values() if i < len(q)]
+    return [q[i] for i in range(max((len(q) for q in queues.values()), default=0)) for q in queues.values() if i < len(q)]
+
+
+def single(facts: list[Fact], rng: random.Random, k: int = 0) -> dict | None:
+    """The k-th fact of a seeded order that takes the kinds in turn (cell, quantity, section);
+    section titles a contents page also lists (`Fact.listed`) come after all the others: asking
+    them teaches looking up the contents, not finding the section."""
+    order = _in_turn([f for f in facts if not f.listed], rng) + _in_turn([f for f in facts if f.listed], rng)
     if k >= len(order):
         return None
     fact = order[k]
@@ -116,8 +124,12 @@ def _kind_of(f: Fact) -> tuple:
 
 
 def multi(facts: list[Fact], rng: random.Random) -> dict | None:
+    """2-4 facts of one kind from different pages, asked as a list; never section titles a contents
+    page lists (one look at the contents answers them all)."""
     groups: dict[tuple, list[Fact]] = {}
     for f in facts:
+        if f.listed:
+            continue
         groups.setdefault(_kind_of(f), []).append(f)
     groups = {k: v for k, v in groups.items() if len({f.page for f in v}) >= 2}
     if not groups:
