@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced, not run: activate the project's virtual environment ($VENV, default .venv) for the
 # README's two commands (examples/quickstart.sh, tests/run.sh), after tools/setup_env.sh made it.
 #   source tools/activate.sh

@@ -14,8 +14,10 @@ if [ -f "$stamp" ] && [ "$stamp" -nt setup.py ]; then
 fi
 echo "[setup] creating $VENV with $($PY --version)"
 "$PY" -m venv "$VENV"
-# shellcheck disable=SC1091
-source "$VENV/bin/activate"
+# the venv, with bytecode cached under it: the import check below then compiles torch and
+# megatron-core once for every later process (tools/activate.sh)
+# shellcheck source=tools/activate.sh
+source tools/activate.sh
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # --no-compile: byte-compiling all of torch/transformers costs minutes of CPU; Python compiles what it
 # imports and caches it (tools/activate.sh makes sure it may).

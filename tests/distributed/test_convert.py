@@ -260,11 +260,12 @@ def _refusals(hf_dir: str, tmp: str) -> dict:
 # ---------------------------------------------------------------- tests
 
 
-def _round_trip_tp2_pp2(tmp_path: Path, hf: Path, *export_args: str) -> tuple[Path, Path]:
-    """HF -> Megatron (the CLI, --tp 2 --pp 2) -> loaded and resaved by a TP=2 x PP=2 model -> HF;
-    asserts the export is the source bit for bit. Returns (the converted checkpoint, the export)."""
+def _round_trip_tp2_pp2(tmp_path: Path, hf: Path, *export_args: str, fresh_interpreter: bool = False) -> tuple[Path, Path]:
+    """HF -> Megatron (the CLI, --tp 2 --pp 2; in a new interpreter as a user runs it, or its main()
+    in a fork-server rank) -> loaded and resaved by a TP=2 x PP=2 model -> HF; asserts the export is
+    the source bit for bit. Returns (the converted checkpoint, the export)."""
     mc = tmp_path / "mcore"
-    r = _cli("hf-to-mcore", "--hf", str(hf), "--output", str(mc), "--tp", "2", "--pp", "2")
+    r = (_cli if fresh_interpreter else _convert)("hf-to-mcore", "--hf", str(hf), "--output", str(mc), "--tp", "2", "--pp", "2")
     assert r.returncode == 0, r.stderr[-2000:]
     resaved = tmp_path / "mcore-tp2pp2"
     resaved.mkdir()
@@ -280,7 +281,7 @@ def _round_trip_tp2_pp2(tmp_path: Path, hf: Path, *export_args: str) -> tuple[Pa
 @pytest.mark.parametrize("tied,layout", [(True, "new"), (False, "old")], ids=["tied-new", "untied-old"])
 def test_round_trip_through_tp2_pp2_is_bit_identical(tmp_path, reference_dir, tied, layout):
     hf = make_hf_dir(tmp_path / "hf", tied, layout, reference_dir)
-    _, out = _round_trip_tp2_pp2(tmp_path, hf, "--layout", layout)
+    _, out = _round_trip_tp2_pp2(tmp_path, hf, "--layout", layout, fresh_interpreter=tied)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qwen2_5_vl" and config["tie_word_embeddings"] == tied
     for name in ("tokenizer.json", "chat_template.json", "preprocessor_config.json", "generation_config.json"):

