@@ -96,9 +96,8 @@ def import_benchmark(
     The directory is assembled aside and renamed into place (utils.atomic).
     """
     from megatron_vlm.eval import importers
-    from megatron_vlm.models.family import DEFAULT_FAMILY, get_family
 
-    family = get_family(family or DEFAULT_FAMILY).name
+    family = family or DEFAULT_FAMILY
 
     samples = importers.SAMPLES if samples is None else samples
     seed = importers.SEED if seed is None else seed

@@ -31,7 +31,7 @@ def test_a_module_fixture_is_built_once_under_two_workers(tmp_path):
     (tmp_path / "test_other.py").write_text("".join(f"def test_{i}():\n    pass\n" for i in range(6)))
     log = tmp_path / "built.log"
     env = dict(os.environ, BUILT_LOG=str(log), PYTHONPATH=str(REPO))
-    args = (Path(REPO / "tests" / "run.sh").read_text().split("python -m pytest tests ")[1].split('"$@"')[0]
+    args = ((REPO / "tests" / "run.sh").read_text().split("python -m pytest tests ")[1].split('"$@"')[0]
             .replace('"${PYTEST_WORKERS:-2}"', "2").split())
     done = subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider", "-o", "markers=slow",
                            str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -415,8 +415,8 @@ def document_facts(doc: dict) -> list[Fact]:
     values_of: dict[tuple, set[str]] = defaultdict(set)
     for f in raw:
         values_of[f.key].add(normalize(f.value))
-    text = doc_text(doc)
-    page_texts = {p["index"]: normalize(p["text"]) for p in doc["pages"]}
+    pages = page_texts(doc)
+    text = doc_text(doc, pages)
     facts = []
     for f in raw:
         problem = None
@@ -426,9 +426,8 @@ def document_facts(doc: dict) -> list[Fact]:
             problem = "another fact in the document has the same name and a different value"
         elif parse_number(f.value) is None and not occurs_once(f.value, text, f.anchors):
             problem = "the answer text occurs elsewhere in the document"
-        if f.kind == "section" and problem is None:
-            f = replace(f, listed=listed_pages(f, page_texts))
-        facts.append(replace(f, problem=problem))
+        listed = listed_pages(f, pages) if f.kind == "section" and problem is None else ()
+        facts.append(replace(f, problem=problem, listed=listed))
     return facts
 
 
@@ -446,9 +445,15 @@ def clause_numbers(clause: str, text: str) -> set[str]:
     return {m[1] for m in re.finditer(word_pattern(normalize(clause)) + r"\s*(\d+(?:\.\d+)?)", text)}
 
 
-def doc_text(doc: dict) -> str:
-    """The whole document's text, normalised (what uniqueness of a text answer is checked against)."""
-    return " \n ".join(normalize(p["text"]) for p in doc["pages"])
+def page_texts(doc: dict) -> dict[int, str]:
+    """Each page's text, normalised, by page index."""
+    return {p["index"]: normalize(p["text"]) for p in doc["pages"]}
+
+
+def doc_text(doc: dict, pages: dict[int, str] | None = None) -> str:
+    """The whole document's text, normalised (what uniqueness of a text answer is checked against);
+    ``pages``: its page_texts when already made."""
+    return " \n ".join((page_texts(doc) if pages is None else pages).values())
 
 
 SPACING_ACCENT = re.compile(r"[\u00a8\u00b4\u02c6\u02c7\u02d8\u02d9\u02da\u02db\u02dc\u02dd\u00b8]\s?[^\W\d_]")  # "¨A" for "Ä"
