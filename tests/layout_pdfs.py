@@ -121,6 +121,38 @@ def continued_table(first_rows: int = 14, second_rows: int = 6) -> tuple[bytes, 
     return doc.tobytes(), {"first": [TABLE_HEADER, *first], "second": second}
 
 
+def footnotes() -> tuple[bytes, dict]:
+    """Body lines with raised footnote marks ("...compatability" + raised 6; a Dingbats mark
+    after Chinese text), raised exponents that are not marks ("10" + raised 6, "m" + raised 2,
+    with no footnote 2), and at the foot of the page the footnotes, each opening with its mark in a
+    smaller size or another font. The reference: each body line as a reader reads it."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=LETTER[0], height=LETTER[1])
+    y = _paragraph(page, 90, 40, 6)
+    lines = []
+
+    def raised(y: float, before: str, mark: str, after: str, font: str = "helv", mark_font: str = "helv") -> None:
+        page.insert_text((72, y), before, fontsize=10.5, fontname=font)
+        x = 72 + pymupdf.get_text_length(before, fontname=font, fontsize=10.5)
+        page.insert_text((x, y - 4), mark, fontsize=7, fontname=mark_font)
+        x += pymupdf.get_text_length(mark, fontname=mark_font, fontsize=7)
+        page.insert_text((x, y), after, fontsize=10.5, fontname=font)
+
+    raised(y, "with better compatability", "6", " seemed to like all the rules")
+    lines.append("with better compatability seemed to like all the rules")
+    raised(y + 16, "the sample held 2.5 x 10", "6", " cells in each well")
+    lines.append("the sample held 2.5 x 106 cells in each well")
+    raised(y + 32, "each plate covered 4 m", "2", " of the bench")
+    lines.append("each plate covered 4 m2 of the bench")
+    raised(y + 48, "版式见页面", "z", "，以及页眉", font="china-s", mark_font="zadb")
+    lines.append("版式见页面，以及页眉")
+    page.insert_text((72, 700), "6", fontsize=6, fontname="helv")
+    page.insert_text((78, 703), "An earlier version broke with the colour package.", fontsize=8, fontname="helv")
+    page.insert_text((72, 718), "z", fontsize=8, fontname="zadb")
+    page.insert_text((72 + pymupdf.get_text_length("z", fontname="zadb", fontsize=8), 718), "页眉页脚需要调整", fontsize=8, fontname="china-s")
+    return doc.tobytes(), {"lines": lines}
+
+
 def without_tounicode(text: str = "Results of the spring campaign show that every partner reported on time") -> tuple[bytes, dict]:
     """A page whose text is in an embedded TrueType font whose ToUnicode map was removed: the glyph
     ids come out as characters (what real PDFs with such fonts give)."""

@@ -78,15 +78,64 @@ def _union(a: list[float], b) -> list[float]:
     return [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
 
 
+_SUPERSCRIPT = 1  # pymupdf span flag: the span sits above its line's baseline
+_MARK_CHARS = 3
+_MARK_SYMBOLS = set("0123456789*∗†‡§¶‖#")
+_SYMBOL_FONTS = ("dingbat", "symbol")  # circled-digit marks come out as letters from these fonts
+_EXPONENT_BEFORE = set("0123456789−-+×·=^")
+
+
+def _is_mark(span: dict) -> bool:
+    text = span["text"].strip()
+    return 0 < len(text) <= _MARK_CHARS and (set(text) <= _MARK_SYMBOLS or any(f in span["font"].lower() for f in _SYMBOL_FONTS))
+
+
+def footnote_marks(text_dict: dict) -> dict[str, float]:
+    """Marks that open a footnote on this page -> the top of the footnote's line: a line whose first
+    span is a short mark set apart from the text after it by a smaller size or another font ("1" at
+    6 pt before an 8-pt note; a Dingbats circled digit before a Chinese note)."""
+    marks: dict[str, float] = {}
+    for block in text_dict["blocks"]:
+        for line in block.get("lines", ()):
+            spans = [s for s in line["spans"] if s["text"].strip()]
+            if len(spans) < 2:
+                continue
+            mark, after = spans[0], spans[1]
+            if _is_mark(mark) and (mark["size"] < 0.9 * after["size"] or mark["font"] != after["font"]):
+                text = mark["text"].strip()
+                marks[text] = max(marks.get(text, 0.0), line["bbox"][1])
+    return marks
+
+
+def _is_footnote_ref(spans: list[dict], i: int, line_top: float, marks: dict[str, float]) -> bool:
+    """Whether spans[i] (i >= 1) is a raised mark in running text whose footnote starts further down
+    the page: it is left out of the text ("compatability6 seemed" -> "compatability seemed").
+    Raised text that no footnote line starts with (the A of the LaTeX logo) stays, and so does
+    an exponent or index: raised text after a digit, an operator or other raised text, or followed
+    by more raised text ("2.62 x 10^7 m^-1", "B^1,2", even with a footnote 1 below). MuPDF flags
+    subscripts as superscript too; their lower baseline tells them apart."""
+    span, before = spans[i], spans[i - 1]
+    after = next((s for s in spans[i + 1:] if s["text"].strip()), None)
+    text, prev = span["text"].strip(), before["text"].rstrip()
+    raised = bool(span["flags"] & _SUPERSCRIPT) and span["origin"][1] < before["origin"][1]
+    return (raised and text in marks and line_top < marks[text]
+            and not before["flags"] & _SUPERSCRIPT and prev[-1:] not in _EXPONENT_BEFORE
+            and not (after is not None and after["flags"] & _SUPERSCRIPT and after["origin"][1] < before["origin"][1]))
+
+
 def text_lines(text_dict: dict, exclude: list[tuple] = ()) -> list[dict]:
     """The page's non-empty lines: {"bbox", "text", "style": (size, bold), "block"}; spans mostly
-    inside an `exclude` rectangle (tables) are left out."""
+    inside an `exclude` rectangle (tables) are left out, and so are footnote marks in the text
+    (see _is_footnote_ref)."""
+    marks = footnote_marks(text_dict)
     out = []
     for bi, block in enumerate(text_dict["blocks"]):
         if block.get("type", 0) != 0:
             continue
         for line in block["lines"]:
             spans = line["spans"]
+            if marks:
+                spans = [s for i, s in enumerate(spans) if i == 0 or not _is_footnote_ref(spans, i, line["bbox"][1], marks)]
             if exclude:
                 spans = [s for s in spans if not any(_overlap_share(s["bbox"], r) > 0.5 for r in exclude)]
             text = _line_text(spans)
