@@ -90,19 +90,40 @@ def vision_qkv_to_hf(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
 # ---------------------------------------------------------------- the map
 
 
+class HFTensors:
+    """An HF state dict read by name, which remembers what was read: the map of each family takes
+    every tensor it converts, then ``check_all_taken`` refuses a checkpoint with tensors left over."""
+
+    def __init__(self, hf_state: dict, where: str = ""):
+        """``where`` is said after a missing name (the naming layout, say)."""
+        self.hf_state, self.where = hf_state, where
+        self.taken: set[str] = set()
+
+    def take(self, name: str) -> torch.Tensor:
+        if name not in self.hf_state:
+            raise KeyError(f"HF state dict has no {name!r}{self.where}")
+        self.taken.add(name)
+        return self.hf_state[name]
+
+    def skip(self, name: str) -> None:
+        """``name`` may be there and is not needed (a tied ``lm_head.weight``: we keep no copy)."""
+        if name in self.hf_state:
+            self.taken.add(name)
+
+    def check_all_taken(self) -> None:
+        unused = sorted(set(self.hf_state) - self.taken)
+        if unused:
+            raise KeyError(f"{len(unused)} HF tensors have no Megatron name, e.g. {unused[:3]}")
+
+
 def hf_to_mcore(hf_state: dict, cfg: Qwen2_5_VLConfig, spec: str = "local") -> dict:
     """Full Megatron state dict (global layer numbers) from an HF state dict of either layout."""
     layout = detect_layout(hf_state)
     lm, vis = _prefixes(layout)
     t, v = cfg.text, cfg.vision
     norms = _norm_names(spec)
-    used: set[str] = set()
-
-    def take(name: str) -> torch.Tensor:
-        if name not in hf_state:
-            raise KeyError(f"HF state dict has no {name!r} (layout {layout!r})")
-        used.add(name)
-        return hf_state[name]
+    hf = HFTensors(hf_state, f" (layout {layout!r})")
+    take = hf.take
 
     out: dict[str, torch.Tensor] = {}
     out["language_model.embedding.word_embeddings.weight"] = take(lm + "embed_tokens.weight")
@@ -122,8 +143,7 @@ def hf_to_mcore(hf_state: dict, cfg: Qwen2_5_VLConfig, spec: str = "local") -> d
         out[dst + norms["attn"]] = take(src + "input_layernorm.weight")
         out[dst + norms["mlp"]] = take(src + "post_attention_layernorm.weight")
     out["language_model.decoder.final_layernorm.weight"] = take(lm + "norm.weight")
-    if "lm_head.weight" in hf_state:
-        used.add("lm_head.weight")
+    hf.skip("lm_head.weight")
     if not t.tie_word_embeddings:
         out["language_model.output_layer.weight"] = take("lm_head.weight")
 
@@ -145,10 +165,7 @@ def hf_to_mcore(hf_state: dict, cfg: Qwen2_5_VLConfig, spec: str = "local") -> d
     for kind in ("weight", "bias"):
         out[f"vision.merger.mlp.linear_fc1.{kind}"] = take(vis + f"merger.mlp.0.{kind}")
         out[f"vision.merger.mlp.linear_fc2.{kind}"] = take(vis + f"merger.mlp.2.{kind}")
-
-    unused = sorted(set(hf_state) - used)
-    if unused:
-        raise KeyError(f"{len(unused)} HF tensors have no Megatron name, e.g. {unused[:3]}")
+    hf.check_all_taken()
     return out
 
 

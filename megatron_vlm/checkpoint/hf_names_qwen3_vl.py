@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from megatron_vlm.checkpoint.hf_names import (
+    HFTensors,
     _norm_names,
     fuse_qkv_grouped,
     split_qkv_grouped,
@@ -72,14 +73,8 @@ def _pairs(cfg: Qwen3VLConfig, spec: str) -> list[tuple[str, str]]:
 def hf_to_mcore(hf_state: dict, cfg: Qwen3VLConfig, spec: str = "local") -> dict:
     """Full Megatron state dict (global layer numbers) from an HF Qwen3-VL state dict."""
     t, v = cfg.text, cfg.vision
-    used: set[str] = set()
-
-    def take(name: str) -> torch.Tensor:
-        if name not in hf_state:
-            raise KeyError(f"HF state dict has no {name!r}")
-        used.add(name)
-        return hf_state[name]
-
+    hf = HFTensors(hf_state)
+    take = hf.take
     out = {dst: take(src) for src, dst in _pairs(cfg, spec)}
     for i in range(t.num_hidden_layers):
         src, dst = f"{LM}layers.{i}.", f"language_model.decoder.layers.{i}."
@@ -94,11 +89,8 @@ def hf_to_mcore(hf_state: dict, cfg: Qwen3VLConfig, spec: str = "local") -> dict
             out[f"vision.decoder.layers.{i}.self_attention.linear_qkv.{kind}"] = vision_qkv_to_mcore(
                 take(f"{VIS}blocks.{i}.attn.qkv.{kind}"), v.num_heads
             )
-    if "lm_head.weight" in hf_state:  # tied: HF may store the copy; we keep none
-        used.add("lm_head.weight")
-    unused = sorted(set(hf_state) - used)
-    if unused:
-        raise KeyError(f"{len(unused)} HF tensors have no Megatron name, e.g. {unused[:3]}")
+    hf.skip("lm_head.weight")
+    hf.check_all_taken()
     return out
 
 
