@@ -106,13 +106,12 @@ class VisionTransformer(MegatronModule):
         merger_config: TransformerConfig,
         spec: str = "local",
         attention_backend: str = "auto",
-        patch_bias: bool = False,
     ):
-        """``patch_bias``: the patch embedding has a bias (Qwen3-VL's tower, which subclasses this one;
-        its blocks' norm is ``config.normalization``)."""
+        """Also Qwen3-VL's tower, which subclasses this one: whether the patch embedding has a bias
+        is ``vision.patch_bias``, the blocks' norm is ``config.normalization``."""
         super().__init__(config=config)
-        self.vision = vision
-        self.patch_embed = nn.Linear(vision.patch_dim, vision.hidden_size, bias=patch_bias, dtype=config.params_dtype)
+        self.vision, self.spec = vision, spec
+        self.patch_embed = nn.Linear(vision.patch_dim, vision.hidden_size, bias=vision.patch_bias, dtype=config.params_dtype)
         layer = layer_spec(spec, vision=True, attention_backend=attention_backend, normalization=config.normalization)
         self.decoder = nn.Module()
         self.decoder.layers = nn.ModuleList(
@@ -146,15 +145,22 @@ class VisionTransformer(MegatronModule):
         v = self.vision
         return vision_rope_freqs(grid_thw, v.head_dim, v.spatial_merge_size, v.rope_theta)
 
+    def embed_patches(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings [P, hidden] of patches [P, patch_dim]; ValueError unless P is what the
+        grids [n, 3] (on the CPU) need."""
+        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
+        need = int(grid_thw.prod(-1).sum())
+        if x.shape[0] != need:
+            raise ValueError(f"{x.shape[0]} patches but the grids {grid_thw.tolist()} need {need}")
+        return x
+
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Embeddings [P / merge^2, out_hidden] for patches [P, patch_dim] of the images in ``grid_thw``."""
         v = self.vision
         unit = v.spatial_merge_size**2
         grid_thw = grid_thw.cpu()
-        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
+        x = self.embed_patches(pixel_values, grid_thw)
         n = x.shape[0]
-        if n != int(grid_thw.prod(-1).sum()):
-            raise ValueError(f"{n} patches but the grids {grid_thw.tolist()} need {int(grid_thw.prod(-1).sum())}")
         order, cu_window = window_order(grid_thw, v.spatial_merge_size, v.window_size // v.spatial_merge_size // v.patch_size)
         order = order.to(x.device)
         x = x.view(n // unit, unit, -1)[order].reshape(n, 1, -1)

@@ -48,18 +48,12 @@ class VisionTransformer(Qwen25Vision):
     """Qwen2.5-VL's tower (patch embedding, blocks, merger, 2D rope) with a patch bias, the position
     grid and the DeepStack mergers, and without windows."""
 
-    def __init__(
-        self,
-        vision: VisionConfig,
-        config: TransformerConfig,
-        merger_config: TransformerConfig,
-        spec: str = "local",
-        attention_backend: str = "auto",
-    ):
-        super().__init__(vision, config, merger_config, spec, attention_backend, patch_bias=True)
+    def __init__(self, vision: VisionConfig, config: TransformerConfig, merger_config: TransformerConfig, *args, **kwargs):
+        """The arguments of Qwen2.5-VL's tower."""
+        super().__init__(vision, config, merger_config, *args, **kwargs)
         self.pos_embed = nn.Embedding(vision.num_position_embeddings, vision.hidden_size, dtype=config.params_dtype)
         self.deepstack_mergers = nn.ModuleList(
-            [PatchMerger(merger_config, vision.hidden_size, vision.spatial_merge_size, spec, postshuffle=True)
+            [PatchMerger(merger_config, vision.hidden_size, vision.spatial_merge_size, self.spec, postshuffle=True)
              for _ in vision.deepstack_visual_indexes]
         )
 
@@ -67,10 +61,8 @@ class VisionTransformer(Qwen25Vision):
         """[P / merge^2, out_hidden * (1 + taps)] for patches [P, patch_dim] of the images in ``grid_thw``."""
         v = self.vision
         grid_thw = grid_thw.cpu()
-        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
+        x = self.embed_patches(pixel_values, grid_thw)
         n = x.shape[0]
-        if n != int(grid_thw.prod(-1).sum()):
-            raise ValueError(f"{n} patches but the grids {grid_thw.tolist()} need {int(grid_thw.prod(-1).sum())}")
         x = x + position_embeddings(self.pos_embed.weight, grid_thw, v.spatial_merge_size).to(x.device)
         x = x.reshape(n, 1, -1)
         freqs = self.rope_angles(grid_thw).to(x.device).reshape(n, 1, 1, -1)
