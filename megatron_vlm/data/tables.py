@@ -13,7 +13,9 @@ under a third of the remaining cells filled, text in under a quarter of the grid
 columns (a schematic drawn with many lines and a few labels is not a table), or more than a
 quarter of the filled cells paragraphs (over MAX_CELL_CHARS characters: a description list, terms
 in the margin beside paragraphs, which the layout model takes for a table with the section
-headings between its entries). `header_rows` is the number
+headings between its entries), or more than a quarter of the filled cells index or contents entries
+(dot leaders, or lists of page numbers such as "4252, 4260,": an index set in columns, which the
+model also takes for a table). `header_rows` is the number
 of rows above the first horizontal rule across the table inside it (booktabs' \\midrule; a
 partial \\cmidrule counts only when no full rule does), at most MAX_HEADER_ROWS, else 1 (also
 in a grid with rules between most rows).
@@ -27,6 +29,8 @@ page prints.
 
 from __future__ import annotations
 
+import re
+
 import pymupdf
 
 from megatron_vlm.data.textlines import words_text
@@ -37,6 +41,9 @@ MIN_GRID_USED = 1 / 4  # rows x columns holding text, as a share of the grid's (
 MAX_CELL_CHARS = 160  # a cell longer than this is a paragraph
 MAX_PARAGRAPH_CELLS = 1 / 4  # share of filled cells that may be paragraphs (more: prose beside labels, not a table)
 MAX_HEADER_ROWS = 3
+MAX_INDEX_CELLS = 1 / 4  # share of filled cells that may be index or contents entries (more: an index set in columns)
+_LEADERS = re.compile(r"\.\s?\.\s?\.")  # dot leaders
+_PAGE_LIST = re.compile(r"\d+(?:,\s+\d+)*,?")  # "4252," or "5104, 5105, 5106": page references, not a value ("4,312")
 BODY_KINDS = ("heading", "paragraph", "list", "table", "formula", "figure")  # blocks that are page content (not furniture, captions, notes)
 
 
@@ -123,6 +130,11 @@ def model_grid(group: dict) -> tuple[list[float], list[float]] | None:
     return ys, xs
 
 
+def _is_index_entry(cell: str) -> bool:
+    """A cell of an index or a contents page: dot leaders, or nothing but page references."""
+    return bool(_LEADERS.search(cell) or (("," in cell) and _PAGE_LIST.fullmatch(cell.strip())))
+
+
 def table_block(ys: list[float], xs: list[float], words: list[tuple], horiz: list[tuple] = ()) -> dict | None:
     """A table block (docs/formats.md: kind "table", cells, header_rows) from a grid and the page's
     words (x0, y0, x1, y1, text, ...); None when the grid does not hold a table (see module docstring)."""
@@ -144,7 +156,8 @@ def table_block(ys: list[float], xs: list[float], words: list[tuple], horiz: lis
     filled = sum(bool(t) for row in rows for t in row)
     if (len(rows) < 2 or len(keep_cols) < 2 or filled < MIN_CELLS or filled < MIN_FILL * len(rows) * len(keep_cols)
             or len(rows) * len(keep_cols) < MIN_GRID_USED * n_rows * n_cols
-            or sum(len(t) > MAX_CELL_CHARS for row in rows for t in row) > MAX_PARAGRAPH_CELLS * filled):
+            or sum(len(t) > MAX_CELL_CHARS for row in rows for t in row) > MAX_PARAGRAPH_CELLS * filled
+            or sum(_is_index_entry(t) for row in rows for t in row) > MAX_INDEX_CELLS * filled):
         return None
     width = xs[-1] - xs[0]
     header_rows = 1

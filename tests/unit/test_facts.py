@@ -82,8 +82,8 @@ def test_a_table_whose_first_row_is_data_gives_no_cells():
     """biblatex's German manual lists an option's values and what each does as a two-column table
     without a header (true | Aktiviert Katalogisierung für alles. / false | ... / bib | ...); its
     first row was taken for column names ('the value in the column "Aktiviert Katalogisierung für
-    alles." for the row "bib"'). Column names that are sentences, numbers, code or run long are no
-    header; years and short names are."""
+    alles." for the row "bib"'). Column names that are sentences, numbers, code, run long or run on
+    into the next cell (a list set in columns) are no header; years and short names are."""
     def table(rows):
         return {"kind": "table", "text": "\n".join(" | ".join(r) for r in rows), "cells": rows, "header_rows": 1,
                 "continued_from": None, "header_copied": False, "bbox": [50, 300, 500, 400]}
@@ -94,13 +94,16 @@ def test_a_table_whose_first_row_is_data_gives_no_cells():
                ["v2.2 (2015/07/03)", "修正已知问题"]]
     code = [["1821", r"{\FootAnnexeTxtFont \MakeUppercase{\StringCorriges}}"], [r"\ps@annexe", "des pages suivantes"],
             [r"\ps@firstannexe", "des premières pages"]]
-    revenue = [["Region", "2022", "2023"], ["North", "4,312", "4,870"], ["South", "3,905", "4,118"]]
-    doc = _doc([[("heading", "3 Optionen")], [("heading", "4 Versionen")], [("heading", "5 Styles")], [("heading", "6 Revenue")]])
-    for page, rows in enumerate((options, history, code, revenue)):
+    revenue = [["Region", "2022", "2023 (USD)"], ["North", "4,312", "4,870"], ["South", "3,905", "4,118"]]
+    # listings' list of languages set in two columns: a name runs on into the next cell
+    languages = [["ABAP (R/2 4.3, R/2 5.0, R/3 3.1,", "R/3 4.6C, R/3 6.10)"], ["ACM", "ACMscript"], ["ACSL", "Ada (2005, 83, 95)"]]
+    doc = _doc([[("heading", "3 Optionen")], [("heading", "4 Versionen")], [("heading", "5 Styles")], [("heading", "6 Revenue")],
+                [("heading", "7 Sprachen")]])
+    for page, rows in enumerate((options, history, code, revenue, languages)):
         doc["pages"][page]["blocks"].append(table(rows))
     cells = [f for f in document_facts(doc) if f.kind == "cell"]
     assert {(f.page, f.row, f.column, f.value) for f in cells} == {
-        (3, "North", "2022", "4,312"), (3, "North", "2023", "4,870"), (3, "South", "2022", "3,905"), (3, "South", "2023", "4,118")}
+        (3, "North", "2022", "4,312"), (3, "North", "2023 (USD)", "4,870"), (3, "South", "2022", "3,905"), (3, "South", "2023 (USD)", "4,118")}
 
 
 def test_a_table_caption_the_layout_calls_text_names_its_table():

@@ -271,6 +271,23 @@ def test_header_rows_end_at_the_full_width_rule():
     assert tables.table_block(ys, xs, words[:2], []) is None  # two words in a 4x3 grid: not a table
 
 
+def test_an_index_set_in_columns_is_not_a_table():
+    """ctex's index (entries, dot leaders, page lists over two columns) came out as a table whose
+    column "A" held "4252,"; a table of numbers with thousands separators stays a table."""
+    from megatron_vlm.data import tables
+
+    ys, xs = [0, 10, 20, 30, 40], [0, 100, 200]
+
+    def grid(rows):
+        return [(5 + 100 * c, 2 + 10 * r, 95 + 100 * c, 8 + 10 * r, text) for r, row in enumerate(rows) for c, text in enumerate(row)]
+
+    index = [["\\abovedisplayskip . . . .", "4251, 4254,"], ["4259, 4266, 4270,", "4290,"],
+             ["\\abstractname . . . . . .", "2550"], ["\\addtocontents", "4252,"]]
+    assert tables.table_block(ys, xs, grid(index)) is None
+    revenue = [["Region", "2023"], ["North", "4,312"], ["South", "3,905"], ["East", "12,040"]]
+    assert tables.table_block(ys, xs, grid(revenue))["cells"] == revenue
+
+
 def test_footnote_marks_are_left_out_of_the_text_and_exponents_stay():
     data, ref = layout_pdfs.footnotes()
     (page,), _ = process_pdf(data, NO_OCR)

@@ -114,3 +114,25 @@ def test_validation_rejects_each_rule_by_reason(report):
     scanned = {**doc, "id": "scanned", "pages": [{**p, "ocr": "tesseract", "ocr_confidence": 41.0} for p in doc["pages"]]}
     assert v.check(_record(doc_id="scanned"), scanned) == "answer comes from low-quality text"
     assert v.check(_record(question="Which district has 1,240 households?", answer="North", evidence_pages=[3]), doc) == "answer not on its evidence pages"
+
+
+def test_reasoning_pairs_amounts_of_one_unit_of_measure_in_one_section():
+    import random
+
+    from megatron_vlm.data.synth.facts import Fact
+
+    def quantity(section, before, value, unit):
+        return Fact("quantity", 0, value, (section, before, unit), section=section, unit=unit, clause=f"{before} how many {unit}")
+
+    body = quantity("2 Setup", "the body text is set in", "10", "pt")
+    heading = quantity("2 Setup", "each heading is set in", "14", "pt")
+    caption = quantity("3 Results", "the captions are set in", "9", "pt")  # another section
+    people = quantity("2 Setup", "the study recruited", "24", "participants")  # counted nouns: not comparable
+    places = quantity("2 Setup", "the pilot covered", "3", "districts")
+    assert template._quantity_pairs([body, heading, caption, people, places]) == [(body, heading)]
+    for seed in range(6):
+        qa = template._pair_question((body, heading), random.Random(seed))
+        q = qa["question"]
+        first, second = sorted((body, heading), key=lambda f: q.index(f.clause))  # (1) is the clause asked first
+        a, b = int(first.value), int(second.value)
+        assert qa["answer"] == str(a - b if "(1) minus (2)" in qa["question"] else a + b), qa

@@ -96,6 +96,11 @@ def number_format(text: str) -> str:
     return "Float" if "." in text else "Int"
 
 
+def is_measure(unit: str) -> bool:
+    """A unit of measure (pt, ms, %, ...), not a counted noun ("participants")."""
+    return unit in UNITS or unit in MEASURE_UNITS
+
+
 def unit_of(text: str) -> str:
     """The unit suffix that makes numbers comparable: '%' for '12%', '' for '12'."""
     return "%" if text.strip().endswith("%") else ""
@@ -222,10 +227,12 @@ def is_caption(block: dict) -> bool:
 
 def is_column_name(text: str) -> bool:
     """Whether a header cell reads as a column's name: not a number (a year is a name: "2023"), a
-    sentence (ends in . or 。), code (backslash, braces) or longer than a name (MAX_NAME_CHARS, or
-    MAX_NAME_CJK CJK characters)."""
+    sentence (ends in . or 。), code (backslash, braces), a piece of a list running on into the next
+    cell (ends in a comma, or its brackets do not pair up: "R/3 4.6C, R/3 6.10)") or longer than a
+    name (MAX_NAME_CHARS, or MAX_NAME_CJK CJK characters)."""
     text = text.strip()
-    return not ((parse_number(text) is not None and not YEAR_RE.match(text)) or text.endswith((".", "。", "!", "?")) or re.search(r"[\\{}]", text)
+    return not ((parse_number(text) is not None and not YEAR_RE.match(text)) or text.endswith((".", "。", "!", "?", ",", "，", ";"))
+                or re.search(r"[\\{}]", text) or text.count("(") != text.count(")") or text.count("[") != text.count("]")
                 or len(text) > MAX_NAME_CHARS or len(CJK.findall(text)) > MAX_NAME_CJK)
 
 

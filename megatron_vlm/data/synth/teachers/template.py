@@ -9,8 +9,8 @@ instance shows the whole document and the model must find where the answer is.
   when the segment has nothing else left to ask).
 - extract-multi: 2-4 facts of one kind (cells of one column header, quantities of one unit,
   section titles no contents page lists) from different pages, answered as a list in the order asked.
-- reasoning: comparable values only (one column of one table, or quantities with one unit in
-  near-identical clauses), with the operation in the question: a difference, a sum, which row
+- reasoning: comparable values only (one column of one table; quantities with one unit in
+  near-identical clauses, or of one unit of measure in one section), with the operation in the question: a difference, a sum, which row
   is largest/smallest, or how many rows exceed a threshold; or a count over the document's
   structure: how many numbered subsections a section has (only when they are numbered without a
   gap, all on the segment's pages, and the next section follows the last of them).
@@ -24,7 +24,7 @@ import json
 import random
 from collections import Counter
 
-from megatron_vlm.data.synth.facts import Fact, FactCache, mask_digits, normalize, number_format, parse_number
+from megatron_vlm.data.synth.facts import Fact, FactCache, is_measure, mask_digits, normalize, number_format, parse_number
 from megatron_vlm.data.synth.teachers import Answer, Job
 
 TEMPLATE_VERSION = "template-v2"
@@ -164,14 +164,20 @@ def _columns(facts: list[Fact]) -> list[list[Fact]]:
 
 
 def _quantity_pairs(facts: list[Fact]) -> list[tuple[Fact, Fact]]:
-    """Quantities with one unit in clauses that differ in exactly one word (digits aside): the same
-    measure of two things ("the revenue of the north / east division was N units")."""
+    """Quantities with one unit that measure comparable things: clauses that differ in exactly one
+    word, digits aside (the same measure of two things: "the revenue of the north / east division
+    was N units"), or two amounts of one unit of measure (pt, ms, MB, %, ...; not a counted noun:
+    "24 participants" and "3 rules" are not comparable) in one section."""
     qs = [f for f in facts if f.kind == "quantity"]
     pairs = []
     for i, a in enumerate(qs):
         for b in qs[i + 1:]:
+            if a.unit != b.unit:
+                continue
             wa, wb = mask_digits(a.anchors[1]).split(), mask_digits(b.anchors[1]).split()
-            if a.unit == b.unit and len(wa) == len(wb) >= 4 and sum(x != y for x, y in zip(wa, wb)) == 1:
+            same_measure = len(wa) == len(wb) >= 4 and sum(x != y for x, y in zip(wa, wb)) == 1
+            same_unit = a.section and a.section == b.section and is_measure(a.unit) and a.value != b.value
+            if same_measure or same_unit:
                 pairs.append((a, b))
     return pairs
 
@@ -179,12 +185,12 @@ def _quantity_pairs(facts: list[Fact]) -> list[tuple[Fact, Fact]]:
 def reasoning(facts: list[Fact], rng: random.Random, doc_facts: list[Fact] | None = None) -> dict | None:
     """A reasoning question over the segment's usable `facts` (`doc_facts`: the whole document's,
     to know a section's subsections are complete)."""
-    columns, pairs = _columns(facts), _quantity_pairs(facts)
-    chapters = _subsections(facts, doc_facts or facts)
-    options = [("column", c) for c in columns] + [("pair", p) for p in pairs] + [("sections", c) for c in chapters]
-    if not options:
+    options = {"column": _columns(facts), "pair": _quantity_pairs(facts), "sections": _subsections(facts, doc_facts or facts)}
+    kinds = [kind for kind, items in options.items() if items]
+    if not kinds:
         return None
-    what, item = rng.choice(options)
+    what = rng.choice(kinds)  # each kind as likely, however many pairs a segment has
+    item = rng.choice(options[what])
     if what == "sections":
         return _count_question(*item)
     return _column_question(item, rng) if what == "column" else _pair_question(item, rng)
