@@ -124,8 +124,9 @@ def continued_table(first_rows: int = 14, second_rows: int = 6) -> tuple[bytes, 
 def footnotes() -> tuple[bytes, dict]:
     """Body lines with raised footnote marks ("...compatability" + raised 6; a Dingbats mark
     after Chinese text), raised exponents that are not marks ("10" + raised 6, "m" + raised 2,
-    with no footnote 2), and at the foot of the page the footnotes, each opening with its mark in a
-    smaller size or another font. The reference: each body line as a reader reads it."""
+    with no footnote 2), a ruled table whose header "Windows" carries footnote 3, and at the foot of
+    the page the footnotes, each opening with its mark in a smaller size or another font, or in
+    small type. The reference: each body line and the table's cells as a reader reads them."""
     doc = pymupdf.open()
     page = doc.new_page(width=LETTER[0], height=LETTER[1])
     y = _paragraph(page, 90, 40, 6)
@@ -146,11 +147,25 @@ def footnotes() -> tuple[bytes, dict]:
     lines.append("each plate covered 4 m2 of the bench")
     raised(y + 48, "版式见页面", "z", "，以及页眉", font="china-s", mark_font="zadb")
     lines.append("版式见页面，以及页眉")
+    cells = [["System", "Windows"], ["Font", "SimSun"], ["Size", "12"]]
+    top, xs = y + 80, (72, 200, 330)
+    for r, row in enumerate(cells):  # a ruled grid; the header "Windows" carries footnote 3
+        for c, text in enumerate(row):
+            page.insert_text((xs[c] + 4, top + 16 * r + 12), text, fontsize=10.5, fontname="helv")
+        if r == 0:
+            page.insert_text((xs[1] + 4 + pymupdf.get_text_length("Windows", fontname="helv", fontsize=10.5), top + 8), "3",
+                             fontsize=7, fontname="helv")
+    for r in range(len(cells) + 1):
+        page.draw_line((xs[0], top + 16 * r), (xs[-1], top + 16 * r), width=0.5)
+    for x in xs:
+        page.draw_line((x, top), (x, top + 16 * len(cells)), width=0.5)
+    page.insert_text((72, 688), "3", fontsize=8, fontname="helv")  # same size and font as its note, which is small
+    page.insert_text((78, 688), "Windows 10 and later.", fontsize=8, fontname="helv")
     page.insert_text((72, 700), "6", fontsize=6, fontname="helv")
     page.insert_text((78, 703), "An earlier version broke with the colour package.", fontsize=8, fontname="helv")
     page.insert_text((72, 718), "z", fontsize=8, fontname="zadb")
     page.insert_text((72 + pymupdf.get_text_length("z", fontname="zadb", fontsize=8), 718), "页眉页脚需要调整", fontsize=8, fontname="china-s")
-    return doc.tobytes(), {"lines": lines}
+    return doc.tobytes(), {"lines": lines, "cells": cells}
 
 
 def without_tounicode(text: str = "Results of the spring campaign show that every partner reported on time") -> tuple[bytes, dict]:

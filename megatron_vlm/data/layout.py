@@ -85,24 +85,38 @@ _SYMBOL_FONTS = ("dingbat", "symbol")  # circled-digit marks come out as letters
 _EXPONENT_BEFORE = set("0123456789−-+×·=^")
 
 
-def _is_mark(span: dict) -> bool:
-    text = span["text"].strip()
+def _is_mark(span: dict, text: str) -> bool:
     return 0 < len(text) <= _MARK_CHARS and (set(text) <= _MARK_SYMBOLS or any(f in span["font"].lower() for f in _SYMBOL_FONTS))
 
 
 def footnote_marks(text_dict: dict) -> dict[str, float]:
     """Marks that open a footnote on this page -> the top of the footnote's line: a line whose first
     span is a short mark set apart from the text after it by a smaller size or another font ("1" at
-    6 pt before an 8-pt note; a Dingbats circled digit before a Chinese note)."""
+    6 pt before an 8-pt note; a Dingbats circled digit before a Chinese note), or followed by text
+    smaller than most of the page's (a 7.5-pt note under 10.5-pt text, the mark in the note's span
+    or its own)."""
+    sizes: Counter = Counter()
+    for block in text_dict["blocks"]:
+        for line in block.get("lines", ()):
+            for span in line["spans"]:
+                sizes[round(span["size"], 1)] += len(span["text"].strip())
+    page_size = sizes.most_common(1)[0][0] if sizes else 0.0
     marks: dict[str, float] = {}
     for block in text_dict["blocks"]:
         for line in block.get("lines", ()):
             spans = [s for s in line["spans"] if s["text"].strip()]
-            if len(spans) < 2:
+            if not spans:
                 continue
-            mark, after = spans[0], spans[1]
-            if _is_mark(mark) and (mark["size"] < 0.9 * after["size"] or mark["font"] != after["font"]):
-                text = mark["text"].strip()
+            first = spans[0]
+            text, _, rest = first["text"].strip().partition(" ")
+            if rest.strip():  # mark and note in one span: only small type tells a note from a numbered line
+                set_apart = first["size"] < 0.9 * page_size
+            elif len(spans) >= 2:
+                after = spans[1]
+                set_apart = first["size"] < 0.9 * after["size"] or first["font"] != after["font"] or after["size"] < 0.9 * page_size
+            else:
+                continue
+            if _is_mark(first, text) and set_apart:
                 marks[text] = max(marks.get(text, 0.0), line["bbox"][1])
     return marks
 
@@ -121,6 +135,26 @@ def _is_footnote_ref(spans: list[dict], i: int, line_top: float, marks: dict[str
     return (raised and text in marks and line_top < marks[text]
             and not before["flags"] & _SUPERSCRIPT and prev[-1:] not in _EXPONENT_BEFORE
             and not (after is not None and after["flags"] & _SUPERSCRIPT and after["origin"][1] < before["origin"][1]))
+
+
+def table_words(textpage, text_dict: dict) -> list[tuple]:
+    """The page's words (x0, y0, x1, y1, text, ...) for table cells, footnote marks cut off the end
+    of the word they were glued to (a header "Windows3" with footnote 3 reads "Windows")."""
+    words = textpage.extractWORDS()
+    marks = footnote_marks(text_dict)
+    refs = [(span["bbox"], span["text"].strip()) for block in text_dict["blocks"] for line in block.get("lines", ())
+            for i, span in enumerate(line["spans"]) if i and marks and _is_footnote_ref(line["spans"], i, line["bbox"][1], marks)]
+    if not refs:
+        return words
+    out = []
+    for w in words:
+        for (x0, y0, x1, y1), mark in refs:
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            if w[0] <= cx <= w[2] and w[1] <= cy <= w[3] and w[4].endswith(mark) and len(w[4]) > len(mark):
+                w = (w[0], w[1], x0, w[3], w[4][: -len(mark)], *w[5:])
+                break
+        out.append(w)
+    return out
 
 
 def text_lines(text_dict: dict, exclude: list[tuple] = ()) -> list[dict]:
@@ -236,7 +270,7 @@ def rules_layout(text_dict: dict, textpage, page: pymupdf.Page, paths: bool) -> 
         horiz, vert = tables.rules(page)
         grids = tables.find_grid_tables(horiz, vert)
         if grids:
-            words = textpage.extractWORDS()
+            words = table_words(textpage, text_dict)
             table_blocks = [b for b in (tables.table_block(ys, xs, words, horiz) for ys, xs in grids) if b]
     rects = [tuple(b["bbox"]) for b in table_blocks]
     return table_blocks, style_groups(text_lines(text_dict, rects))
@@ -269,7 +303,7 @@ def model_layout(text_dict: dict, textpage, page: pymupdf.Page, regions: list[di
             grid = tables.model_grid(group)
             block = None
             if grid:
-                words = textpage.extractWORDS() if words is None else words
+                words = table_words(textpage, text_dict) if words is None else words
                 horiz = tables.rules(page)[0] if horiz is None else horiz
                 inside = [w for w in words if _overlap_share(w[:4], rects[ri]) >= 0.5]
                 block = tables.table_block(*grid, inside, horiz)

@@ -295,3 +295,6 @@ def test_footnote_marks_are_left_out_of_the_text_and_exponents_stay():
     for line in ref["lines"]:  # "compatability6 seemed" and "页面z，" would fail here; "10" + raised 6 stays "106"
         assert line in text, line
     assert "An earlier version broke" in text  # the footnote itself is kept
+    for layout in ("rules", "model"):  # the table's words come from another reader than the lines
+        (page,), _ = process_pdf(data, PdfSettings(ocr=False, layout=layout))
+        assert [b["cells"] for b in page["blocks"] if b["kind"] == "table"] == [ref["cells"]], layout

@@ -24,7 +24,15 @@ import json
 import random
 from collections import Counter
 
-from megatron_vlm.data.synth.facts import Fact, FactCache, is_measure, mask_digits, normalize, number_format, parse_number
+from megatron_vlm.data.synth.facts import (
+    Fact,
+    FactCache,
+    is_measure,
+    mask_digits,
+    normalize,
+    number_format,
+    parse_number,
+)
 from megatron_vlm.data.synth.teachers import Answer, Job
 
 TEMPLATE_VERSION = "template-v2"
