@@ -82,8 +82,9 @@ def test_a_table_whose_first_row_is_data_gives_no_cells():
     """biblatex's German manual lists an option's values and what each does as a two-column table
     without a header (true | Aktiviert Katalogisierung für alles. / false | ... / bib | ...); its
     first row was taken for column names ('the value in the column "Aktiviert Katalogisierung für
-    alles." for the row "bib"'). Column names that are sentences, numbers, code, run long or run on
-    into the next cell (a list set in columns) are no header; years and short names are."""
+    alles." for the row "bib"'). Column names that are sentences, numbers, code, run long, run on
+    into the next cell (a list set in columns) or open the cells below them (examples) are no
+    header; years and short names are."""
     def table(rows):
         return {"kind": "table", "text": "\n".join(" | ".join(r) for r in rows), "cells": rows, "header_rows": 1,
                 "continued_from": None, "header_copied": False, "bbox": [50, 300, 500, 400]}
@@ -97,9 +98,12 @@ def test_a_table_whose_first_row_is_data_gives_no_cells():
     revenue = [["Region", "2022", "2023 (USD)"], ["North", "4,312", "4,870"], ["South", "3,905", "4,118"]]
     # listings' list of languages set in two columns: a name runs on into the next cell
     languages = [["ABAP (R/2 4.3, R/2 5.0, R/3 3.1,", "R/3 4.6C, R/3 6.10)"], ["ACM", "ACMscript"], ["ACSL", "Ada (2005, 83, 95)"]]
+    # gerdoc's examples of input and output: the header's "ergibt:" opens every row's cell too
+    examples = [['Dru"cker', "ergibt: Drucker", "bzw. Druk-ker"], ['Ro"lladen', "ergibt: Rolladen", "bzw. Roll-laden"],
+                ['Be"ttuch', "ergibt: Bettuch", "bzw. Bett-tuch"]]
     doc = _doc([[("heading", "3 Optionen")], [("heading", "4 Versionen")], [("heading", "5 Styles")], [("heading", "6 Revenue")],
-                [("heading", "7 Sprachen")]])
-    for page, rows in enumerate((options, history, code, revenue, languages)):
+                [("heading", "7 Sprachen")], [("heading", "8 Trennung")]])
+    for page, rows in enumerate((options, history, code, revenue, languages, examples)):
         doc["pages"][page]["blocks"].append(table(rows))
     cells = [f for f in document_facts(doc) if f.kind == "cell"]
     assert {(f.page, f.row, f.column, f.value) for f in cells} == {

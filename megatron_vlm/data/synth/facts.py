@@ -10,8 +10,9 @@ Three kinds, all from text a reader would cite:
 Where facts come from: body blocks (paragraph, list, table) of pages whose text is good
 (`page_problem`); never headings (except as section titles), captions, running headers, footers,
 page numbers, or a block whose text (digits masked) recurs on three or more pages. A table gives
-cells only when its header cells read as column names (`is_column_name`): a two-column list of
-options and what they do, set without a header, has a data row where its header would be. A fact is
+cells only when its header cells read as column names (`is_column_name`) and not as one more row
+(`header_reads_as_data`): a two-column list of options and what they do, or of examples, set
+without a header, has a data row where its header would be. A fact is
 `usable` only when it picks out one fact in the WHOLE document: no other fact, on any page, has
 the same key (what the question names) with a different value (for a quantity: no other number
 follows its clause anywhere), and a text answer occurs nowhere
@@ -236,6 +237,20 @@ def is_column_name(text: str) -> bool:
                 or len(text) > MAX_NAME_CHARS or len(CJK.findall(text)) > MAX_NAME_CJK)
 
 
+def header_reads_as_data(header: list[str], body: list[list[str]]) -> bool:
+    """Whether a table's header row is one more data row: in some column, the header cell's first
+    word opens most body cells too (a list of examples "Dru"cker | ergibt: Drucker", "Ro"lladen |
+    ergibt: Rolladen", ... whose first example was taken for the header)."""
+    for c, name in enumerate(header):
+        first = name.split()[0] if name.split() else ""
+        if not re.search(r"[^\W\d_]", first):
+            continue
+        column = [row[c].split()[0] for row in body if c < len(row) and row[c].split()]
+        if len(column) >= 2 and 2 * sum(word == first for word in column) > len(column):
+            return True
+    return False
+
+
 def _label(m: re.Match) -> str:
     """A caption's label as the document writes it: "Table 3", "表3" (no space before a CJK label's number)."""
     return f"{m[1]}{m[2]}" if CJK.match(m[1]) else f"{m[1]} {m[2]}"
@@ -325,8 +340,8 @@ class _Walk:
             return
         if any(LEADERS.search(h) or "__" in h for h in header):
             return  # an index or table of contents set as a table, not a table of facts
-        if not all(is_column_name(h) for h in header if h):
-            return  # its first row is data (a list of options and what they do) or code, not column names
+        if not all(is_column_name(h) for h in header if h) or header_reads_as_data(header, body):
+            return  # its first row is data (a list of options and what they do, examples) or code, not column names
         name, anchor = self._table_name(caption, header)
         labels = Counter(row[0] for row in body if row)
         for row in body:
