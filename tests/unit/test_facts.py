@@ -151,6 +151,16 @@ def test_a_quantity_whose_clause_recurs_with_another_number_is_ambiguous():
     assert facts["2"].problem is not None and facts["24"].problem is None
 
 
+def test_a_quantity_clause_starts_at_its_subject_not_at_a_linking_word():
+    """listings: 'where the base width is how many em in the example?' was asked; the clause's own
+    words, without the 'where' that links it to the sentence, make the question."""
+    text = "The columns are fixed, where the base width is 0.6 em in the example of this section."
+    doc = _doc([[("heading", "2.10 Fixed and flexible columns"), ("paragraph", text)]])
+    (fact,) = [f for f in document_facts(doc) if f.kind == "quantity"]
+    assert fact.value == "0.6" and fact.problem is None
+    assert fact.ask() == 'According to the section "2.10 Fixed and flexible columns", the base width is how many em in the example of this section?'
+
+
 def test_section_titles_a_contents_page_lists_are_asked_last_and_never_in_lists():
     """zh_ctex_manual: 18 of 40 graded questions asked a section title its contents pages list too
     ("What is the title of section 14.8.6?"), answerable without finding the section. Such a title is

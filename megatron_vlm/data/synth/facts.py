@@ -390,6 +390,8 @@ class _Walk:
         cuts = [sentence.rfind(sep, 0, m.start()) + len(sep) for sep in (", ", ": ", "(") if sep in sentence[: m.start()]]
         start = max(cuts, default=0)
         before = sentence[start: m.start()].strip()
+        while before.split() and before.split()[0].casefold() in CLAUSE_ENDS:  # "where the width is": the clause, not its link
+            before = before.split(maxsplit=1)[1] if len(before.split()) > 1 else ""
         if len(before.split()) < (3 if start else 2):
             return None
         previous = before.split()[-1]
