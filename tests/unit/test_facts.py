@@ -3,6 +3,8 @@ text (a spacing accent for an umlaut) kept out of facts."""
 
 from __future__ import annotations
 
+import pytest
+
 from megatron_vlm.data.synth.facts import document_facts, normalize, occurs_once
 
 
@@ -58,7 +60,10 @@ def test_table_with_two_header_rows_continued_over_a_page():
     assert all(f.problem is None for f in cells)
 
 
-def test_reasoning_over_a_table_named_by_its_columns_passes_validation():
+@pytest.mark.parametrize("copies", [1, 2])
+def test_reasoning_over_a_table_named_by_its_columns_passes_validation(copies):
+    """copies=2: booktabs prints one example table twice on a page; a question over its column
+    names each value twice, as one fact (it was rejected as combining two kinds)."""
     import random
 
     from megatron_vlm.data.synth.teachers import template
@@ -66,9 +71,10 @@ def test_reasoning_over_a_table_named_by_its_columns_passes_validation():
 
     rows = [["Armadillo", "12", "8.99"], ["Emu", "30", "33.33"], ["Gnu", "150", "92.50"]]
     doc = _doc([[("heading", "1 Prices"), ("paragraph", "The list below gives prices.")]])
-    doc["pages"][0]["blocks"].append({"kind": "table", "text": "", "cells": [["Animal", "Weight", "Price"], *rows],
-                                      "header_rows": 1, "bbox": [50, 300, 500, 400]})
-    doc["pages"][0]["text"] += "\n\n" + "\n".join(" | ".join(r) for r in [["Animal", "Weight", "Price"], *rows])
+    for _ in range(copies):
+        doc["pages"][0]["blocks"].append({"kind": "table", "text": "", "cells": [["Animal", "Weight", "Price"], *rows],
+                                          "header_rows": 1, "bbox": [50, 300, 500, 400]})
+        doc["pages"][0]["text"] += "\n\n" + "\n".join(" | ".join(r) for r in [["Animal", "Weight", "Price"], *rows])
     facts = [f for f in document_facts(doc) if f.problem is None]
     for seed in range(8):
         qa = template._column_question(next(c for c in template._columns(facts) if c[0].column == "Price"), random.Random(seed))

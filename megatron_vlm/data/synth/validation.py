@@ -231,7 +231,8 @@ def problems(r: dict, doc: dict, cache: FactCache | None = None) -> list[str]:
         if r["task"] == "reasoning":
             if not OPERATION.search(q):
                 found.append("reasoning question states no operation")
-            kinds = {(f.kind, f.table_id, normalize(f.column)) if f.kind == "cell" else (f.kind, f.unit) for f in named}
+            distinct = {(f.key, normalize(f.value)): f for f in named}.values()  # a table printed twice names each fact twice
+            kinds = {(f.kind, f.table_id, normalize(f.column)) if f.kind == "cell" else (f.kind, f.unit) for f in distinct}
             if len(kinds) > 1:
                 found.append("reasoning combines values of different kinds")
             elif len(named) < 2:
