@@ -239,14 +239,14 @@ def is_column_name(text: str) -> bool:
 
 def header_reads_as_data(header: list[str], body: list[list[str]]) -> bool:
     """Whether a table's header row is one more data row: in some column, the header cell's first
-    word opens most body cells too (a list of examples "Dru"cker | ergibt: Drucker", "Ro"lladen |
+    word opens half the body cells or more (a list of examples "Dru"cker | ergibt: Drucker", "Ro"lladen |
     ergibt: Rolladen", ... whose first example was taken for the header)."""
     for c, name in enumerate(header):
         first = name.split()[0] if name.split() else ""
         if not re.search(r"[^\W\d_]", first):
             continue
         column = [row[c].split()[0] for row in body if c < len(row) and row[c].split()]
-        if len(column) >= 2 and 2 * sum(word == first for word in column) > len(column):
+        if len(column) >= 2 and 2 * sum(word == first for word in column) >= len(column):
             return True
     return False
 
