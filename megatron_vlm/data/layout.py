@@ -137,6 +137,12 @@ def _is_footnote_ref(spans: list[dict], i: int, line_top: float, marks: dict[str
             and not (after is not None and after["flags"] & _SUPERSCRIPT and after["origin"][1] < before["origin"][1]))
 
 
+def _opens_footnote(line: dict, marks: dict[str, float]) -> bool:
+    """Whether `line` is the first line of a footnote: it starts with a mark that footnote_marks
+    found opening a footnote at this line's height."""
+    return any(line["text"].startswith(mark) and abs(line["bbox"][1] - top) < 1 for mark, top in marks.items())
+
+
 def table_words(textpage, text_dict: dict) -> list[tuple]:
     """The page's words (x0, y0, x1, y1, text, ...) for table cells, footnote marks cut off the end
     of the word they were glued to (a header "Windows3" with footnote 3 reads "Windows")."""
@@ -286,8 +292,10 @@ def rules_blocks(table_blocks: list[dict], groups: list[dict], body: float, page
 
 def model_layout(text_dict: dict, textpage, page: pymupdf.Page, regions: list[dict]) -> tuple[list[dict], list[dict]]:
     """(blocks in reading order from the layout model's regions, style groups of the lines no
-    region holds); model_blocks places those once the body font size is known."""
+    region holds); model_blocks places those once the body font size is known. A text or list region
+    whose first line opens a footnote (footnote_marks) is a footnote, whatever the model says."""
     lines = text_lines(text_dict)
+    marks = footnote_marks(text_dict)
     rects = [tuple(g["group_bbox"][:4]) for g in regions]
     owner = []
     for line in lines:
@@ -315,6 +323,8 @@ def model_layout(text_dict: dict, textpage, page: pymupdf.Page, regions: list[di
         if not mine:
             continue
         kind = MODEL_KINDS.get(cls, "paragraph")
+        if kind in ("paragraph", "list") and _opens_footnote(mine[0], marks):
+            kind = "footnote"
         text = join_lines([line["text"] for line in mine])
         if kind == "heading" and not has_letter(text):
             kind = "paragraph"

@@ -13,7 +13,7 @@ from collections import Counter
 import pymupdf
 import pytest
 
-from megatron_vlm.data import furniture, layout_model, ocr, textlines
+from megatron_vlm.data import furniture, layout, layout_model, ocr, textlines
 from megatron_vlm.data.pdf import PdfSettings, process_pdf
 from tests import layout_pdfs
 
@@ -295,6 +295,20 @@ def test_footnote_marks_are_left_out_of_the_text_and_exponents_stay():
     for line in ref["lines"]:  # "compatability6 seemed" and "页面z，" would fail here; "10" + raised 6 stays "106"
         assert line in text, line
     assert "An earlier version broke" in text  # the footnote itself is kept
-    for layout in ("rules", "model"):  # the table's words come from another reader than the lines
-        (page,), _ = process_pdf(data, PdfSettings(ocr=False, layout=layout))
-        assert [b["cells"] for b in page["blocks"] if b["kind"] == "table"] == [ref["cells"]], layout
+    for kind in ("rules", "model"):  # the table's words come from another reader than the lines
+        (page,), _ = process_pdf(data, PdfSettings(ocr=False, layout=kind))
+        assert [b["cells"] for b in page["blocks"] if b["kind"] == "table"] == [ref["cells"]], kind
+
+
+def test_a_text_region_that_opens_with_a_footnote_mark_is_a_footnote():
+    """zh_texproposal p12: the model called the first of three footnotes under a table text, so the
+    table no longer closed the page and its continuation on the next page was not linked."""
+    data, _ = layout_pdfs.footnotes()
+    page = pymupdf.open(stream=data)[0]
+    text_dict = page.get_text("dict")
+    note = next(ln["bbox"] for b in text_dict["blocks"] for ln in b["lines"] if "An earlier version" in "".join(s["text"] for s in ln["spans"]))
+    body = (60, 80, 560, 200)
+    regions = [{"class_name": "text", "group_bbox": [*body, 0.9]}, {"class_name": "text", "group_bbox": [60, note[1] - 2, 560, note[3] + 2, 0.9]}]
+    blocks, _ = layout.model_layout(text_dict, page.get_textpage(), page, regions)
+    assert [b["kind"] for b in blocks] == ["paragraph", "footnote"], blocks
+    assert blocks[1]["text"].startswith("6 An earlier version")
