@@ -6,8 +6,8 @@ Where the grid comes from:
   (`model_grid`);
 - the rules-only layout (`layout="rules"`) takes connected grids of vector rules
   (`find_grid_tables`), which finds fully ruled tables only.
-Either way `table_block` fills the cells with the page's words (each word goes to the cell that
-holds its centre; a cell's words are read in lines, see textlines.py), drops empty rows and
+Either way `table_block` first splits a column that holds two (`split_merged_columns`), then fills
+the cells with the page's words (each word goes to the cell that holds its centre; a cell's words are read in lines, see textlines.py), drops empty rows and
 columns, and refuses grids that are not tables: fewer than 2 rows or columns or 4 filled cells,
 under a third of the remaining cells filled, text in under a quarter of the grid's rows x
 columns (a schematic drawn with many lines and a few labels is not a table), or more than a
@@ -41,6 +41,7 @@ MIN_GRID_USED = 1 / 4  # rows x columns holding text, as a share of the grid's (
 MAX_CELL_CHARS = 160  # a cell longer than this is a paragraph
 MAX_PARAGRAPH_CELLS = 1 / 4  # share of filled cells that may be paragraphs (more: prose beside labels, not a table)
 MAX_HEADER_ROWS = 3
+MERGED_GAP = 2.0  # two header words further apart than this many times their height head two columns
 MAX_INDEX_CELLS = 1 / 4  # share of filled cells that may be index or contents entries (more: an index set in columns)
 _LEADERS = re.compile(r"\.\s?\.\s?\.")  # dot leaders
 _PAGE_LIST = re.compile(r"\d+(?:,\s+\d+)*,?")  # "4252," or "5104, 5105, 5106": page references, not a value ("4,312")
@@ -135,9 +136,36 @@ def _is_index_entry(cell: str) -> bool:
     return bool(_LEADERS.search(cell) or (("," in cell) and _PAGE_LIST.fullmatch(cell.strip())))
 
 
+def _centre(w: tuple) -> tuple[float, float]:
+    return (w[0] + w[2]) / 2, (w[1] + w[3]) / 2
+
+
+def split_merged_columns(ys: list[float], xs: list[float], words: list[tuple]) -> list[float]:
+    """Column boundaries `xs` with a boundary added where one column holds two: its cell in the
+    first row is two words further apart than MERGED_GAP times their height ("热度" and "备注" over
+    one column), and the words of every other row fall cleanly to either side of one x (those that
+    start before the first header word ends, and the rest). The layout model draws such close
+    columns as one ("5 维护良好，..." as one cell under "热度备注")."""
+    out = list(xs)
+    for x0, x1 in zip(xs, xs[1:]):
+        inside = [w for w in words if x0 <= _centre(w)[0] < x1 and ys[0] <= _centre(w)[1] <= ys[-1]]
+        head = sorted((w for w in inside if _centre(w)[1] < ys[1]), key=lambda w: w[0])
+        if len(head) != 2 or head[1][0] - head[0][2] < MERGED_GAP * (head[0][3] - head[0][1]):
+            continue
+        body = [w for w in inside if _centre(w)[1] >= ys[1]]
+        left = [w for w in body if w[0] < head[0][2]]
+        right = [w for w in body if w[0] >= head[0][2]]
+        if left and right and max(w[2] for w in left) < min(w[0] for w in right):
+            split = (max(w[2] for w in left) + min(w[0] for w in right)) / 2
+            if _centre(head[0])[0] < split < _centre(head[1])[0]:
+                out.append(split)
+    return sorted(out)
+
+
 def table_block(ys: list[float], xs: list[float], words: list[tuple], horiz: list[tuple] = ()) -> dict | None:
     """A table block (docs/formats.md: kind "table", cells, header_rows) from a grid and the page's
     words (x0, y0, x1, y1, text, ...); None when the grid does not hold a table (see module docstring)."""
+    xs = split_merged_columns(ys, xs, words)
     n_rows, n_cols = len(ys) - 1, len(xs) - 1
     if n_rows < 1 or n_cols < 1:
         return None

@@ -288,6 +288,23 @@ def test_an_index_set_in_columns_is_not_a_table():
     assert tables.table_block(ys, xs, grid(revenue))["cells"] == revenue
 
 
+def test_two_close_columns_under_one_grid_column_are_split():
+    """zh_texproposal's 表2: the layout model drew "热度" (a number) and "备注" (a remark that starts
+    just right of the number) as one column, so cells read "5 维护良好，..."."""
+    from megatron_vlm.data import tables
+
+    ys, xs = [0, 12, 24, 36, 48], [0, 90, 320]
+    words = [(5, 2, 60, 10, "School"), (100, 2, 118, 10, "Heat"), (200, 2, 236, 10, "Remark"),
+             (5, 14, 60, 22, "Tsinghua"), (105, 14, 110, 22, "5"), (121, 14, 150, 22, "well"), (152, 14, 190, 22, "kept"),
+             (5, 26, 60, 34, "Nanjing"), (105, 26, 110, 34, "4"),
+             (5, 38, 60, 46, "Fudan"), (105, 38, 110, 46, "2"), (121, 38, 160, 46, "dual")]
+    assert tables.table_block(ys, xs, words)["cells"] == [
+        ["School", "Heat", "Remark"], ["Tsinghua", "5", "well kept"], ["Nanjing", "4", ""], ["Fudan", "2", "dual"]]
+    # a header of two words a space apart ("Item Description") is one column's name
+    close = [words[0], (100, 2, 118, 10, "Item"), (121, 2, 170, 10, "Description"), *words[3:]]
+    assert tables.table_block(ys, xs, close)["cells"][0] == ["School", "Item Description"]
+
+
 def test_footnote_marks_are_left_out_of_the_text_and_exponents_stay():
     data, ref = layout_pdfs.footnotes()
     (page,), _ = process_pdf(data, NO_OCR)
