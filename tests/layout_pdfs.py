@@ -159,13 +159,17 @@ def footnotes() -> tuple[bytes, dict]:
         page.draw_line((xs[0], top + 16 * r), (xs[-1], top + 16 * r), width=0.5)
     for x in xs:
         page.draw_line((x, top), (x, top + 16 * len(cells)), width=0.5)
+    listing = ["\\setlength{\\parindent}{0pt}", "\\newcommand{\\Note}{x}"]
+    for i, code in enumerate(listing):  # a listing with small line numbers: they open lines, but no text refers to them
+        page.insert_text((72, top + 80 + 11 * i), str(5 + i), fontsize=6, fontname="helv")
+        page.insert_text((78, top + 80 + 11 * i), code, fontsize=8, fontname="cour")
     page.insert_text((72, 688), "3", fontsize=8, fontname="helv")  # same size and font as its note, which is small
     page.insert_text((78, 688), "Windows 10 and later.", fontsize=8, fontname="helv")
     page.insert_text((72, 700), "6", fontsize=6, fontname="helv")
     page.insert_text((78, 703), "An earlier version broke with the colour package.", fontsize=8, fontname="helv")
     page.insert_text((72, 718), "z", fontsize=8, fontname="zadb")
     page.insert_text((72 + pymupdf.get_text_length("z", fontname="zadb", fontsize=8), 718), "页眉页脚需要调整", fontsize=8, fontname="china-s")
-    return doc.tobytes(), {"lines": lines, "cells": cells}
+    return doc.tobytes(), {"lines": lines, "cells": cells, "listing_top": top + 70}
 
 
 def without_tounicode(text: str = "Results of the spring campaign show that every partner reported on time") -> tuple[bytes, dict]:

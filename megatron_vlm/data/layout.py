@@ -143,13 +143,17 @@ def _opens_footnote(line: dict, marks: dict[str, float]) -> bool:
     return any(line["text"].startswith(mark) and abs(line["bbox"][1] - top) < 1 for mark, top in marks.items())
 
 
+def footnote_refs(text_dict: dict, marks: dict[str, float]) -> list[tuple[tuple, str]]:
+    """(bbox, mark) of every footnote mark in the page's running text (_is_footnote_ref)."""
+    return [(span["bbox"], span["text"].strip()) for block in text_dict["blocks"] for line in block.get("lines", ())
+            for i, span in enumerate(line["spans"]) if i and marks and _is_footnote_ref(line["spans"], i, line["bbox"][1], marks)]
+
+
 def table_words(textpage, text_dict: dict) -> list[tuple]:
     """The page's words (x0, y0, x1, y1, text, ...) for table cells, footnote marks cut off the end
     of the word they were glued to (a header "Windows3" with footnote 3 reads "Windows")."""
     words = textpage.extractWORDS()
-    marks = footnote_marks(text_dict)
-    refs = [(span["bbox"], span["text"].strip()) for block in text_dict["blocks"] for line in block.get("lines", ())
-            for i, span in enumerate(line["spans"]) if i and marks and _is_footnote_ref(line["spans"], i, line["bbox"][1], marks)]
+    refs = footnote_refs(text_dict, footnote_marks(text_dict))
     if not refs:
         return words
     out = []
@@ -293,9 +297,12 @@ def rules_blocks(table_blocks: list[dict], groups: list[dict], body: float, page
 def model_layout(text_dict: dict, textpage, page: pymupdf.Page, regions: list[dict]) -> tuple[list[dict], list[dict]]:
     """(blocks in reading order from the layout model's regions, style groups of the lines no
     region holds); model_blocks places those once the body font size is known. A text or list region
-    whose first line opens a footnote (footnote_marks) is a footnote, whatever the model says."""
+    whose first line opens a footnote (footnote_marks) that the text above refers to is a footnote,
+    whatever the model says (a listing's small line numbers open lines too, but nothing refers to them)."""
     lines = text_lines(text_dict)
     marks = footnote_marks(text_dict)
+    referred = {mark for _, mark in footnote_refs(text_dict, marks)}
+    marks = {mark: top for mark, top in marks.items() if mark in referred}
     rects = [tuple(g["group_bbox"][:4]) for g in regions]
     owner = []
     for line in lines:

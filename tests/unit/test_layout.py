@@ -320,12 +320,13 @@ def test_footnote_marks_are_left_out_of_the_text_and_exponents_stay():
 def test_a_text_region_that_opens_with_a_footnote_mark_is_a_footnote():
     """zh_texproposal p12: the model called the first of three footnotes under a table text, so the
     table no longer closed the page and its continuation on the next page was not linked."""
-    data, _ = layout_pdfs.footnotes()
+    data, ref = layout_pdfs.footnotes()
     page = pymupdf.open(stream=data)[0]
     text_dict = page.get_text("dict")
     note = next(ln["bbox"] for b in text_dict["blocks"] for ln in b["lines"] if "An earlier version" in "".join(s["text"] for s in ln["spans"]))
     body = (60, 80, 560, 200)
-    regions = [{"class_name": "text", "group_bbox": [*body, 0.9]}, {"class_name": "text", "group_bbox": [60, note[1] - 2, 560, note[3] + 2, 0.9]}]
+    listing = (60, ref["listing_top"], 560, ref["listing_top"] + 30)  # small line numbers open its lines: no footnote
+    regions = [{"class_name": "text", "group_bbox": [*box, 0.9]} for box in (body, listing, (60, note[1] - 2, 560, note[3] + 2))]
     blocks, _ = layout.model_layout(text_dict, page.get_textpage(), page, regions)
-    assert [b["kind"] for b in blocks] == ["paragraph", "footnote"], blocks
-    assert blocks[1]["text"].startswith("6 An earlier version")
+    assert [b["kind"] for b in blocks] == ["paragraph", "paragraph", "footnote"], blocks
+    assert blocks[1]["text"].startswith("5 \\setlength") and blocks[2]["text"].startswith("6 An earlier version")
