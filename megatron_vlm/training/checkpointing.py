@@ -98,15 +98,20 @@ def _sharded_state(chunks, optimizer, rng: bool, loading: bool) -> dict:
 
 def _start_writer_helpers() -> None:
     """Start the process Megatron's checkpoint writer keeps for its results (a spawned
-    multiprocessing Manager) so that it ignores the stop signals Slurm sends to every process."""
+    multiprocessing Manager, as its _get_write_results_queue does) so that it ignores the stop
+    signals Slurm sends to every process, and dies with this rank (signals.die_with_parent)."""
+    import multiprocessing as mp
+    from multiprocessing.managers import SyncManager
+
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    from megatron_vlm.training.signals import children_ignore_stop_signals
+    from megatron_vlm.training.signals import children_ignore_stop_signals, die_with_parent
 
-    start = getattr(filesystem_async, "_get_write_results_queue", None)
-    if start is not None and getattr(filesystem_async, "_results_queue", None) is None:
+    if hasattr(filesystem_async, "_get_write_results_queue") and getattr(filesystem_async, "_results_queue", None) is None:
+        manager = SyncManager(ctx=mp.get_context("spawn"))
         with children_ignore_stop_signals():
-            start()
+            manager.start(initializer=die_with_parent)
+        filesystem_async._results_queue = manager.Queue()  # the queue keeps its manager
 
 
 def save_checkpoint(ckpt_dir: str | Path, step: int, chunks: list, optimizer, loader, train_state: dict,

@@ -12,17 +12,19 @@ periodic save. So no signal cuts a save short: ``latest`` moves only after a com
 Slurm signals every process of a step, helpers included. Helper processes a rank starts must
 therefore outlive these signals: :func:`children_ignore_stop_signals` for processes started by
 exec (Megatron's checkpoint writer starts a multiprocessing Manager that way; killed, the save
-after the signal fails with BrokenPipeError), and the loader's DataLoader workers
-(data/loader.py). Forked helpers inherit the handler below and only set a flag of their own.
+after the signal fails with BrokenPipeError; it also gets :func:`die_with_parent`, so a SIGKILLed
+rank does not leave it behind), and the loader's DataLoader workers (data/loader.py). Forked helpers inherit the handler below and only set a flag of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from collections.abc import Iterator
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
 class StopSignal:
@@ -45,6 +47,16 @@ class StopSignal:
         flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+
+def die_with_parent() -> None:
+    """Linux: this process is killed (SIGKILL) when the process that started it dies. A helper that
+    ignores the stop signals would otherwise outlive a SIGKILLed rank, holding its memory, until
+    someone kills it by hand. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @contextlib.contextmanager

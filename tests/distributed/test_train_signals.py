@@ -80,3 +80,29 @@ def test_sigterm_during_start_up_exits_zero_without_a_checkpoint(tmp_path):
     assert proc.returncode == 0, output[-3000:]
     assert "signal received before the first step" in output and "step 1/" not in output
     assert not (tmp_path / "latest").exists()
+
+
+def test_checkpoint_writer_helper_dies_with_a_killed_rank(tmp_path):
+    """Megatron's checkpoint writer keeps a spawned Manager, started to ignore SIGTERM; a SIGKILLed
+    rank left it running (four of them, 570 MB each, outlived the resume tests by half an hour)."""
+    code = ("from megatron.core.dist_checkpointing.strategies import filesystem_async as f\n"
+            "from megatron_vlm.training.checkpointing import _start_writer_helpers\n"
+            "_start_writer_helpers()\n"
+            "print(f._results_queue._manager._process.pid, flush=True)\n"
+            "import time; time.sleep(120)\n")
+    rank = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        helper = int(rank.stdout.readline())
+        os.kill(helper, signal.SIGTERM)  # ignored, as a save after Slurm's signal needs it
+        time.sleep(0.5)
+        assert Path(f"/proc/{helper}").exists()
+    finally:
+        rank.kill()
+        rank.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{helper}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gone = not Path(f"/proc/{helper}").exists() or "Z" in Path(f"/proc/{helper}/stat").read_text().split(")")[1][:3]
+    if not gone:
+        os.kill(helper, signal.SIGKILL)
+    assert gone, "the writer's helper outlived its rank"
