@@ -149,11 +149,11 @@ def footnote_refs(text_dict: dict, marks: dict[str, float]) -> list[tuple[tuple,
             for i, span in enumerate(line["spans"]) if i and marks and _is_footnote_ref(line["spans"], i, line["bbox"][1], marks)]
 
 
-def table_words(textpage, text_dict: dict) -> list[tuple]:
-    """The page's words (x0, y0, x1, y1, text, ...) for table cells, footnote marks cut off the end
-    of the word they were glued to (a header "Windows3" with footnote 3 reads "Windows")."""
+def table_words(textpage, refs: list[tuple[tuple, str]]) -> list[tuple]:
+    """The page's words (x0, y0, x1, y1, text, ...) for table cells, the footnote marks `refs`
+    (footnote_refs) cut off the end of the word they were glued to (a header "Windows3" with
+    footnote 3 reads "Windows")."""
     words = textpage.extractWORDS()
-    refs = footnote_refs(text_dict, footnote_marks(text_dict))
     if not refs:
         return words
     out = []
@@ -167,11 +167,10 @@ def table_words(textpage, text_dict: dict) -> list[tuple]:
     return out
 
 
-def text_lines(text_dict: dict, exclude: list[tuple] = ()) -> list[dict]:
+def text_lines(text_dict: dict, marks: dict[str, float], exclude: list[tuple] = ()) -> list[dict]:
     """The page's non-empty lines: {"bbox", "text", "style": (size, bold), "block"}; spans mostly
-    inside an `exclude` rectangle (tables) are left out, and so are footnote marks in the text
-    (see _is_footnote_ref)."""
-    marks = footnote_marks(text_dict)
+    inside an `exclude` rectangle (tables) are left out, and so are the marks of the page's
+    footnotes (`marks`: footnote_marks) in the text (see _is_footnote_ref)."""
     out = []
     for bi, block in enumerate(text_dict["blocks"]):
         if block.get("type", 0) != 0:
@@ -276,14 +275,15 @@ def rules_layout(text_dict: dict, textpage, page: pymupdf.Page, paths: bool) -> 
     """(table blocks, style groups) of one page by the rules; blocks are made once the body font
     size is known (rules_blocks). `paths`: whether the page paints vector paths at all."""
     table_blocks: list[dict] = []
+    marks = footnote_marks(text_dict)
     if paths:
         horiz, vert = tables.rules(page)
         grids = tables.find_grid_tables(horiz, vert)
         if grids:
-            words = table_words(textpage, text_dict)
+            words = table_words(textpage, footnote_refs(text_dict, marks))
             table_blocks = [b for b in (tables.table_block(ys, xs, words, horiz) for ys, xs in grids) if b]
     rects = [tuple(b["bbox"]) for b in table_blocks]
-    return table_blocks, style_groups(text_lines(text_dict, rects))
+    return table_blocks, style_groups(text_lines(text_dict, marks, rects))
 
 
 def rules_blocks(table_blocks: list[dict], groups: list[dict], body: float, page_width: float) -> list[dict]:
@@ -299,10 +299,11 @@ def model_layout(text_dict: dict, textpage, page: pymupdf.Page, regions: list[di
     region holds); model_blocks places those once the body font size is known. A text or list region
     whose first line opens a footnote (footnote_marks) that the text above refers to is a footnote,
     whatever the model says (a listing's small line numbers open lines too, but nothing refers to them)."""
-    lines = text_lines(text_dict)
     marks = footnote_marks(text_dict)
-    referred = {mark for _, mark in footnote_refs(text_dict, marks)}
-    marks = {mark: top for mark, top in marks.items() if mark in referred}
+    refs = footnote_refs(text_dict, marks)
+    lines = text_lines(text_dict, marks)
+    referred = {mark for _, mark in refs}
+    opening = {mark: top for mark, top in marks.items() if mark in referred}
     rects = [tuple(g["group_bbox"][:4]) for g in regions]
     owner = []
     for line in lines:
@@ -318,7 +319,7 @@ def model_layout(text_dict: dict, textpage, page: pymupdf.Page, regions: list[di
             grid = tables.model_grid(group)
             block = None
             if grid:
-                words = table_words(textpage, text_dict) if words is None else words
+                words = table_words(textpage, refs) if words is None else words
                 horiz = tables.rules(page)[0] if horiz is None else horiz
                 inside = [w for w in words if _overlap_share(w[:4], rects[ri]) >= 0.5]
                 block = tables.table_block(*grid, inside, horiz)
@@ -330,7 +331,7 @@ def model_layout(text_dict: dict, textpage, page: pymupdf.Page, regions: list[di
         if not mine:
             continue
         kind = MODEL_KINDS.get(cls, "paragraph")
-        if kind in ("paragraph", "list") and _opens_footnote(mine[0], marks):
+        if kind in ("paragraph", "list") and _opens_footnote(mine[0], opening):
             kind = "footnote"
         text = join_lines([line["text"] for line in mine])
         if kind == "heading" and not has_letter(text):

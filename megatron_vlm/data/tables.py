@@ -6,9 +6,9 @@ Where the grid comes from:
   (`model_grid`);
 - the rules-only layout (`layout="rules"`) takes connected grids of vector rules
   (`find_grid_tables`), which finds fully ruled tables only.
-Either way `table_block` first splits a column that holds two (`split_merged_columns`), then fills
-the cells with the page's words (each word goes to the cell that holds its centre; a cell's words are read in lines, see textlines.py), drops empty rows and
-columns, and refuses grids that are not tables: fewer than 2 rows or columns or 4 filled cells,
+Either way `table_block` first splits a column that holds two (`split_merged_columns`), then
+fills the cells with the page's words (each word goes to the cell that holds its centre; a cell's
+words are read in lines, see textlines.py), drops empty rows and columns, and refuses grids that are not tables: fewer than 2 rows or columns or 4 filled cells,
 under a third of the remaining cells filled, text in under a quarter of the grid's rows x
 columns (a schematic drawn with many lines and a few labels is not a table), or more than a
 quarter of the filled cells paragraphs (over MAX_CELL_CHARS characters: a description list, terms
@@ -33,7 +33,7 @@ import re
 
 import pymupdf
 
-from megatron_vlm.data.textlines import words_text
+from megatron_vlm.data.textlines import LEADERS, words_text
 
 MIN_FILL = 1 / 3  # share of non-empty cells below which a grid is not a table
 MIN_CELLS = 4  # non-empty cells a table has at least
@@ -43,7 +43,6 @@ MAX_PARAGRAPH_CELLS = 1 / 4  # share of filled cells that may be paragraphs (mor
 MAX_HEADER_ROWS = 3
 MERGED_GAP = 2.0  # two header words further apart than this many times their height head two columns
 MAX_INDEX_CELLS = 1 / 4  # share of filled cells that may be index or contents entries (more: an index set in columns)
-_LEADERS = re.compile(r"\.\s?\.\s?\.")  # dot leaders
 _PAGE_LIST = re.compile(r"\d+(?:,\s+\d+)*,?")  # "4252," or "5104, 5105, 5106": page references, not a value ("4,312")
 BODY_KINDS = ("heading", "paragraph", "list", "table", "formula", "figure")  # blocks that are page content (not furniture, captions, notes)
 
@@ -133,7 +132,7 @@ def model_grid(group: dict) -> tuple[list[float], list[float]] | None:
 
 def _is_index_entry(cell: str) -> bool:
     """A cell of an index or a contents page: dot leaders, or nothing but page references."""
-    return bool(_LEADERS.search(cell) or (("," in cell) and _PAGE_LIST.fullmatch(cell.strip())))
+    return bool(LEADERS.search(cell) or (("," in cell) and _PAGE_LIST.fullmatch(cell.strip())))
 
 
 def _centre(w: tuple) -> tuple[float, float]:

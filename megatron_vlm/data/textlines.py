@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 
+LEADERS = re.compile(r"\.\s?\.\s?\.")  # dot leaders of an index or a table of contents
 _CJK_RE = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\U00020000-\U0002ffff]")
 _HYPHENS = "-\u2010\u2011"
 _SOFT_HYPHEN = "\u00ad"

@@ -13,7 +13,8 @@ Slurm signals every process of a step, helpers included. Helper processes a rank
 therefore outlive these signals: :func:`children_ignore_stop_signals` for processes started by
 exec (Megatron's checkpoint writer starts a multiprocessing Manager that way; killed, the save
 after the signal fails with BrokenPipeError; it also gets :func:`die_with_parent`, so a SIGKILLed
-rank does not leave it behind), and the loader's DataLoader workers (data/loader.py). Forked helpers inherit the handler below and only set a flag of their own.
+rank does not leave it behind), and the loader's DataLoader workers (data/loader.py). Forked
+helpers inherit the handler below and only set a flag of their own.
 """
 
 from __future__ import annotations

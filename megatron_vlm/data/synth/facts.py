@@ -28,6 +28,8 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 
+from megatron_vlm.data.textlines import LEADERS
+
 NUMBER_RE = re.compile(r"(?<![\w.,/\-])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d|,\d|/|\.\d)")
 YEAR_RE = re.compile(r"^(1[89]|20)\d\d$")
 BODY_KINDS = ("paragraph", "list", "table")
@@ -62,7 +64,6 @@ PREPOSITIONS = set("of in on at for from per to with within across over under du
 CLAUSE_ENDS = set("but and or which that while where when because although so if as whereas".split())
 VERBS_AFTER = set("is are was were be been has have had can will may must should would could do does did".split())
 LOWER_FIRST = STOPWORDS | set("we our this each all every some most about only over after before during when while".split())
-LEADERS = re.compile(r"\.\s?\.\s?\.")  # dot leaders of an index or a table of contents
 LABEL_RE = re.compile(r"^(Table|Tab\.|Tabelle|Tableau|Tabla|表)\s*(\d+(?:\.\d+)*)\s*[:.\-–—：]?\s*(.*)$", re.S)
 CAPTION_RE = re.compile(r"^(Table|Tab\.|Tabelle|Tableau|Tabla|表|Figure|Fig\.|Abbildung|Abb\.|图|圖|Listing)\s*\d", re.I)
 SECTION_RE = re.compile(r"^(?:(?:Section|Chapter|Part|Kapitel|Abschnitt|Chapitre)\s+)?(\d{1,2}(?:\.\d{1,2}){0,3})\.?(?::\s*|\s+)(\S.*)$")
@@ -258,7 +259,7 @@ def _label(m: re.Match) -> str:
 
 def _is_title(text: str) -> bool:
     words = text.split()
-    return 1 <= len(words) <= 15 and bool(re.search(r"[^\W\d_]{3}", text)) and not re.search(r"\.\s?\.\s?\.", text)
+    return 1 <= len(words) <= 15 and bool(re.search(r"[^\W\d_]{3}", text)) and not LEADERS.search(text)
 
 
 class _Walk:

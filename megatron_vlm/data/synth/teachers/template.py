@@ -10,8 +10,8 @@ instance shows the whole document and the model must find where the answer is.
 - extract-multi: 2-4 facts of one kind (cells of one column header, quantities of one unit,
   section titles no contents page lists) from different pages, answered as a list in the order asked.
 - reasoning: comparable values only (one column of one table; quantities with one unit in
-  near-identical clauses, or of one unit of measure in one section), with the operation in the question: a difference, a sum, which row
-  is largest/smallest, or how many rows exceed a threshold; or a count over the document's
+  near-identical clauses, or of one unit of measure in one section), with the operation in the
+  question: a difference, a sum, which row is largest/smallest, or how many rows exceed a threshold; or a count over the document's
   structure: how many numbered subsections a section has (only when they are numbered without a
   gap, all on the segment's pages, and the next section follows the last of them).
 
